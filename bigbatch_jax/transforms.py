@@ -1,0 +1,196 @@
+"""Optax gradient transformations for large-batch training.
+
+Each factory returns an ``optax.GradientTransformation`` that composes in any
+``optax.chain``. They build on optax's own transforms (``scale_by_schedule``,
+``add_noise``, ``clip_by_global_norm``, ``conditionally_transform``) and add
+only what the papers specify on top:
+
+* :func:`scale_by_batch_size` -- the learning-rate scaling rule of Hoffer et
+  al. 2017, eq. 7 (square root), or the linear rule of Goyal et al. 2017 and
+  Jaiswal & Taura, for a fixed batch size or a batch-size schedule.
+* :func:`add_decaying_noise` -- Jaiswal & Taura's decaying white gradient noise.
+* :func:`clip_by_global_norm_during` -- gradient clipping during the first
+  updates only (Hoffer et al. 2017, section 4).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+BatchSize = int | Callable[[jax.Array], jax.Array | int]
+
+LR_RULE_EXPONENTS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
+
+
+def lr_scaling_exponent(rule: str | float) -> float:
+  """The exponent p of a learning-rate scaling rule lr_L = lr_S * r**p.
+
+  Args:
+    rule: ``"sqrt"`` (p = 0.5, Hoffer et al. 2017 eq. 7), ``"linear"`` (p = 1,
+      Goyal et al. 2017; Jaiswal & Taura section 3.1), ``"none"`` (p = 0), or a
+      number used as p directly.
+
+  Returns:
+    The exponent as a float.
+  """
+  if isinstance(rule, str):
+    if rule not in LR_RULE_EXPONENTS:
+      raise ValueError(
+        f"unknown learning-rate rule {rule!r}; valid rules are "
+        f"{sorted(LR_RULE_EXPONENTS)} or a number (the exponent p in r**p)"
+      )
+    return LR_RULE_EXPONENTS[rule]
+  if isinstance(rule, numbers.Real) and not isinstance(rule, bool):
+    return float(rule)
+  raise ValueError(
+    f"learning-rate rule must be one of {sorted(LR_RULE_EXPONENTS)} or a number, got {rule!r}"
+  )
+
+
+def _check_positive_size(name: str, value) -> None:
+  # Traced values (e.g. under optax.inject_hyperparams) cannot be checked here.
+  if isinstance(value, numbers.Real) and value <= 0:
+    raise ValueError(f"{name} must be a positive number of examples, got {value!r}")
+
+
+def batch_size_scale_schedule(
+  batch_size: BatchSize, base_batch_size: int, rule: str | float = "sqrt"
+) -> optax.Schedule:
+  """The factor (batch_size / base_batch_size)**p as a function of the step.
+
+  This is the schedule :func:`scale_by_batch_size` multiplies updates by; the
+  training loop evaluates the same function to log the effective learning rate.
+
+  Args:
+    batch_size: the batch size, or a schedule mapping the update count to the
+      batch size (growing-batch regimes).
+    base_batch_size: the batch size the base learning rate was tuned for (B_S).
+    rule: the scaling rule, see :func:`lr_scaling_exponent`.
+
+  Returns:
+    An ``optax.Schedule``: update count -> multiplicative factor (float32).
+  """
+  exponent = lr_scaling_exponent(rule)
+  _check_positive_size("base_batch_size", base_batch_size)
+  if not callable(batch_size):
+    _check_positive_size("batch_size", batch_size)
+
+  def schedule(count):
+    size = batch_size(count) if callable(batch_size) else batch_size
+    ratio = jnp.asarray(size, jnp.float32) / jnp.asarray(base_batch_size, jnp.float32)
+    return ratio**exponent
+
+  return schedule
+
+
+def scale_by_batch_size(
+  batch_size: BatchSize, base_batch_size: int, rule: str | float = "sqrt"
+) -> optax.GradientTransformation:
+  """Scales updates by (batch_size / base_batch_size)**p.
+
+  Placed after the optimizer (e.g. after ``optax.sgd``), this multiplies the
+  learning rate of a regime tuned for ``base_batch_size`` by r**p with
+  r = batch_size / base_batch_size. With the square-root rule the covariance of
+  the update, eta**2 / M times the per-sample gradient second moment (Hoffer et
+  al. 2017, eq. 6), is the same at every batch size M (eq. 7).
+
+  ``batch_size`` may be a schedule (update count -> batch size), so a regime
+  that grows the batch keeps the rule at every step.
+
+  Args:
+    batch_size: the batch size B_L, or a schedule of it.
+    base_batch_size: the batch size B_S of the base regime.
+    rule: ``"sqrt"``, ``"linear"``, ``"none"`` or an exponent p.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, bigbatch_jax
+    >>> tx = optax.chain(optax.sgd(0.1), bigbatch_jax.scale_by_batch_size(4096, 128))
+    >>> params = {"w": jnp.ones(3)}
+    >>> updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params))
+    >>> round(float(updates["w"][0]), 4)  # -0.1 * sqrt(32)
+    -0.5657
+
+  References:
+    Hoffer, Hubara, Soudry 2017, "Train longer, generalize better", section 4,
+    eq. 7; Goyal et al. 2017 (linear rule); Jaiswal & Taura, section 3.1.
+  """
+  return optax.scale_by_schedule(batch_size_scale_schedule(batch_size, base_batch_size, rule))
+
+
+def add_decaying_noise(
+  key: jax.Array, alpha: float = 1e-5, gamma: float = 0.55
+) -> optax.GradientTransformation:
+  """Adds white Gaussian noise N(0, alpha / (1 + t)**gamma) to the updates.
+
+  Jaiswal & Taura's remedy: with linear learning-rate scaling, add decaying
+  white noise to the gradient at update t (t = 0 for the first update). This
+  is ``optax.add_noise`` (whose variance is eta / (count + 1)**gamma with
+  count = t) with the paper's names, defaults and argument checks.
+
+  Data parallelism: the noise key lives in the optimizer state. Apply the
+  optimizer to the cross-device mean of the gradients with a replicated
+  optimizer state (as ``bigbatch_jax.training`` does): every replica then draws
+  the same noise from the same key and the parameters stay identical.
+
+  Args:
+    key: a typed JAX key (``jax.random.key(seed)``); split on every update.
+    alpha: the initial noise variance (the paper uses 1e-5).
+    gamma: the decay exponent of the variance (the paper uses 0.55).
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state holds the count and key.
+
+  Example:
+    >>> import jax, optax, bigbatch_jax
+    >>> tx = optax.chain(bigbatch_jax.add_decaying_noise(jax.random.key(0)), optax.sgd(0.1))
+
+  References:
+    Jaiswal & Taura, "Overcoming Generalization Gap in Large Mini-Batch
+    Training of Deep Neural Networks", section 3.1 (alpha = 1e-5, gamma = 0.55).
+  """
+  if isinstance(key, numbers.Integral) or not hasattr(key, "dtype"):
+    raise TypeError(f"add_decaying_noise needs a JAX key such as jax.random.key(0), got {key!r}")
+  for name, value in (("alpha", alpha), ("gamma", gamma)):
+    if isinstance(value, numbers.Real) and value < 0:
+      raise ValueError(f"{name} must be >= 0, got {value!r}")
+  return optax.add_noise(eta=alpha, gamma=gamma, key=key)
+
+
+def clip_by_global_norm_during(max_norm: float, steps: int) -> optax.GradientTransformation:
+  """Clips updates to a global norm of ``max_norm`` during the first ``steps`` updates.
+
+  Hoffer et al. (section 4) clip or normalize the gradients "for the first few
+  iterations" to prevent divergence at the raised large-batch learning rate
+  (their footnote 9 compares this to a learning-rate warm-up). After ``steps``
+  updates the gradients pass through unchanged. To clip on every update, as
+  the bigBatch reference code does, use ``optax.clip_by_global_norm``.
+
+  Args:
+    max_norm: the largest global norm of the updates while clipping is on.
+    steps: the number of updates (from the first) that are clipped.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import optax, bigbatch_jax
+    >>> tx = optax.chain(bigbatch_jax.clip_by_global_norm_during(5.0, 100), optax.sgd(0.1))
+
+  References:
+    Hoffer, Hubara, Soudry 2017, section 4 and footnote 9.
+  """
+  if isinstance(max_norm, numbers.Real) and max_norm <= 0:
+    raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
+  if isinstance(steps, numbers.Real) and (steps < 0 or int(steps) != steps):
+    raise ValueError(f"steps must be a non-negative whole number of updates, got {steps!r}")
+  return optax.conditionally_transform(
+    optax.clip_by_global_norm(max_norm), lambda count: count < steps
+  )

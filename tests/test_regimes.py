@@ -1,0 +1,78 @@
+"""Regimes in epochs and their adaptation to large batches (bigBatch F1 regime)."""
+
+import numpy as np
+import pytest
+
+from bigbatch_jax import Regime, adapt_regime, epochs_to_steps
+
+F1 = Regime(
+  lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=50, drop_epochs=(10, 20, 30), batch_size=128
+)
+MNIST_TRAIN = 60_000
+
+
+@pytest.mark.parametrize(
+  ("rule", "lr"), [("sqrt", 0.1 * np.sqrt(32)), ("linear", 3.2), ("none", 0.1)]
+)
+@pytest.mark.parametrize("adaptation", [True, False])
+def test_adapt_f1_regime_to_4096(rule, lr, adaptation):
+  large = adapt_regime(F1, 4096, lr_rule=rule, regime_adaptation=adaptation)
+  np.testing.assert_allclose(large.lr, lr, rtol=1e-12)
+  assert large.batch_size == 4096
+  assert (large.momentum, large.weight_decay, large.drop_factor) == (0.9, 1e-4, 0.1)
+  if adaptation:
+    assert large.epochs == 1600 and large.drop_epochs == (320, 640, 960)
+    # Same number of updates as the small-batch regime, at every boundary.
+    assert large.num_steps(MNIST_TRAIN) == F1.num_steps(MNIST_TRAIN) == 23438
+    assert large.drop_steps(MNIST_TRAIN) == F1.drop_steps(MNIST_TRAIN) == (4688, 9375, 14062)
+  else:
+    assert large.epochs == 50 and large.drop_epochs == (10, 20, 30)
+    # r = 32 times fewer updates.
+    assert large.num_steps(MNIST_TRAIN) == 732
+    assert F1.num_steps(MNIST_TRAIN) / large.num_steps(MNIST_TRAIN) == pytest.approx(32, rel=1e-3)
+
+
+def test_schedule_drops_by_the_factor_at_each_boundary():
+  schedule = F1.schedule(F1.steps_per_epoch(MNIST_TRAIN))
+  steps = [0, 4687, 4688, 9374, 9375, 14061, 14062, 23437]
+  expected = [0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001]
+  np.testing.assert_allclose([float(schedule(s)) for s in steps], expected, rtol=1e-5)
+
+
+def test_adapted_schedule_keeps_the_drop_steps_and_scales_the_rate():
+  large = adapt_regime(F1, 4096)
+  schedule = large.schedule(large.steps_per_epoch(MNIST_TRAIN))
+  np.testing.assert_allclose(float(schedule(4687)), large.lr, rtol=1e-6)
+  np.testing.assert_allclose(float(schedule(4688)), large.lr * 0.1, rtol=1e-6)
+
+
+def test_epochs_to_steps_rounds_once():
+  assert epochs_to_steps(1, 60_000, 128) == 469  # 468.75
+  assert epochs_to_steps(0.5, 1000, 100) == 5
+  with pytest.raises(ValueError, match="num_examples and batch_size must be positive"):
+    epochs_to_steps(1, 1000, 0)
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "message"),
+  [
+    ({"lr": 0.0}, "Regime.lr must be > 0"),
+    ({"momentum": 1.0}, r"Regime.momentum must be in \[0, 1\)"),
+    ({"epochs": 0}, "Regime.epochs must be > 0"),
+    ({"batch_size": 0}, "Regime.batch_size must be a positive integer"),
+    ({"drop_epochs": (20, 10)}, "Regime.drop_epochs must be increasing"),
+    ({"weight_decay": -1.0}, "Regime.weight_decay must be >= 0"),
+    ({"drop_factor": 0.0}, "Regime.drop_factor must be > 0"),
+  ],
+)
+def test_bad_regimes_are_rejected(kwargs, message):
+  base = {"lr": 0.1, "epochs": 10, "batch_size": 128}
+  with pytest.raises(ValueError, match=message):
+    Regime(**{**base, **kwargs})
+
+
+def test_adapt_rejects_bad_batch_and_rule():
+  with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    adapt_regime(F1, 0)
+  with pytest.raises(ValueError, match="unknown learning-rate rule 'square'"):
+    adapt_regime(F1, 4096, lr_rule="square")

@@ -12,7 +12,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import jax  # noqa: E402
+import jax
 
 assert len(jax.devices()) == 4, (
   "tests expect 4 simulated CPU devices; JAX was imported before tests/conftest.py "

@@ -1,0 +1,78 @@
+"""Datasets (mnist1d, synthetic, npz, tfds) and the seeded example-stream pipeline.
+
+Typical use::
+
+    from bigbatch_jax import data
+
+    ds = data.load_dataset("mnist1d", num_samples=40000)
+    with data.BatchIterator(ds, batch_size=256, seed=0) as batches:
+        batch = next(batches)  # {"x": (256, 40) float32, "y": (256,) int32}
+"""
+
+from bigbatch_jax.data.augment import (
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  cifar_augment,
+  imagenet_eval_transform,
+  imagenet_train_transform,
+  normalize_image,
+  random_crop,
+  random_flip_left_right,
+  resize_image,
+)
+from bigbatch_jax.data.pipeline import (
+  BatchIterator,
+  BatchSize,
+  RandomAccessSource,
+  batch_size_at,
+  eval_batches,
+  offset_at_step,
+  shard_for_process,
+  stream_indices,
+)
+from bigbatch_jax.data.sources import (
+  DATASET_SPECS,
+  ArrayDataset,
+  cache_dir,
+  image_statistics,
+  load_dataset,
+  load_mnist1d,
+  load_npz,
+  make_synthetic,
+  mnist1d_cache_path,
+)
+from bigbatch_jax.data.tfds_sources import (
+  TFDS_DATASETS,
+  TfdsStreamSource,
+)
+
+__all__ = [
+  "DATASET_SPECS",
+  "IMAGENET_MEAN",
+  "IMAGENET_STD",
+  "TFDS_DATASETS",
+  "ArrayDataset",
+  "BatchIterator",
+  "BatchSize",
+  "RandomAccessSource",
+  "TfdsStreamSource",
+  "batch_size_at",
+  "cache_dir",
+  "cifar_augment",
+  "eval_batches",
+  "image_statistics",
+  "imagenet_eval_transform",
+  "imagenet_train_transform",
+  "load_dataset",
+  "load_mnist1d",
+  "load_npz",
+  "make_synthetic",
+  "mnist1d_cache_path",
+  "normalize_image",
+  "offset_at_step",
+  "random_crop",
+  "random_flip_left_right",
+  "resize_image",
+  "shard_for_process",
+  "stream_indices",
+]

@@ -1,0 +1,226 @@
+"""TensorFlow Datasets through `tfds.data_source`: random access, no TensorFlow to read.
+
+`tfds.data_source` reads ArrayRecord files and decodes images with PIL/OpenCV,
+so reading needs only `tensorflow-datasets` (the `[tfds]` extra), not
+TensorFlow. *Preparing* a dataset (download and conversion, once per machine)
+does need TensorFlow: `tfds build NAME --file_format=array_record`.
+
+Small datasets (mnist, cifar10, cifar100, caltech101) are read fully into an
+`ArrayDataset`; ImageNet is streamed with `TfdsStreamSource`.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+
+from bigbatch_jax.data import augment
+from bigbatch_jax.data.sources import SEED_TAG_SPLIT, ArrayDataset
+
+TFDS_IN_MEMORY = ("mnist", "cifar10", "cifar100", "caltech101")
+TFDS_STREAMED = ("imagenet2012",)
+TFDS_DATASETS = TFDS_IN_MEMORY + TFDS_STREAMED
+
+# Normalisation of the bigBatch reference (preprocess.get_transform): MNIST uses
+# mean 0.5 / std 0.5; every other dataset, CIFAR included, the ImageNet stats.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+  "mnist": ((0.5,), (0.5,)),
+  "cifar10": (augment.IMAGENET_MEAN, augment.IMAGENET_STD),
+  "cifar100": (augment.IMAGENET_MEAN, augment.IMAGENET_STD),
+  "caltech101": (augment.IMAGENET_MEAN, augment.IMAGENET_STD),
+  "imagenet2012": (augment.IMAGENET_MEAN, augment.IMAGENET_STD),
+}
+
+
+def import_tfds():
+  """Imports tensorflow_datasets, or says how to install it."""
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError(
+      "the tfds datasets need tensorflow-datasets; install it with `pip install bigbatch_jax[tfds]`"
+    ) from e
+  return tfds
+
+
+def open_data_source(name: str, split: str, *, data_dir: str | None, download: bool):
+  """`tfds.data_source(name, split)` with an actionable error when data is missing."""
+  tfds = import_tfds()
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+  except (NotImplementedError, AssertionError, FileNotFoundError) as e:
+    # tfds raises these when the split is absent or stored as TFRecord only.
+    raise FileNotFoundError(
+      f"cannot open tfds dataset {name!r} split {split!r} "
+      f"(data_dir={data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'}): {e}\n"
+      f"Prepare it once in ArrayRecord format (this step needs tensorflow): "
+      f"`tfds build {name} --file_format=array_record`, or pass download=True."
+    ) from e
+
+
+def _features(source, name: str):
+  features = source.dataset_info.features
+  missing = [k for k in ("image", "label") if k not in features]
+  if missing:
+    raise ValueError(
+      f"tfds dataset {name!r} has no {missing} feature(s) (it has {list(features)}); "
+      "only image classification datasets with 'image' and 'label' are supported"
+    )
+  return features
+
+
+class TfdsStreamSource:
+  """Random-access view of one tfds split that decodes on demand.
+
+  `source[i]` returns `(image, label)`: the decoded uint8 (H, W, C) image and
+  an int label. Nothing is held in memory, so this serves ImageNet; pair it
+  with `imagenet_train_transform` / `imagenet_eval_transform` in
+  `BatchIterator` / `eval_batches`.
+
+  Args:
+    name: tfds name, e.g. "imagenet2012" (any dataset with 'image' and
+      'label' features works).
+    split: tfds split, e.g. "train", "validation" or "train[:10%]".
+    data_dir: tfds data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    download: let tfds download and prepare the data if absent (needs
+      tensorflow; ImageNet needs its manual download).
+  """
+
+  def __init__(self, name: str, split: str, *, data_dir: str | None = None, download: bool = False):
+    if not isinstance(name, str) or not name:
+      raise ValueError(f"name must be a tfds dataset name such as 'imagenet2012', got {name!r}")
+    self.name = name
+    self.split = split
+    self._source = open_data_source(name, split, data_dir=data_dir, download=download)
+    self.num_classes: int = int(_features(self._source, name)["label"].num_classes)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    index = operator.index(index)
+    n = len(self)
+    if not -n <= index < n:
+      raise IndexError(f"index {index} out of range for {self!r} of length {n}")
+    example = self._source[index % n]
+    return np.asarray(example["image"]), int(example["label"])
+
+  def __repr__(self) -> str:
+    return f"TfdsStreamSource({self.name!r}, split={self.split!r})"
+
+
+def _read_split(source, image_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes every example of a data source into (uint8 images, int32 labels)."""
+  n = len(source)
+  images: np.ndarray | None = None
+  labels = np.empty(n, np.int32)
+  for i in range(n):
+    example = source[i]
+    image = np.asarray(example["image"])
+    if image_size is not None:
+      image = augment.resize_image(image, image_size, image_size)
+    if images is None:
+      images = np.empty((n, *image.shape), np.uint8)
+    if image.shape != images.shape[1:]:
+      raise ValueError(
+        f"example {i} has image shape {image.shape}, but earlier ones have "
+        f"{images.shape[1:]}; pass image_size to resize them to a common size"
+      )
+    images[i] = image
+    labels[i] = example["label"]
+  if images is None:
+    raise ValueError(f"data source {source!r} is empty")
+  return images, labels
+
+
+def load_tfds_arrays(
+  name: str,
+  *,
+  seed: int,
+  data_dir: str | None = None,
+  download: bool = False,
+  image_size: int = 224,
+  train_fraction: float = 0.75,
+) -> ArrayDataset:
+  """Reads a small tfds dataset fully into memory; see `load_dataset` ("tfds:NAME")."""
+  if name in TFDS_STREAMED:
+    raise ValueError(
+      f"tfds:{name} is too large to load into memory; stream it with "
+      f"TfdsStreamSource({name!r}, split='train') and imagenet_train_transform"
+    )
+  if name not in TFDS_IN_MEMORY:
+    raise ValueError(
+      f"unknown tfds dataset {name!r}; valid: {', '.join(TFDS_DATASETS)} "
+      f"(imagenet2012 through TfdsStreamSource)"
+    )
+  mean, std = NORMALIZATION[name]
+  if name != "caltech101":
+    splits = {}
+    for split in ("train", "test"):
+      source = open_data_source(name, split, data_dir=data_dir, download=download)
+      splits[split] = _read_split(source, image_size=None)
+    num_classes = int(_features(source, name)["label"].num_classes)
+    return ArrayDataset(
+      f"tfds:{name}",
+      splits["train"][0],
+      splits["train"][1],
+      splits["test"][0],
+      splits["test"][1],
+      num_classes,
+      np.asarray(mean, np.float32),
+      np.asarray(std, np.float32),
+    )
+  return _load_caltech101(
+    seed=seed,
+    data_dir=data_dir,
+    download=download,
+    image_size=image_size,
+    train_fraction=train_fraction,
+    mean=mean,
+    std=std,
+  )
+
+
+def _load_caltech101(
+  *,
+  seed: int,
+  data_dir: str | None,
+  download: bool,
+  image_size: Any,
+  train_fraction: Any,
+  mean: tuple[float, ...],
+  std: tuple[float, ...],
+) -> ArrayDataset:
+  if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+    raise ValueError(f"caltech101 image_size must be a positive int, got {image_size!r}")
+  if not isinstance(train_fraction, float | int) or not 0 < train_fraction < 1:
+    raise ValueError(
+      f"caltech101 train_fraction must be in (0, 1) (Jaiswal & Taura: 0.75), got {train_fraction!r}"
+    )
+  # Jaiswal & Taura pool all images and split them 3:1; the tfds train/test
+  # split (30 images per class for training) is not theirs, so pool both.
+  parts = []
+  for split in ("train", "test"):
+    source = open_data_source("caltech101", split, data_dir=data_dir, download=download)
+    parts.append(_read_split(source, image_size=image_size))
+  num_classes = int(_features(source, "caltech101")["label"].num_classes)
+  images = np.concatenate([p[0] for p in parts])
+  labels = np.concatenate([p[1] for p in parts])
+  n = len(labels)
+  n_train = round(n * train_fraction)
+  if not 0 < n_train < n:
+    raise ValueError(f"train_fraction={train_fraction} of {n} images leaves an empty split")
+  order = np.random.default_rng([SEED_TAG_SPLIT, seed, 0]).permutation(n)
+  train, held_out = order[:n_train], order[n_train:]
+  return ArrayDataset(
+    "tfds:caltech101",
+    images[train],
+    labels[train],
+    images[held_out],
+    labels[held_out],
+    num_classes,
+    np.asarray(mean, np.float32),
+    np.asarray(std, np.float32),
+  )

@@ -1,0 +1,261 @@
+"""``train_and_evaluate``: the whole run, from a config to metrics, plots and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from bigbatch_jax import data as data_lib
+from bigbatch_jax import models
+from bigbatch_jax.training import parallel
+from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.training import step as step_lib
+from bigbatch_jax.training.checkpoint import Checkpointer
+from bigbatch_jax.training.metrics import MetricsLog, fit_log_growth, plot_run
+from bigbatch_jax.training.state import TrainState, create_train_state
+
+log = logging.getLogger(__name__)
+
+# Config keys that may change between a run and its resumption.
+RESUMABLE_KEYS = frozenset(
+  {"progress_bar", "log_every_steps", "allow_config_change", "stop_after_steps"}
+)
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """jax.distributed.initialize() for multi-host runs (coordinator from the environment)."""
+  if config.distributed:
+    jax.distributed.initialize()
+
+
+def load_data(config: ml_collections.ConfigDict) -> data_lib.ArrayDataset:
+  options = {}
+  if config.dataset == "mnist1d":
+    options["num_samples"] = config.mnist1d_num_samples
+  return data_lib.load_dataset(config.dataset, seed=config.data_seed, **options)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int, norm):
+  return models.get_model(config.model, num_classes, norm=norm, **dict(config.model_options))
+
+
+def _check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir that holds a run of a different config."""
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    changed = sorted(
+      k
+      for k in set(previous) | set(current)
+      if k not in RESUMABLE_KEYS and previous.get(k) != current.get(k)
+    )
+    if changed and not config.allow_config_change:
+      details = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
+      raise ValueError(
+        f"workdir {workdir} holds a run with a different config ({details}). Use a new "
+        "--workdir, or pass --config.allow_config_change=True to resume it anyway"
+      )
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(current, f, indent=2, sort_keys=True)
+
+
+def evaluate(eval_fn, state: TrainState, dataset, config, mesh, split: str) -> dict[str, float]:
+  """Loss, accuracy and error over a whole split, with the running statistics."""
+  totals = None
+  batches = data_lib.eval_batches(
+    dataset,
+    config.eval_batch_size,
+    split=split,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  for batch in batches:
+    sums = eval_fn(state, parallel.put_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  accuracy = float(totals["correct"] / totals["count"])
+  return {
+    f"{split}_loss": float(totals["loss_sum"] / totals["count"]),
+    f"{split}_accuracy": accuracy,
+    f"{split}_error": 1.0 - accuracy,
+  }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains ``config``'s model and variant, evaluating each epoch; resumes from ``workdir``.
+
+  Writes to ``workdir``: ``metrics.jsonl`` (one record per logging or
+  evaluation step), ``checkpoints/`` (orbax), ``summary.json``,
+  ``error_curves.png`` and ``weight_distance.png``.
+
+  Args:
+    config: a run config (experiments/configs/default.py lists its keys).
+    workdir: output directory; an existing run of the same config resumes.
+
+  Returns:
+    The summary dict (also written to ``summary.json``).
+  """
+  maybe_initialize_distributed(config)
+  dataset = load_data(config)
+  mesh = parallel.make_mesh(config.num_devices)
+  plan = plan_lib.make_plan(config, dataset.num_train, mesh.size, jax.process_count())
+  if config.eval_batch_size % mesh.size:
+    raise ValueError(
+      f"config.eval_batch_size={config.eval_batch_size} is not divisible by {mesh.size} devices"
+    )
+  os.makedirs(workdir, exist_ok=True)
+  _check_config_matches(config, workdir)
+
+  norm = plan_lib.norm_layer(plan, config, axis_name=step_lib.AXIS)
+  model = build_model(config, dataset.num_classes, norm)
+  seed_key = jax.random.key(config.seed)
+  state_key, noise_key = jax.random.split(seed_key)
+  tx = plan_lib.make_optimizer(plan, noise_key, (config.noise_alpha, config.noise_gamma))
+  example = jnp.zeros((1, *dataset.input_shape), jnp.float32)
+  init = jax.jit(
+    lambda key: create_train_state(model, tx, example, key),
+    out_shardings=parallel.replicated(mesh),
+  )
+  state = init(state_key)
+
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
+  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  start_step = checkpoints.latest_step()
+  if start_step is not None:
+    state = checkpoints.restore(state, start_step)
+    metrics_log.truncate_after(start_step)
+    log.info("resumed %s at step %d", workdir, start_step)
+  else:
+    start_step = 0
+    metrics_log.truncate_after(-1)
+
+  train_fn = parallel.shard_train_step(
+    step_lib.train_step,
+    mesh,
+    model=model,
+    tx=tx,
+    learning_rate=plan_lib.lr_schedule(plan),
+    noise_variance=plan.noise_variance,
+  )
+  eval_fn = parallel.shard_eval_step(step_lib.eval_step, mesh, model=model)
+
+  eval_every = max(1, round(config.eval_every_epochs * plan.steps_per_epoch))
+  checkpoint_every = config.checkpoint_every_steps or plan.num_steps
+
+  def check_finite(state: TrainState) -> None:
+    bad_step = int(state.nonfinite_step)
+    if bad_step >= 0:
+      kept = checkpoints.latest_step()
+      raise FloatingPointError(
+        f"non-finite loss or gradient at step {bad_step} (lr "
+        f"{float(plan_lib.lr_schedule(plan)(bad_step)):.4g}); training stopped. The last good "
+        f"checkpoint (step {kept}) is kept in {checkpoints.directory}"
+      )
+
+  def log_eval(state: TrainState, step: int) -> dict:
+    record = {"step": step, "epoch": plan.epoch_at(step)}
+    record.update(evaluate(eval_fn, state, dataset, config, mesh, "test"))
+    if config.eval_on_train:
+      record.update(evaluate(eval_fn, state, dataset, config, mesh, "train"))
+    if jax.process_index() == 0:
+      metrics_log.write(record)
+    return record
+
+  batches = data_lib.BatchIterator(
+    dataset,
+    plan.batch_size,
+    seed=config.seed,
+    start_step=start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  from tqdm.auto import tqdm
+
+  bar = tqdm(
+    total=plan.num_steps,
+    initial=start_step,
+    desc=plan.variant.name,
+    disable=not config.progress_bar or jax.process_index() != 0,
+    dynamic_ncols=True,
+  )
+  start_time = last_time = time.perf_counter()
+  last_step = start_step
+  end_step = plan.num_steps
+  if config.stop_after_steps is not None:
+    end_step = min(end_step, config.stop_after_steps)
+  try:
+    with batches:
+      for step in range(start_step, end_step):
+        state, metrics = train_fn(state, parallel.put_batch(next(batches), mesh))
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == plan.num_steps:
+          metrics = jax.device_get(metrics)  # the only host sync between evaluations
+          check_finite(state)
+          now = time.perf_counter()
+          record = {"step": done, "epoch": plan.epoch_at(done), **metrics}
+          record["examples_per_sec"] = (done - last_step) * plan.batch_size / (now - last_time)
+          last_time, last_step = now, done
+          if jax.process_index() == 0:
+            metrics_log.write(record)
+          bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.3g}")
+        if done % eval_every == 0 or done == plan.num_steps:
+          check_finite(state)
+          record = log_eval(state, done)
+          bar.set_postfix(test_acc=f"{record['test_accuracy']:.4f}")
+        if done % checkpoint_every == 0 or done in (plan.num_steps, end_step):
+          check_finite(state)
+          checkpoints.save(done, state)
+        bar.update(1)
+  finally:
+    bar.close()
+    checkpoints.wait()
+
+  records = metrics_log.read()
+  summary = _summary(config, plan, records, time.perf_counter() - start_time)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    plot_run(records, workdir, title=plan.variant.name)
+  checkpoints.close()
+  return summary
+
+
+def _summary(config, plan: plan_lib.RunPlan, records: list[dict], wall_time: float) -> dict:
+  evals = [r for r in records if "test_accuracy" in r]
+  train = [r for r in records if "weight_distance" in r and r["step"] > 0]
+  final = evals[-1] if evals else {}
+  summary = {
+    "variant": plan.variant.name,
+    "model": config.model,
+    "dataset": config.dataset,
+    "seed": config.seed,
+    "batch_size": plan.batch_size,
+    "base_batch_size": plan.base_batch_size,
+    "ghost_batch_size": plan.ghost_batch_size,
+    "lr_rule": plan.lr_rule,
+    "lr": plan.regime.lr * plan.lr_scale,
+    "noise_variance": plan.noise_variance,
+    "num_devices": plan.num_devices,
+    "updates": plan.num_steps,
+    "epochs": plan.regime.epochs,
+    "test_accuracy": final.get("test_accuracy"),
+    "test_error": final.get("test_error"),
+    "best_test_accuracy": max((r["test_accuracy"] for r in evals), default=None),
+    "train_accuracy": final.get("train_accuracy"),
+    "weight_distance": train[-1]["weight_distance"] if train else None,
+    "wall_time_s": wall_time,
+  }
+  if len(train) >= 2:
+    fit = fit_log_growth([r["step"] for r in train], [r["weight_distance"] for r in train])
+    summary["weight_distance_log_fit"] = fit
+  return summary

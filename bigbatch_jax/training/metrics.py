@@ -1,0 +1,137 @@
+"""Metrics on the host: a JSONL log, the log-t fit and the run's figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+class MetricsLog:
+  """Appends one JSON object per line to ``path``; survives restarts.
+
+  On resume, records after the restored step are dropped (they were written
+  after the last checkpoint and will be produced again), so a resumed run's
+  log equals an uninterrupted one's.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def truncate_after(self, step: int) -> None:
+    records = [r for r in self.read() if r["step"] <= step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, self.path)
+
+  def write(self, record: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(_plain(record)) + "\n")
+
+  def read(self) -> list[dict]:
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+
+
+def _plain(record: dict) -> dict:
+  out = {}
+  for k, v in record.items():
+    if hasattr(v, "item"):
+      v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+      v = str(v)  # JSON has no NaN; keep it readable
+    out[k] = v
+  return out
+
+
+def fit_log_growth(steps: Sequence[float], distances: Sequence[float]) -> dict[str, float]:
+  """Least-squares fit of distance = slope * log(step) + intercept (Hoffer eq. 4).
+
+  Args:
+    steps: update counts (> 0).
+    distances: ||w_t - w0|| at those steps.
+
+  Returns:
+    ``slope``, ``intercept`` and ``r2`` (coefficient of determination).
+  """
+  t = np.asarray(steps, np.float64)
+  d = np.asarray(distances, np.float64)
+  if t.shape != d.shape or t.ndim != 1:
+    raise ValueError(f"steps and distances must be 1-D of equal length, got {t.shape}, {d.shape}")
+  if len(t) < 2:
+    raise ValueError(f"need at least 2 points to fit, got {len(t)}")
+  if np.any(t <= 0):
+    raise ValueError("steps must be > 0 to take log(step)")
+  x = np.log(t)
+  slope, intercept = np.polyfit(x, d, 1)
+  residual = d - (slope * x + intercept)
+  total = np.sum((d - d.mean()) ** 2)
+  r2 = 1.0 - np.sum(residual**2) / total if total > 0 else 1.0
+  return {"slope": float(slope), "intercept": float(intercept), "r2": float(r2)}
+
+
+def _series(records: Iterable[dict], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:
+  pairs = [
+    (r[x], r[key])
+    for r in records
+    if key in r and isinstance(r[key], int | float) and math.isfinite(r[key])
+  ]
+  if not pairs:
+    return np.zeros(0), np.zeros(0)
+  a = np.asarray(pairs, np.float64)
+  return a[:, 0], a[:, 1]
+
+
+def plot_run(records: list[dict], out_dir: str, title: str = "") -> list[str]:
+  """Writes ``error_curves.png`` and ``weight_distance.png``; returns their paths."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  paths = []
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, x in zip(axes, ("epoch", "step")):
+    for key, label in (("test_error", "test"), ("train_error", "train")):
+      xs, ys = _series(records, key, x)
+      if len(xs):
+        ax.plot(xs, 100 * ys, label=label)
+    ax.set_xlabel("epoch" if x == "epoch" else "updates")
+    ax.set_ylabel("error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(f"{title} error")
+  fig.tight_layout()
+  paths.append(os.path.join(out_dir, "error_curves.png"))
+  fig.savefig(paths[-1], dpi=100)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(5, 4))
+  steps, dist = _series(records, "weight_distance")
+  keep = steps > 0
+  if keep.sum() >= 2:
+    fit = fit_log_growth(steps[keep], dist[keep])
+    ax.plot(steps[keep], dist[keep], label="||w - w0||")
+    ax.plot(
+      steps[keep],
+      fit["slope"] * np.log(steps[keep]) + fit["intercept"],
+      "--",
+      label=f"{fit['slope']:.2f} log t + {fit['intercept']:.2f} (R²={fit['r2']:.3f})",
+    )
+    ax.legend()
+  ax.set_xscale("log")
+  ax.set_xlabel("updates t (log scale)")
+  ax.set_ylabel("||w_t - w_0||")
+  ax.set_title(f"{title} weight distance (Hoffer Fig. 2)")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  paths.append(os.path.join(out_dir, "weight_distance.png"))
+  fig.savefig(paths[-1], dpi=100)
+  plt.close(fig)
+  return paths

@@ -1,0 +1,80 @@
+"""Data parallelism: a 1-D device mesh, shard_map inside jit, and a pmap twin.
+
+The step functions use explicit ``lax.pmean``/``psum`` over the axis "batch".
+They are wrapped with ``check_vma=False``: with varying-manual-axes checks on,
+``jax.grad`` of replicated parameters would already sum over devices and an
+explicit mean would be wrong under one of shard_map and pmap; with it off, the
+same step runs unchanged under both (``jax.pmap`` is jit(shard_map) since JAX
+0.8 and keeps these semantics).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from bigbatch_jax.training.step import AXIS
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D mesh over the first ``num_devices`` devices (all, across processes, if None)."""
+  devices = jax.devices()
+  if num_devices is None:
+    num_devices = len(devices)
+  if not 1 <= num_devices <= len(devices):
+    raise ValueError(
+      f"num_devices={num_devices} but {len(devices)} devices are available "
+      f"({jax.default_backend()}); use 1..{len(devices)} or None for all"
+    )
+  if jax.process_count() > 1 and num_devices != len(devices):
+    raise ValueError(f"multi-process runs use every device; got num_devices={num_devices}")
+  return Mesh(np.array(devices[:num_devices]), (AXIS,))
+
+
+def shard_train_step(step_fn: Callable, mesh: Mesh, **static) -> Callable:
+  """jit(shard_map(step)) with the state replicated, the batch split and the state donated."""
+  fn = functools.partial(step_fn, num_replicas=mesh.size, **static)
+  mapped = jax.shard_map(
+    fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False
+  )
+  return jax.jit(mapped, donate_argnums=0)
+
+
+def shard_eval_step(eval_fn: Callable, mesh: Mesh, **static) -> Callable:
+  """jit(shard_map(eval_step)): the batch split, the sums replicated."""
+  mapped = jax.shard_map(
+    functools.partial(eval_fn, **static),
+    mesh=mesh,
+    in_specs=(P(), P(AXIS)),
+    out_specs=P(),
+    check_vma=False,
+  )
+  return jax.jit(mapped)
+
+
+def pmap_train_step(step_fn: Callable, num_devices: int, **static) -> Callable:
+  """The same step under ``jax.pmap`` (state stacked per device, batch reshaped)."""
+  fn = functools.partial(step_fn, num_replicas=num_devices, **static)
+  return jax.pmap(fn, axis_name=AXIS, donate_argnums=0, devices=jax.devices()[:num_devices])
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(AXIS))
+
+
+def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """A global batch array from this process's rows (all rows in a single process)."""
+  sharding = batch_sharding(mesh)
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }

@@ -1,0 +1,138 @@
+"""The pure train and eval steps, written for one device's shard of the batch.
+
+Both run inside ``jax.shard_map`` (or ``jax.pmap``) over the axis "batch":
+gradients and metrics are averaged with ``lax.pmean``; GhostBatchNorm forms
+its ghost batches inside each device's shard and keeps the running statistics
+identical on every replica. With a mesh of one device the same code runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from bigbatch_jax.noise import multiplicative_noise_weights
+from bigbatch_jax.training.state import TrainState
+
+AXIS = "batch"
+
+
+def tree_distance(a, b) -> jax.Array:
+  """The Euclidean norm of a - b over all leaves."""
+  return optax.global_norm(jax.tree.map(jnp.subtract, a, b))
+
+
+def weight_distances(params, initial_params) -> dict[str, jax.Array]:
+  """||w - w0|| in total and for each top-level layer (Hoffer eq. 4, Figure 2)."""
+  distances = {"weight_distance": tree_distance(params, initial_params)}
+  if isinstance(params, dict):
+    for name in params:
+      distances[f"weight_distance/{name}"] = tree_distance(params[name], initial_params[name])
+  return distances
+
+
+def _local_noise_weights(key, local_batch: int, num_replicas: int, variance: float):
+  """This device's slice of the global batch's multiplicative noise weights.
+
+  The weights are drawn for the whole global batch from a replicated key, so
+  a run gives the same weights per example whatever the device count.
+  """
+  weights = multiplicative_noise_weights(key, local_batch * num_replicas, variance)
+  start = lax.axis_index(AXIS) * local_batch
+  return lax.dynamic_slice_in_dim(weights, start, local_batch)
+
+
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  model,
+  tx: optax.GradientTransformation,
+  learning_rate: Callable[[jax.Array], jax.Array],
+  num_replicas: int,
+  noise_variance: float = 0.0,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update on one device's shard of the global batch.
+
+  Args:
+    state: the replicated training state.
+    batch: this device's shard: ``x`` inputs and ``y`` integer labels.
+    model: a flax module called as ``model.apply(..., train=True)``.
+    tx: the optimizer, applied to the cross-device mean gradient.
+    learning_rate: the effective learning-rate schedule, for logging.
+    num_replicas: devices along the "batch" axis (static).
+    noise_variance: multiplicative noise sigma**2 (Hoffer section 4); 0: off.
+
+  Returns:
+    The new state and replicated scalar metrics.
+  """
+  step_key = jax.random.fold_in(state.key, state.step)
+  noise_key, dropout_key = jax.random.split(step_key)
+  dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(AXIS))
+  x, y = batch["x"], batch["y"]
+  local_batch = y.shape[0]
+
+  def loss_fn(params):
+    logits, updates = model.apply(
+      {"params": params, "batch_stats": state.batch_stats},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": dropout_key},
+    )
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    if noise_variance:
+      weights = _local_noise_weights(noise_key, local_batch, num_replicas, noise_variance)
+      objective = jnp.mean(weights * losses)
+    else:
+      objective = jnp.mean(losses)
+    return objective, (jnp.mean(losses), logits, updates["batch_stats"])
+
+  grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = lax.pmean(grads, AXIS)
+  # GhostBatchNorm already keeps the statistics replicated; the pmean keeps
+  # any other mutable statistics of a user's model consistent too.
+  batch_stats = lax.pmean(batch_stats, AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+  loss, accuracy = lax.pmean((loss, accuracy), AXIS)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step)
+  metrics = {
+    "loss": loss,
+    "train_batch_accuracy": accuracy,
+    "grad_norm": grad_norm,
+    "lr": learning_rate(state.step),
+    **weight_distances(params, state.initial_params),
+  }
+  new_state = state.replace(
+    step=state.step + 1,
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    nonfinite_step=nonfinite_step,
+  )
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model) -> dict[str, jax.Array]:
+  """Summed loss, correct predictions and count on one shard, with running statistics."""
+  logits = model.apply(
+    {"params": state.params, "batch_stats": state.batch_stats}, batch["x"], train=False
+  )
+  mask = batch["mask"].astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+  correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
+  sums = {
+    "loss_sum": jnp.sum(losses * mask),
+    "correct": jnp.sum(correct * mask),
+    "count": jnp.sum(mask),
+  }
+  return lax.psum(sums, AXIS)

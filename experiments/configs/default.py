@@ -1,0 +1,76 @@
+"""Every config key, with its meaning. Paper configs import this and override a few.
+
+Optional keys are typed placeholders (None until set) so that the command line
+can set them, e.g. --config.batch_size=1024.
+
+Derived quantities (the scaled learning rate, the adapted epochs, the ghost
+size, the noise variance) are computed in code from these keys by
+``bigbatch_jax.training.make_plan``, so command-line overrides stay consistent.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Data.
+  config.dataset = "mnist1d"  # "mnist1d" | "synthetic" | "npz:/path.npz" | "tfds:NAME"
+  config.mnist1d_num_samples = 5000  # MNIST-1D examples generated (train + test)
+  config.data_seed = placeholder(int)  # dataset generation/split seed (None: the source's default)
+
+  # Model.
+  config.model = "f1"  # a name of bigbatch_jax.models.MODELS
+  config.model_options = ml_collections.ConfigDict()  # extra fields of the model class
+  config.bn_momentum = 0.9  # flax convention (torch momentum 0.1)
+  config.bn_epsilon = 1e-5
+  config.ghost_stats_update = "sequential"  # GhostBatchNorm running stats: "sequential" | "mean"
+
+  # Variant and batch sizes (Hoffer Table 1 columns; see training/variants.py).
+  config.variant = "sb"  # e.g. "lb+lr+gbn+ra"
+  config.base_batch_size = 128  # B_S: the batch the regime was tuned for
+  config.large_batch_size = 4096  # B_L: the batch of "lb" variants
+  config.batch_size = placeholder(int)  # None: base_batch_size for "sb", large_batch_size for "lb"
+  config.ghost_batch_size = placeholder(int)  # with "gbn"; None: base_batch_size
+  config.lr_rule = placeholder(
+    str
+  )  # None: from the variant ("lr": sqrt, "linear": linear, else none)
+
+  # Base regime (for base_batch_size), in epochs, as the bigBatch code defines it.
+  config.regime = ml_collections.ConfigDict()
+  config.regime.lr = 0.1  # initial learning rate at base_batch_size
+  config.regime.momentum = 0.9
+  config.regime.weight_decay = 0.0
+  config.regime.epochs = 10.0
+  config.regime.drop_epochs = ()  # epochs at which lr *= drop_factor
+  config.regime.drop_factor = 0.1
+  config.regime.nesterov = False
+  config.num_epochs = placeholder(
+    float
+  )  # None: regime.epochs (times r with "ra"); else overrides it
+
+  # Remedies.
+  # Global-norm clipping on every variant (None: only with "clip", at 5).
+  config.grad_clip_norm = placeholder(float)
+  config.grad_clip_steps = placeholder(int)  # clip only the first N updates (None: every update)
+  config.mult_noise_variance = placeholder(float)  # "mult" noise sigma^2 (None: matched, r - 1)
+  config.noise_alpha = 1e-5  # "white" noise: variance alpha / (1 + t)^gamma (Jaiswal & Taura)
+  config.noise_gamma = 0.55
+
+  # Run.
+  config.seed = 0  # parameters, data order, dropout and noise
+  config.num_devices = placeholder(int)  # devices of the data-parallel mesh (None: all)
+  config.distributed = False  # call jax.distributed.initialize() (multi-host)
+  config.log_every_steps = 50  # metrics come to the host only at these steps
+  config.eval_every_epochs = 1.0  # test-set evaluation period
+  config.eval_on_train = True  # also evaluate the whole training split
+  config.eval_batch_size = 1000
+  config.checkpoint_every_steps = 1000  # 0: only the final checkpoint
+  config.max_checkpoints_to_keep = 2
+  config.allow_config_change = False  # resume a workdir whose config differs
+  config.stop_after_steps = placeholder(
+    int
+  )  # stop (checkpointed) after this many updates; rerun to go on
+  config.progress_bar = True
+  return config

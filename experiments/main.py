@@ -1,0 +1,32 @@
+"""Trains one variant of one paper row.
+
+  python -m experiments.main --config=experiments/configs/f1.py:lb+lr+gbn,quick --workdir=/tmp/run
+
+Any config key can be overridden, e.g. --config.batch_size=1024. Re-running
+the same command with the same --workdir resumes from its last checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bigbatch_jax.training import train_and_evaluate
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+  "config", None, "Config file, e.g. configs/f1.py:lb+lr+gbn.", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints and plots.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    # Orbax logs every checkpoint step at INFO; the progress bar says enough.
+    logging.set_verbosity(logging.WARNING)
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

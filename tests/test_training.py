@@ -1,0 +1,381 @@
+"""The training system end to end: variants, data sources, parallelism, resume, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bigbatch_jax import training
+from bigbatch_jax.training import parallel
+from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.training import step as step_lib
+from experiments.configs import default, f1
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(variant="lb+lr+gbn", **overrides):
+  """A tiny F1 on synthetic data: base batch 16, large 64, ghost 8."""
+  config = default.get_config()
+  config.variant = variant
+  config.dataset = "synthetic"
+  config.model = "f1"
+  config.model_options.hidden = 32
+  config.model_options.depth = 2
+  config.base_batch_size = 16
+  config.large_batch_size = 64
+  config.ghost_batch_size = 8
+  config.regime.lr = 0.05
+  config.regime.weight_decay = 1e-4
+  config.regime.epochs = 2.0
+  config.regime.drop_epochs = (1.0,)
+  config.log_every_steps = 4
+  config.eval_batch_size = 64
+  config.checkpoint_every_steps = 8
+  config.progress_bar = False
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split(".")
+    for part in path:
+      target = target[part]
+    target[leaf] = value
+  return config
+
+
+def _final_params(workdir):
+  state = training.Checkpointer(os.path.join(workdir, "checkpoints")).restore_raw()
+  return state["params"], state["batch_stats"]
+
+
+VARIANTS = [
+  "sb",
+  "lb",
+  "lb+lr",
+  "lb+lr+gbn",
+  "lb+lr+gbn+ra",
+  "lb+mult",
+  "lb+lr+mult",
+  "lb+linear+white",
+  "lb+lr+gbn+clip",
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_trains_and_writes_its_outputs(variant, tmp_path):
+  summary = training.train_and_evaluate(tiny_config(variant), str(tmp_path))
+  for name in ("metrics.jsonl", "summary.json", "config.json", "error_curves.png"):
+    assert (tmp_path / name).exists(), name
+  assert (tmp_path / "weight_distance.png").stat().st_size > 1000
+  assert summary["variant"] == variant
+  assert 0 <= summary["test_accuracy"] <= 1
+  assert summary["weight_distance"] > 0
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train_records = [r for r in records if "loss" in r]
+  assert train_records and all(np.isfinite(r["loss"]) for r in train_records)
+  assert {"lr", "grad_norm", "weight_distance", "train_batch_accuracy", "examples_per_sec"} <= set(
+    train_records[-1]
+  )
+  assert any(k.startswith("weight_distance/fc") for k in train_records[-1])
+  assert [r for r in records if "test_accuracy" in r]
+  steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints"))
+  assert steps[-1] == summary["updates"]
+  expected_updates = {"sb": 64, "lb+lr+gbn+ra": 64}.get(variant, 16)  # 512 train, 2 epochs
+  assert summary["updates"] == expected_updates
+
+
+def test_derived_learning_rates_follow_the_variant():
+  def plan(variant, **kw):
+    return plan_lib.make_plan(tiny_config(variant, **kw), num_train=512, num_devices=1)
+
+  assert plan("sb").lr_scale == 1.0
+  assert plan("lb").lr_scale == 1.0
+  assert plan("lb+lr").lr_scale == pytest.approx(2.0)  # sqrt(64 / 16)
+  assert plan("lb+linear+white").lr_scale == pytest.approx(4.0)
+  # A batch-size override keeps the derived quantities consistent.
+  overridden = plan("lb+lr+ra", batch_size=256)
+  assert overridden.lr_scale == pytest.approx(4.0)
+  assert overridden.regime.epochs == pytest.approx(32.0)
+  assert overridden.num_steps == plan("sb").num_steps
+  assert plan("lb+mult").noise_variance == 3.0
+  assert plan("lb+lr+gbn").ghost_batch_size == 8
+  assert plan("lb+lr").ghost_batch_size is None
+
+
+def test_learning_rate_in_the_metrics_is_the_scaled_schedule(tmp_path):
+  training.train_and_evaluate(tiny_config("lb+lr", log_every_steps=1), str(tmp_path))
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
+  # lr 0.05 * sqrt(4) = 0.1, dropped x0.1 after epoch 1 (update 8 of 16).
+  assert lrs[1] == pytest.approx(0.1) and lrs[8] == pytest.approx(0.1)
+  assert lrs[9] == pytest.approx(0.01) and lrs[16] == pytest.approx(0.01)
+
+
+def test_mnist1d_and_npz_sources(tmp_path, monkeypatch):
+  monkeypatch.setenv("BIGBATCH_JAX_CACHE", str(tmp_path / "cache"))
+  summary = training.train_and_evaluate(
+    tiny_config("sb", dataset="mnist1d", mnist1d_num_samples=400, num_epochs=0.5),
+    str(tmp_path / "mnist1d"),
+  )
+  assert summary["updates"] == 10  # 320 train examples / 16 * 0.5
+
+  rng = np.random.default_rng(0)
+  path = tmp_path / "data.npz"
+  np.savez(
+    path,
+    x_train=rng.integers(0, 255, (128, 6, 6, 1), dtype=np.uint8),
+    y_train=rng.integers(0, 3, 128),
+    x_test=rng.integers(0, 255, (32, 6, 6, 1), dtype=np.uint8),
+    y_test=rng.integers(0, 3, 32),
+  )
+  summary = training.train_and_evaluate(
+    tiny_config("sb", dataset=f"npz:{path}"), str(tmp_path / "npz")
+  )
+  assert summary["updates"] == 16
+
+
+def test_real_tfds_mnist_path_under_mock_data(tmp_path):
+  with tfds.testing.mock_data(num_examples=128):
+    summary = training.train_and_evaluate(
+      tiny_config("lb+lr+gbn", dataset="tfds:mnist", num_epochs=1.0), str(tmp_path)
+    )
+  assert summary["dataset"] == "tfds:mnist" and summary["updates"] == 2
+
+
+def _global_params_after(tmp_path, name, config):
+  workdir = str(tmp_path / name)
+  training.train_and_evaluate(config, workdir)
+  return _final_params(workdir)
+
+
+@pytest.mark.parametrize("variant", ["lb+lr+gbn", "lb+mult", "lb"])
+def test_four_devices_equal_one_device(variant, tmp_path):
+  # Global batch 4 * 16 with ghost 8: each device holds two ghost batches.
+  config = tiny_config(variant, num_epochs=1.0)
+  one = _global_params_after(tmp_path, "one", config)
+  config.num_devices = 4
+  four = _global_params_after(tmp_path, "four", config)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one, four)
+
+
+def test_pmap_and_shard_map_give_the_same_step():
+  config = tiny_config("lb+lr+gbn+mult")
+  plan = plan_lib.make_plan(config, num_train=512, num_devices=4)
+  norm = plan_lib.norm_layer(plan, config, axis_name=step_lib.AXIS)
+  from bigbatch_jax import models
+
+  model = models.get_model("f1", 4, norm=norm, hidden=32, depth=2)
+  tx = plan_lib.make_optimizer(plan, jax.random.key(1))
+  state = training.create_train_state(model, tx, jnp.zeros((1, 16)), jax.random.key(0))
+  rng = np.random.default_rng(0)
+  batch = {
+    "x": rng.normal(size=(64, 16)).astype(np.float32),
+    "y": rng.integers(0, 4, 64).astype(np.int32),
+  }
+  static = {"model": model, "tx": tx, "learning_rate": plan_lib.lr_schedule(plan)}
+  static["noise_variance"] = plan.noise_variance
+
+  mesh = parallel.make_mesh(4)
+  shard_fn = parallel.shard_train_step(step_lib.train_step, mesh, **static)
+  pmap_fn = parallel.pmap_train_step(step_lib.train_step, 4, **static)
+
+  sharded_state = jax.device_put(state, parallel.replicated(mesh))
+  stacked_state = jax.tree.map(lambda v: jnp.broadcast_to(v, (4, *v.shape)), state)
+  for _ in range(3):
+    sharded_state, m1 = shard_fn(sharded_state, parallel.put_batch(batch, mesh))
+    stacked_state, m2 = pmap_fn(
+      stacked_state, jax.tree.map(lambda v: v.reshape(4, 16, *v.shape[1:]), batch)
+    )
+  unstacked = jax.tree.map(lambda v: v[0], stacked_state)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    (sharded_state.params, sharded_state.batch_stats),
+    (unstacked.params, unstacked.batch_stats),
+  )
+  np.testing.assert_allclose(m1["loss"], m2["loss"][0], rtol=1e-5)
+
+
+def test_one_compilation_for_the_whole_run(tmp_path):
+  compiles = []
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    # The first run of a process also compiles one-off helpers (orbax's
+    # slicing, key set-up); count the compilations of later runs.
+    training.train_and_evaluate(tiny_config("lb+lr+gbn", num_epochs=1.0), str(tmp_path / "warm"))
+    compiles.clear()
+    training.train_and_evaluate(tiny_config("lb+lr+gbn", num_epochs=2.0), str(tmp_path / "a"))
+    short = len(compiles)
+    compiles.clear()
+    training.train_and_evaluate(tiny_config("lb+lr+gbn", num_epochs=6.0), str(tmp_path / "b"))
+    long = len(compiles)
+  finally:
+    jax.monitoring.clear_event_listeners()
+  # Three times the steps, evaluations and checkpoints, the same compilations:
+  # the train step, the eval step and the state initialization, once each.
+  assert long == short <= 4
+
+
+def test_same_seed_same_parameters_different_seed_different(tmp_path):
+  a = _global_params_after(tmp_path, "a", tiny_config("lb+lr+gbn+mult", num_epochs=1.0))
+  b = _global_params_after(tmp_path, "b", tiny_config("lb+lr+gbn+mult", num_epochs=1.0))
+  c = _global_params_after(tmp_path, "c", tiny_config("lb+lr+gbn+mult", num_epochs=1.0, seed=1))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert not np.allclose(a[0]["fc1"]["kernel"], c[0]["fc1"]["kernel"])
+
+
+def _run_main(workdir, *flags):
+  command = [
+    sys.executable,
+    "-m",
+    "experiments.main",
+    "--config=experiments/configs/f1.py:lb+lr+gbn+mult,quick",
+    f"--workdir={workdir}",
+    "--config.dataset=synthetic",
+    "--config.model_options.hidden=32",
+    "--config.model_options.depth=2",
+    "--config.base_batch_size=16",
+    "--config.large_batch_size=64",
+    "--config.ghost_batch_size=8",
+    "--config.progress_bar=False",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=100",
+    *flags,
+  ]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _records(workdir):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [{k: v for k, v in json.loads(line).items() if k != "examples_per_sec"} for line in lines]
+
+
+def test_resume_in_a_new_process_is_exact(tmp_path):
+  # 512 examples, 3 epochs at batch 64: 24 updates. Stop at 12, resume in a new process.
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  _run_main(straight)
+  _run_main(resumed, "--config.stop_after_steps=12")
+  assert sorted(os.listdir(resumed / "checkpoints")) == ["12"]
+  _run_main(resumed)
+  a, b = _final_params(str(straight)), _final_params(str(resumed))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert _records(straight) == _records(resumed)
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config("lb+lr", checkpoint_every_steps=4, log_every_steps=4)
+  config.regime.lr = 1e6
+  config.regime.drop_epochs = ()
+  with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+") as info:
+    training.train_and_evaluate(config, str(tmp_path))
+  bad_step = int(info.value.args[0].split("at step ")[1].split(" ")[0])
+  kept = [int(s) for s in os.listdir(tmp_path / "checkpoints")]
+  assert all(s <= bad_step for s in kept)
+  if kept:
+    params, _ = _final_params(str(tmp_path))
+    assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize(
+  ("overrides", "error", "message"),
+  [
+    ({"variant": "lb+lr+fancy"}, ValueError, r"unknown part 'fancy'"),
+    ({"variant": "xl+lr"}, ValueError, r"must start with the batch part 'sb' or 'lb'"),
+    ({"variant": "lb+lr+linear"}, ValueError, r"contradictory"),
+    ({"variant": "sb+ra"}, ValueError, r"no effect at the base batch size"),
+    ({"dataset": "imagenet21k"}, ValueError, r"imagenet21k"),
+    ({"dataset": "npz:/does/not/exist.npz"}, FileNotFoundError, r"/does/not/exist.npz"),
+    ({"num_devices": 3}, ValueError, r"batch_size=64 is not divisible by the 3 devices"),
+    ({"ghost_batch_size": 12}, ValueError, r"ghost_batch_size=12 does not divide the per-device"),
+    ({"num_devices": 4, "ghost_batch_size": 32}, ValueError, r"per-device batch of 16"),
+    ({"base_batch_size": 0}, ValueError, r"config.base_batch_size must be a positive integer"),
+    ({"num_devices": 9}, ValueError, r"num_devices=9 but 4 devices are available"),
+    ({"regime.lr": -1.0}, ValueError, r"Regime.lr must be > 0"),
+  ],
+)
+def test_bad_input_fails_before_training(overrides, error, message, tmp_path):
+  with pytest.raises(error, match=message):
+    training.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_bad_npz_contents_are_named(tmp_path):
+  rng = np.random.default_rng(0)
+  missing = tmp_path / "missing.npz"
+  np.savez(missing, x_train=np.zeros((8, 4)), y_train=np.zeros(8, int), x_test=np.zeros((4, 4)))
+  with pytest.raises(ValueError, match="y_test"):
+    training.train_and_evaluate(tiny_config(dataset=f"npz:{missing}"), str(tmp_path / "a"))
+  out_of_range = tmp_path / "labels.npz"
+  np.savez(
+    out_of_range,
+    x_train=rng.normal(size=(8, 4)),
+    y_train=np.array([0, 1, 2, 3, 4, 5, 6, -1]),
+    x_test=rng.normal(size=(4, 4)),
+    y_test=np.zeros(4, int),
+  )
+  with pytest.raises(ValueError, match="-1"):
+    training.train_and_evaluate(tiny_config(dataset=f"npz:{out_of_range}"), str(tmp_path / "b"))
+
+
+def test_a_workdir_of_another_config_is_refused(tmp_path):
+  training.train_and_evaluate(tiny_config("sb", num_epochs=0.25), str(tmp_path))
+  with pytest.raises(ValueError, match=r"different config \(variant: 'sb' -> 'lb'"):
+    training.train_and_evaluate(tiny_config("lb", num_epochs=0.25), str(tmp_path))
+
+
+def test_f1_config_derives_the_paper_regime():
+  config = f1.get_config("lb+lr+gbn+ra")
+  plan = plan_lib.make_plan(config, num_train=60_000, num_devices=1)
+  assert plan.batch_size == 4096 and plan.ghost_batch_size == 128
+  assert plan.regime.epochs == 1600 and plan.regime.drop_epochs == (320, 640, 960)
+  assert plan.lr_scale * config.regime.lr == pytest.approx(0.1 * 32**0.5)
+  assert plan.num_steps == plan_lib.make_plan(f1.get_config("sb"), 60_000, 1).num_steps
+  assert plan.clip_norm == 5.0 and plan.clip_steps is None
+  with pytest.raises(ValueError, match="unknown config options"):
+    f1.get_config("lb,fast")
+
+
+def test_every_optional_key_can_be_set_from_the_command_line(monkeypatch):
+  from absl import flags
+  from ml_collections import config_flags
+
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  overrides = {
+    "batch_size": "256",
+    "ghost_batch_size": "32",
+    "lr_rule": "0.75",
+    "num_epochs": "3",
+    "grad_clip_norm": "2.5",
+    "grad_clip_steps": "100",
+    "mult_noise_variance": "4",
+    "num_devices": "1",
+    "data_seed": "7",
+    "stop_after_steps": "10",
+  }
+  argv = ["prog", f"--config={REPO}/experiments/configs/f1.py:lb+lr+gbn+mult"]
+  argv += [f"--config.{k}={v}" for k, v in overrides.items()]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads overrides from sys.argv
+  values(argv)
+  config = values.config
+  plan = plan_lib.make_plan(config, num_train=60_000, num_devices=1)
+  assert (plan.batch_size, plan.ghost_batch_size, plan.lr_rule) == (256, 32, 0.75)
+  assert (plan.regime.epochs, plan.clip_norm, plan.clip_steps) == (3.0, 2.5, 100)
+  assert plan.noise_variance == 4.0 and config.data_seed == 7 and config.stop_after_steps == 10
+  misspelled = ["prog", f"--config={REPO}/experiments/configs/f1.py:sb", "--config.batch_szie=1"]
+  monkeypatch.setattr(sys, "argv", misspelled)
+  with pytest.raises(Exception, match="batch_szie"):
+    flags_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flags_values, lock_config=True)
+    flags_values(misspelled)

@@ -273,18 +273,114 @@ def test_resume_in_a_new_process_is_exact(tmp_path):
   assert _records(straight) == _records(resumed)
 
 
-def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = tiny_config("lb+lr", checkpoint_every_steps=4, log_every_steps=4)
+def test_divergence_stops_with_the_step_lr_and_quantity_keeping_the_last_good_checkpoint(tmp_path):
+  config = tiny_config("lb+lr", checkpoint_every_steps=1, log_every_steps=1)
   config.regime.lr = 1e6
   config.regime.drop_epochs = ()
-  with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+") as info:
+  config.divergence_loss_factor = None  # only the non-finite check
+  with pytest.raises(FloatingPointError, match=r"training diverged: non-finite") as info:
     training.train_and_evaluate(config, str(tmp_path))
-  bad_step = int(info.value.args[0].split("at step ")[1].split(" ")[0])
-  kept = [int(s) for s in os.listdir(tmp_path / "checkpoints")]
-  assert all(s <= bad_step for s in kept)
-  if kept:
-    params, _ = _final_params(str(tmp_path))
-    assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+  message = info.value.args[0]
+  bad_step = int(message.split(" at step ")[1].split(",")[0])
+  assert "learning rate 2e+06" in message and "'sqrt' rule at batch 64" in message
+  kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+  assert kept and kept[-1] <= bad_step
+  assert f"last good checkpoint (step {kept[-1]})" in message
+  params, _ = _final_params(str(tmp_path))
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+def _tiny_step(skip_nonfinite):
+  config = tiny_config("lb+lr+gbn")
+  plan = plan_lib.make_plan(config, num_train=512, num_devices=1)
+  norm = plan_lib.norm_layer(plan, config, axis_name=step_lib.AXIS)
+  from bigbatch_jax import models
+
+  model = models.get_model("f1", 4, norm=norm, hidden=32, depth=2)
+  tx = plan_lib.make_optimizer(plan, jax.random.key(1))
+  state = training.create_train_state(model, tx, jnp.zeros((1, 16)), jax.random.key(0))
+  mesh = parallel.make_mesh(1)
+  step = parallel.shard_train_step(
+    step_lib.train_step,
+    mesh,
+    model=model,
+    tx=tx,
+    learning_rate=plan_lib.lr_schedule(plan),
+    skip_nonfinite=skip_nonfinite,
+  )
+  rng = np.random.default_rng(0)
+  good = {"x": rng.normal(size=(64, 16)).astype(np.float32), "y": np.zeros(64, np.int32)}
+  bad = {"x": good["x"].copy(), "y": good["y"]}
+  bad["x"][3, 5] = np.nan  # an injected NaN
+  return step, jax.device_put(state, parallel.replicated(mesh)), good, bad, mesh
+
+
+def test_skip_policy_skips_a_nan_update_and_counts_it():
+  step, state, good, bad, mesh = _tiny_step(skip_nonfinite=True)
+  state, _ = step(state, parallel.put_batch(good, mesh))
+  before = jax.device_get((state.params, state.batch_stats, state.opt_state))
+  state, metrics = step(state, parallel.put_batch(bad, mesh))
+  after = jax.device_get((state.params, state.batch_stats, state.opt_state))
+  jax.tree.map(np.testing.assert_array_equal, before, after)
+  assert int(metrics["skipped_steps"]) == 1 and int(state.step) == 2
+  assert int(state.nonfinite_step) == -1
+  state, metrics = step(state, parallel.put_batch(good, mesh))
+  assert int(metrics["skipped_steps"]) == 1 and np.isfinite(metrics["loss"])
+
+
+def test_stop_policy_records_the_step_and_quantity_of_an_injected_nan():
+  step, state, good, bad, mesh = _tiny_step(skip_nonfinite=False)
+  state, _ = step(state, parallel.put_batch(good, mesh))
+  state, _ = step(state, parallel.put_batch(bad, mesh))
+  state, _ = step(state, parallel.put_batch(good, mesh))
+  assert int(state.nonfinite_step) == 1 and int(state.nonfinite_kind) == 3
+
+
+def test_skip_policy_in_a_run_reports_skips(tmp_path):
+  config = tiny_config("lb+lr", nonfinite_policy="skip", log_every_steps=1)
+  config.regime.lr = 1e6
+  config.divergence_loss_factor = None
+  summary = training.train_and_evaluate(config, str(tmp_path))
+  assert summary["skipped_steps"] > 0
+
+
+def test_an_exploding_but_finite_loss_is_reported_as_divergence(tmp_path):
+  config = tiny_config("lb+lr", log_every_steps=1)
+  config.regime.lr = 30.0
+  config.regime.drop_epochs = ()
+  with pytest.raises(FloatingPointError, match=r"diverged: loss .* over 1000 times the first"):
+    training.train_and_evaluate(config, str(tmp_path))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+  config = tiny_config("lb+lr+gbn", checkpoint_every_steps=4, max_checkpoints_to_keep=3)
+  straight = tmp_path / "straight"
+  training.train_and_evaluate(config, str(straight))
+  broken = tmp_path / "broken"
+  config.stop_after_steps = 12
+  training.train_and_evaluate(config, str(broken))
+  assert sorted(int(s) for s in os.listdir(broken / "checkpoints")) == [4, 8, 12]
+  # Damage every data file of the newest checkpoint.
+  for root, _, files in os.walk(broken / "checkpoints" / "12"):
+    for name in files:
+      path = os.path.join(root, name)
+      if os.path.getsize(path) > 0 and "metadata" not in name:
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
+  config.stop_after_steps = None
+  training.train_and_evaluate(config, str(broken))
+  assert "checkpoint 12" in capsys.readouterr().out
+  jax.tree.map(
+    np.testing.assert_array_equal, _final_params(str(straight)), _final_params(str(broken))
+  )
+  assert _records(straight) == _records(broken)
+
+
+def test_a_batch_that_does_not_fit_in_memory_fails_before_training(tmp_path):
+  # 2^27 examples of 16 floats: 8 GiB of input alone, tens of GiB of activations.
+  config = tiny_config("lb", batch_size=2**27, num_epochs=float(2**19))
+  with pytest.raises(MemoryError, match=r"batch_size=134217728 .* needs [\d.]+ GiB per device"):
+    training.train_and_evaluate(config, str(tmp_path))
 
 
 @pytest.mark.parametrize(

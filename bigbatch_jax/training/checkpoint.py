@@ -9,7 +9,9 @@ Typed JAX keys are stored as their raw key data and re-wrapped on restore.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -34,6 +36,9 @@ def from_saveable(saved: Any, like: Any) -> Any:
     saved,
     like,
   )
+
+
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:
@@ -63,6 +68,49 @@ class Checkpointer:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     restored = self._manager.restore(step, args=ocp.args.StandardRestore(to_saveable(like)))
     return from_saveable(restored, like)
+
+  def restore_latest_good(self, like: Any) -> tuple[Any, int | None]:
+    """Restores the newest checkpoint that reads back; drops unreadable newer ones.
+
+    A checkpoint whose files were damaged after it was written (a crash of the
+    file system, a truncated copy) fails to restore; it is reported, deleted so
+    that the step can be written again, and the previous one is tried. Writes
+    themselves are atomic (orbax renames a finished temporary directory), so a
+    write killed half-way leaves no checkpoint behind to confuse this.
+
+    Args:
+      like: a state of the right structure and shardings.
+
+    Returns:
+      (state, step), or (like, None) when there is no checkpoint.
+    """
+    failures = []
+    for step in reversed(self.all_steps()):
+      try:
+        state = self.restore(like, step)
+      except Exception as error:
+        message = f"checkpoint {step} in {self.directory} is unreadable ({type(error).__name__}: "
+        message += f"{str(error)[:200]}); falling back to the previous one"
+        log.warning(message)
+        print(f"WARNING: {message}", flush=True)
+        failures.append(step)
+        continue
+      for bad in failures:
+        self._delete(bad)
+      return state, step
+    if failures:
+      raise RuntimeError(
+        f"no checkpoint in {self.directory} could be restored (tried steps {failures}); "
+        "move the directory away to start the run afresh"
+      )
+    return like, None
+
+  def _delete(self, step: int) -> None:
+    try:
+      self._manager.delete(step)
+    except Exception:
+      shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+    self._manager.reload()
 
   def restore_raw(self, step: int | None = None) -> dict:
     """Restores checkpoint ``step`` (latest if None) as saved: nested dicts of arrays.

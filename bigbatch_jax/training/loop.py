@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from bigbatch_jax import data as data_lib
 from bigbatch_jax import models
@@ -130,9 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-  start_step = checkpoints.latest_step()
+  state, start_step = checkpoints.restore_latest_good(state)
   if start_step is not None:
-    state = checkpoints.restore(state, start_step)
     metrics_log.truncate_after(start_step)
     log.info("resumed %s at step %d", workdir, start_step)
   else:
@@ -146,20 +146,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tx=tx,
     learning_rate=plan_lib.lr_schedule(plan),
     noise_variance=plan.noise_variance,
+    skip_nonfinite=config.nonfinite_policy == "skip",
   )
+  # Compile before reading any data: a batch that does not fit fails here,
+  # with sizes, rather than deep inside XLA mid-run.
+  train_fn = parallel.compile_train_step(train_fn, state, plan, dataset.input_shape, mesh)
   eval_fn = parallel.shard_eval_step(step_lib.eval_step, mesh, model=model)
 
   eval_every = max(1, round(config.eval_every_epochs * plan.steps_per_epoch))
   checkpoint_every = config.checkpoint_every_steps or plan.num_steps
 
+  def diverged(step: int, what: str) -> FloatingPointError:
+    lr = float(plan_lib.lr_schedule(plan)(step))
+    last = checkpoints.latest_step()
+    kept = (
+      f"The last good checkpoint (step {last}) is kept in {checkpoints.directory}."
+      if last is not None
+      else "No checkpoint had been written yet."
+    )
+    return FloatingPointError(
+      f"training diverged: {what} at step {step}, learning rate {lr:.4g} "
+      f"(base {plan.regime.lr:g} x {plan.lr_scale:.4g} for the {plan.lr_rule!r} rule at "
+      f"batch {plan.batch_size}). Lower the learning rate, clip the gradients (variant part "
+      "'clip' or --config.grad_clip_norm), or skip non-finite updates with "
+      f"--config.nonfinite_policy=skip. {kept}"
+    )
+
   def check_finite(state: TrainState) -> None:
     bad_step = int(state.nonfinite_step)
     if bad_step >= 0:
-      kept = checkpoints.latest_step()
-      raise FloatingPointError(
-        f"non-finite loss or gradient at step {bad_step} (lr "
-        f"{float(plan_lib.lr_schedule(plan)(bad_step)):.4g}); training stopped. The last good "
-        f"checkpoint (step {kept}) is kept in {checkpoints.directory}"
+      what = {1: "loss", 2: "gradient", 3: "loss and gradient"}[int(state.nonfinite_kind)]
+      raise diverged(bad_step, f"non-finite {what}")
+
+  first_loss = None
+
+  def check_loss(step: int, loss: float) -> None:
+    nonlocal first_loss
+    if first_loss is None:
+      first_loss = loss
+    factor = config.divergence_loss_factor
+    if factor is not None and np.isfinite(loss) and loss > factor * first_loss:
+      raise diverged(
+        step, f"loss {loss:.4g} is over {factor:g} times the first logged {first_loss:.4g}"
       )
 
   def log_eval(state: TrainState, step: int) -> dict:
@@ -201,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if done % config.log_every_steps == 0 or done == plan.num_steps:
           metrics = jax.device_get(metrics)  # the only host sync between evaluations
           check_finite(state)
+          check_loss(done, float(metrics["loss"]))
           now = time.perf_counter()
           record = {"step": done, "epoch": plan.epoch_at(done), **metrics}
           record["examples_per_sec"] = (done - last_step) * plan.batch_size / (now - last_time)
@@ -253,6 +282,7 @@ def _summary(config, plan: plan_lib.RunPlan, records: list[dict], wall_time: flo
     "best_test_accuracy": max((r["test_accuracy"] for r in evals), default=None),
     "train_accuracy": final.get("train_accuracy"),
     "weight_distance": train[-1]["weight_distance"] if train else None,
+    "skipped_steps": train[-1].get("skipped_steps", 0) if train else 0,
     "wall_time_s": wall_time,
   }
   if len(train) >= 2:

@@ -14,7 +14,9 @@ import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import psutil
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -78,3 +80,49 @@ def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
     for k, v in local_batch.items()
   }
+
+
+def step_memory_bytes(compiled) -> int:
+  """Peak bytes per device of a compiled step: arguments, outputs, temporaries."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return 0
+  return (
+    stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    - stats.alias_size_in_bytes
+    + stats.temp_size_in_bytes
+  )
+
+
+def available_memory_bytes(mesh: Mesh) -> int:
+  """Free memory per device: the accelerator's limit, or host RAM shared by CPU devices."""
+  device = mesh.devices.flat[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and "bytes_limit" in stats:
+    return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+  return psutil.virtual_memory().available // max(1, len(jax.local_devices()))
+
+
+def compile_train_step(train_fn, state, plan, input_shape, mesh: Mesh):
+  """Compiles the step ahead of time and checks that it fits in memory.
+
+  Returns the compiled step (called like ``train_fn``; one compilation for
+  the run). Raises ``MemoryError`` naming the batch and the sizes when the
+  step needs more memory per device than is free.
+  """
+  sharding = batch_sharding(mesh)
+  batch = {
+    "x": jax.ShapeDtypeStruct((plan.batch_size, *input_shape), jnp.float32, sharding=sharding),
+    "y": jax.ShapeDtypeStruct((plan.batch_size,), jnp.int32, sharding=sharding),
+  }
+  compiled = train_fn.lower(state, batch).compile()
+  needed, free = step_memory_bytes(compiled), available_memory_bytes(mesh)
+  if needed > free:
+    gib = 2.0**30
+    raise MemoryError(
+      f"the train step at batch_size={plan.batch_size} ({plan.local_batch_size} per device on "
+      f"{mesh.size} {mesh.devices.flat[0].platform} device(s)) needs {needed / gib:.2f} GiB per "
+      f"device but {free / gib:.2f} GiB is free; use a smaller --config.batch_size or more devices"
+    )
+  return compiled

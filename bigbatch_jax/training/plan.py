@@ -23,6 +23,7 @@ from bigbatch_jax.regimes import Regime, adapt_regime
 from bigbatch_jax.training.variants import Variant, parse_variant
 
 GHOST_STATS_UPDATES = ("sequential", "mean")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +117,10 @@ def make_plan(
         f"(batch_size={batch} over {num_devices} devices); choose a ghost size that divides "
         f"{local}"
       )
+  if config.nonfinite_policy not in NONFINITE_POLICIES:
+    raise ValueError(
+      f"config.nonfinite_policy={config.nonfinite_policy!r}; valid: {NONFINITE_POLICIES}"
+    )
   if config.ghost_stats_update not in GHOST_STATS_UPDATES:
     raise ValueError(
       f"config.ghost_stats_update={config.ghost_stats_update!r}; valid: {GHOST_STATS_UPDATES}"

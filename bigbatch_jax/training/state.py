@@ -23,6 +23,10 @@ class TrainState:
     key: typed key; folded with the step for dropout and multiplicative noise.
     nonfinite_step: the first step whose loss or gradient was not finite, or
       -1; checked on the host at logging steps.
+    nonfinite_kind: what was not finite at that step: 1 the loss, 2 the
+      gradient, 3 both.
+    skipped_steps: updates skipped for a non-finite loss or gradient (the
+      "skip" policy).
   """
 
   step: jax.Array
@@ -32,6 +36,8 @@ class TrainState:
   initial_params: Any
   key: jax.Array
   nonfinite_step: jax.Array
+  nonfinite_kind: jax.Array
+  skipped_steps: jax.Array
 
 
 def create_train_state(
@@ -51,4 +57,6 @@ def create_train_state(
     initial_params=jax.tree.map(jnp.copy, params),
     key=run_key,
     nonfinite_step=jnp.full((), -1, jnp.int32),
+    nonfinite_kind=jnp.zeros((), jnp.int32),
+    skipped_steps=jnp.zeros((), jnp.int32),
   )

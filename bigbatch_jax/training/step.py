@@ -55,6 +55,7 @@ def train_step(
   learning_rate: Callable[[jax.Array], jax.Array],
   num_replicas: int,
   noise_variance: float = 0.0,
+  skip_nonfinite: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update on one device's shard of the global batch.
 
@@ -66,6 +67,10 @@ def train_step(
     learning_rate: the effective learning-rate schedule, for logging.
     num_replicas: devices along the "batch" axis (static).
     noise_variance: multiplicative noise sigma**2 (Hoffer section 4); 0: off.
+    skip_nonfinite: on a non-finite loss or gradient, keep the previous
+      parameters, statistics and optimizer state and count the skip; without
+      it the step is applied and the first such step is recorded (the loop
+      stops there).
 
   Returns:
     The new state and replicated scalar metrics.
@@ -103,13 +108,27 @@ def train_step(
   accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
   loss, accuracy = lax.pmean((loss, accuracy), AXIS)
   grad_norm = optax.global_norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step)
+  loss_ok, grad_ok = jnp.isfinite(loss), jnp.isfinite(grad_norm)
+  finite = loss_ok & grad_ok
+  skipped_steps = state.skipped_steps
+  if skip_nonfinite:
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    params = keep(params, state.params)
+    batch_stats = keep(batch_stats, state.batch_stats)
+    opt_state = keep(opt_state, state.opt_state)
+    skipped_steps = skipped_steps + (~finite).astype(jnp.int32)
+    nonfinite_step, nonfinite_kind = state.nonfinite_step, state.nonfinite_kind
+  else:
+    first = (state.nonfinite_step < 0) & ~finite
+    kind = jnp.where(loss_ok, 0, 1) + jnp.where(grad_ok, 0, 2)
+    nonfinite_step = jnp.where(first, state.step, state.nonfinite_step)
+    nonfinite_kind = jnp.where(first, kind, state.nonfinite_kind)
   metrics = {
     "loss": loss,
     "train_batch_accuracy": accuracy,
     "grad_norm": grad_norm,
     "lr": learning_rate(state.step),
+    "skipped_steps": skipped_steps,
     **weight_distances(params, state.initial_params),
   }
   new_state = state.replace(
@@ -118,6 +137,8 @@ def train_step(
     batch_stats=batch_stats,
     opt_state=opt_state,
     nonfinite_step=nonfinite_step,
+    nonfinite_kind=nonfinite_kind,
+    skipped_steps=skipped_steps,
   )
   return new_state, metrics
 

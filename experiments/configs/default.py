@@ -9,7 +9,7 @@ size, the noise variance) are computed in code from these keys by
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+from ml_collections.config_dict import FieldReference, placeholder
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -55,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.grad_clip_norm = placeholder(float)
   config.grad_clip_steps = placeholder(int)  # clip only the first N updates (None: every update)
   config.mult_noise_variance = placeholder(float)  # "mult" noise sigma^2 (None: matched, r - 1)
+  config.nonfinite_policy = "stop"  # non-finite loss/gradient: "stop" (error) | "skip" (the update)
+  # Stop when the logged loss exceeds this many times the first logged loss.
+  config.divergence_loss_factor = FieldReference(1000.0, field_type=float)  # None: off
   config.noise_alpha = 1e-5  # "white" noise: variance alpha / (1 + t)^gamma (Jaiswal & Taura)
   config.noise_gamma = 0.55
 

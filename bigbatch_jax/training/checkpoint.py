@@ -15,6 +15,7 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -121,7 +122,15 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    return self._manager.restore(step, args=ocp.args.StandardRestore())
+    # Host numpy arrays shaped by the checkpoint's own metadata: readable on
+    # any device topology (a multi-host run's checkpoint on one CPU, say).
+    path = os.path.join(self.directory, str(step), "default")
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(path)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
   def wait(self) -> None:
     """Blocks until pending writes are on disk."""

@@ -24,16 +24,38 @@ from bigbatch_jax.training.state import TrainState, create_train_state
 
 log = logging.getLogger(__name__)
 
-# Config keys that may change between a run and its resumption.
+# Config keys that may change between a run and its resumption (and that
+# differ between the processes of one multi-host run).
 RESUMABLE_KEYS = frozenset(
-  {"progress_bar", "log_every_steps", "allow_config_change", "stop_after_steps"}
+  {
+    "progress_bar",
+    "log_every_steps",
+    "allow_config_change",
+    "stop_after_steps",
+    "process_id",
+    "coordinator_address",
+    "distributed_timeout_s",
+  }
 )
 
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """jax.distributed.initialize() for multi-host runs (coordinator from the environment)."""
-  if config.distributed:
-    jax.distributed.initialize()
+  """jax.distributed.initialize() for multi-host runs, with timeouts so a dead peer fails fast.
+
+  On CPU the cross-process collectives use gloo. Unset coordinator address,
+  process count and id come from the cluster environment.
+  """
+  if not config.distributed or jax.distributed.is_initialized():
+    return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used by CPU devices only
+  timeout = int(config.distributed_timeout_s)
+  jax.distributed.initialize(
+    coordinator_address=config.coordinator_address,
+    num_processes=config.num_processes,
+    process_id=config.process_id,
+    initialization_timeout=timeout,
+    heartbeat_timeout_seconds=timeout,
+  )
 
 
 def load_data(config: ml_collections.ConfigDict) -> data_lib.ArrayDataset:

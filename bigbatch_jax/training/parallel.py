@@ -97,7 +97,7 @@ def step_memory_bytes(compiled) -> int:
 
 def available_memory_bytes(mesh: Mesh) -> int:
   """Free memory per device: the accelerator's limit, or host RAM shared by CPU devices."""
-  device = mesh.devices.flat[0]
+  device = mesh.local_devices[0]  # memory_stats needs a device of this process
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   if stats and "bytes_limit" in stats:
     return stats["bytes_limit"] - stats.get("bytes_in_use", 0)

@@ -64,7 +64,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Run.
   config.seed = 0  # parameters, data order, dropout and noise
   config.num_devices = placeholder(int)  # devices of the data-parallel mesh (None: all)
-  config.distributed = False  # call jax.distributed.initialize() (multi-host)
+  # Multi-host: jax.distributed.initialize(). Unset address/count/id are taken
+  # from the cluster environment (SLURM, Kubernetes, Cloud TPU).
+  config.distributed = False
+  config.coordinator_address = placeholder(str)  # e.g. "10.0.0.1:1234"
+  config.num_processes = placeholder(int)
+  config.process_id = placeholder(int)
+  config.distributed_timeout_s = 300  # initialize and heartbeat timeout: a dead peer fails the run
   config.log_every_steps = 50  # metrics come to the host only at these steps
   config.eval_every_epochs = 1.0  # test-set evaluation period
   config.eval_on_train = True  # also evaluate the whole training split

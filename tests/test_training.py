@@ -376,60 +376,6 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
   assert _records(straight) == _records(broken)
 
 
-def test_a_batch_that_does_not_fit_in_memory_fails_before_training(tmp_path):
-  # 2^27 examples of 16 floats: 8 GiB of input alone, tens of GiB of activations.
-  config = tiny_config("lb", batch_size=2**27, num_epochs=float(2**19))
-  with pytest.raises(MemoryError, match=r"batch_size=134217728 .* needs [\d.]+ GiB per device"):
-    training.train_and_evaluate(config, str(tmp_path))
-
-
-@pytest.mark.parametrize(
-  ("overrides", "error", "message"),
-  [
-    ({"variant": "lb+lr+fancy"}, ValueError, r"unknown part 'fancy'"),
-    ({"variant": "xl+lr"}, ValueError, r"must start with the batch part 'sb' or 'lb'"),
-    ({"variant": "lb+lr+linear"}, ValueError, r"contradictory"),
-    ({"variant": "sb+ra"}, ValueError, r"no effect at the base batch size"),
-    ({"dataset": "imagenet21k"}, ValueError, r"imagenet21k"),
-    ({"dataset": "npz:/does/not/exist.npz"}, FileNotFoundError, r"/does/not/exist.npz"),
-    ({"num_devices": 3}, ValueError, r"batch_size=64 is not divisible by the 3 devices"),
-    ({"ghost_batch_size": 12}, ValueError, r"ghost_batch_size=12 does not divide the per-device"),
-    ({"num_devices": 4, "ghost_batch_size": 32}, ValueError, r"per-device batch of 16"),
-    ({"base_batch_size": 0}, ValueError, r"config.base_batch_size must be a positive integer"),
-    ({"num_devices": 9}, ValueError, r"num_devices=9 but 4 devices are available"),
-    ({"regime.lr": -1.0}, ValueError, r"Regime.lr must be > 0"),
-  ],
-)
-def test_bad_input_fails_before_training(overrides, error, message, tmp_path):
-  with pytest.raises(error, match=message):
-    training.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
-  assert not (tmp_path / "checkpoints").exists()
-
-
-def test_bad_npz_contents_are_named(tmp_path):
-  rng = np.random.default_rng(0)
-  missing = tmp_path / "missing.npz"
-  np.savez(missing, x_train=np.zeros((8, 4)), y_train=np.zeros(8, int), x_test=np.zeros((4, 4)))
-  with pytest.raises(ValueError, match="y_test"):
-    training.train_and_evaluate(tiny_config(dataset=f"npz:{missing}"), str(tmp_path / "a"))
-  out_of_range = tmp_path / "labels.npz"
-  np.savez(
-    out_of_range,
-    x_train=rng.normal(size=(8, 4)),
-    y_train=np.array([0, 1, 2, 3, 4, 5, 6, -1]),
-    x_test=rng.normal(size=(4, 4)),
-    y_test=np.zeros(4, int),
-  )
-  with pytest.raises(ValueError, match="-1"):
-    training.train_and_evaluate(tiny_config(dataset=f"npz:{out_of_range}"), str(tmp_path / "b"))
-
-
-def test_a_workdir_of_another_config_is_refused(tmp_path):
-  training.train_and_evaluate(tiny_config("sb", num_epochs=0.25), str(tmp_path))
-  with pytest.raises(ValueError, match=r"different config \(variant: 'sb' -> 'lb'"):
-    training.train_and_evaluate(tiny_config("lb", num_epochs=0.25), str(tmp_path))
-
-
 def test_f1_config_derives_the_paper_regime():
   config = f1.get_config("lb+lr+gbn+ra")
   plan = plan_lib.make_plan(config, num_train=60_000, num_devices=1)

@@ -151,16 +151,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
   state = init(state_key)
 
-  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
-  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-  state, start_step = checkpoints.restore_latest_good(state)
-  if start_step is not None:
-    metrics_log.truncate_after(start_step)
-    log.info("resumed %s at step %d", workdir, start_step)
-  else:
-    start_step = 0
-    metrics_log.truncate_after(-1)
-
   train_fn = parallel.shard_train_step(
     step_lib.train_step,
     mesh,
@@ -173,6 +163,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Compile before reading any data: a batch that does not fit fails here,
   # with sizes, rather than deep inside XLA mid-run.
   train_fn = parallel.compile_train_step(train_fn, state, plan, dataset.input_shape, mesh)
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
+  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  state, start_step = checkpoints.restore_latest_good(state)
+  if start_step is not None:
+    metrics_log.truncate_after(start_step)
+    log.info("resumed %s at step %d", workdir, start_step)
+  else:
+    start_step = 0
+    metrics_log.truncate_after(-1)
+
   eval_fn = parallel.shard_eval_step(step_lib.eval_step, mesh, model=model)
 
   eval_every = max(1, round(config.eval_every_epochs * plan.steps_per_epoch))

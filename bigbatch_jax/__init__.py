@@ -14,6 +14,7 @@ from bigbatch_jax.transforms import (
   clip_by_global_norm_during,
   lr_scaling_exponent,
   scale_by_batch_size,
+  scale_by_distance_drops,
 )
 
 __version__ = "0.1.0"
@@ -31,4 +32,5 @@ __all__ = [
   "matched_noise_variance",
   "multiplicative_noise_weights",
   "scale_by_batch_size",
+  "scale_by_distance_drops",
 ]

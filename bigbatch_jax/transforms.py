@@ -16,7 +16,8 @@ only what the papers specify on top:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -194,3 +195,65 @@ def clip_by_global_norm_during(max_norm: float, steps: int) -> optax.GradientTra
   return optax.conditionally_transform(
     optax.clip_by_global_norm(max_norm), lambda count: count < steps
   )
+
+
+class DistanceDropsState(NamedTuple):
+  """State of :func:`scale_by_distance_drops`."""
+
+  initial_params: optax.Params  # w0, the parameters at init
+  num_drops: jax.Array  # int32 scalar: targets reached so far
+  drop_factor: jax.Array  # float32 scalar: the multiplier per drop
+
+
+def scale_by_distance_drops(
+  distances: Sequence[float], factor: float = 0.1
+) -> optax.GradientTransformation:
+  """Multiplies updates by factor**k once ||w - w0|| has reached k of ``distances``.
+
+  Hoffer et al. (section 5) observe that "the distance between the current
+  weight and the initialization point can be a good measure to decide upon
+  when to decrease the learning rate". Placed after the optimizer, this drops
+  the learning rate by ``factor`` each time the weight distance, measured on
+  device at every update, first reaches the next target; drops are never
+  undone. The state keeps a copy of w0.
+
+  Args:
+    distances: increasing positive targets for ||w - w0|| (e.g. the distances
+      at which a reference small-batch run dropped its learning rate).
+    factor: the multiplier applied at each drop.
+
+  Returns:
+    An ``optax.GradientTransformation``; its ``update`` needs ``params``.
+
+  Example:
+    >>> import optax, bigbatch_jax
+    >>> tx = optax.chain(optax.sgd(0.1), bigbatch_jax.scale_by_distance_drops((4.0, 6.0)))
+
+  References:
+    Hoffer, Hubara, Soudry 2017, section 5.
+  """
+  targets = [float(d) for d in distances]
+  if not targets or any(d <= 0 for d in targets) or targets != sorted(set(targets)):
+    raise ValueError(f"distances must be positive and increasing, got {list(distances)!r}")
+  if isinstance(factor, numbers.Real) and not factor > 0:
+    raise ValueError(f"factor must be > 0, got {factor!r}")
+  target_array = jnp.asarray(targets, jnp.float32)
+
+  def init_fn(params):
+    return DistanceDropsState(
+      initial_params=jax.tree.map(jnp.copy, params),
+      num_drops=jnp.zeros([], jnp.int32),
+      drop_factor=jnp.asarray(factor, jnp.float32),
+    )
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("scale_by_distance_drops needs params: call update(updates, state, params)")
+    distance = optax.global_norm(jax.tree.map(jnp.subtract, params, state.initial_params))
+    reached = jnp.sum(distance >= target_array).astype(jnp.int32)
+    num_drops = jnp.maximum(state.num_drops, reached)
+    scale = state.drop_factor**num_drops
+    updates = jax.tree.map(lambda u: (scale * u).astype(u.dtype), updates)
+    return updates, state._replace(num_drops=num_drops)
+
+  return optax.GradientTransformation(init_fn, update_fn)

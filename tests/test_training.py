@@ -1,6 +1,8 @@
 """The training system end to end: variants, data sources, parallelism, resume, errors."""
 
+import itertools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -421,3 +423,47 @@ def test_every_optional_key_can_be_set_from_the_command_line(monkeypatch):
     flags_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=flags_values, lock_config=True)
     flags_values(misspelled)
+
+
+def test_distance_triggered_drops_follow_the_weight_distance(tmp_path):
+  reference = tmp_path / "reference"
+  training.train_and_evaluate(tiny_config("sb", log_every_steps=1), str(reference))
+  targets = plan_lib.distances_at_drops(str(reference))
+  assert len(targets) == 1  # the regime drops once, after epoch 1
+  config = tiny_config("lb+lr+dist", log_every_steps=1, drop_distances_from=str(reference))
+  config.regime.epochs = 6.0
+  training.train_and_evaluate(config, str(tmp_path / "dist"))
+  records = [r for r in _records(tmp_path / "dist") if "lr" in r]
+  lrs = [r["lr"] for r in records]
+  assert lrs[0] == pytest.approx(0.1)  # 0.05 * sqrt(4), no epoch-based drop
+  # The learning rate drops exactly once the distance (before the update) reached the target.
+  for before, record in itertools.pairwise(records):
+    assert (record["lr"] < lrs[0] * 0.5) == (before["weight_distance"] >= targets[0])
+
+
+def test_growing_batch_compiles_each_size_once_and_scales_the_lr(tmp_path, caplog):
+  config = tiny_config("lb+lr+gbn+grow", log_every_steps=1, batch_growth_factor=2.0)
+  plan = plan_lib.make_plan(config, num_train=512, num_devices=4)
+  # 64 for epoch 1 (8 updates), then 128 for epoch 2 (4 updates); ghost 8 throughout.
+  assert plan.batch_phases == ((0, 64), (8, 128)) and plan.num_steps == 12
+  assert plan.offset_at(12) == 1024 and plan.epoch_at(8) == 1.0
+  with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+    summary = training.train_and_evaluate(config, str(tmp_path / "grow"))
+  step_compiles = [r for r in caplog.records if "Compiling jit(train_step)" in r.getMessage()]
+  assert len(step_compiles) == 2  # one per batch size
+  assert summary["updates"] == 12 and summary["final_batch_size"] == 128
+  records = [r for r in _records(tmp_path / "grow") if "lr" in r]
+  assert [r["batch_size"] for r in records] == [64] * 8 + [128] * 4
+  # sqrt rule through the schedule: 0.05 * sqrt(64 / 16), then 0.05 * sqrt(128 / 16).
+  assert records[0]["lr"] == pytest.approx(0.1) and records[-1]["lr"] == pytest.approx(
+    0.05 * 8**0.5
+  )
+
+
+def test_grow_and_dist_reject_bad_settings():
+  with pytest.raises(ValueError, match="'grow' and 'dist'"):
+    plan_lib.make_plan(tiny_config("lb+grow+dist"), 512, 1)
+  with pytest.raises(ValueError, match="needs the \\|\\|w - w0\\|\\| targets"):
+    plan_lib.make_plan(tiny_config("lb+dist"), 512, 1)
+  with pytest.raises(ValueError, match="does not split into 4 device"):
+    plan_lib.make_plan(tiny_config("lb+grow", batch_growth_factor=1.3), 512, 4)

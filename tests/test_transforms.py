@@ -135,11 +135,43 @@ def test_clip_during_rejects_bad_arguments():
     bb.clip_by_global_norm_during(5.0, -1)
 
 
+def test_distance_drops_scale_once_each_target_is_reached():
+  # Unit steps along one axis: ||w - w0|| = 0, 1, 2, ... before each update.
+  tx = optax.chain(optax.sgd(1.0), bb.scale_by_distance_drops((1.5, 3.5), factor=0.5))
+  params = jnp.zeros(1)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  scales = []
+  for _ in range(7):
+    distance = float(jnp.abs(params[0]))
+    updates, state = update(
+      jnp.array([-1.0 / 0.5 ** sum(distance >= t for t in (1.5, 3.5))]), state, params
+    )
+    scales.append(float(updates[0]))
+    params = params + updates
+  # Gradients were pre-divided by the expected scale: every update is exactly 1.
+  np.testing.assert_allclose(scales, 1.0, rtol=1e-6)
+  assert int(state[1].num_drops) == 2
+
+
+def test_distance_drops_never_undo_a_drop_and_check_arguments():
+  tx = bb.scale_by_distance_drops((1.0,), factor=0.1)
+  state = tx.init(jnp.zeros(1))
+  _, state = tx.update(jnp.ones(1), state, jnp.full(1, 2.0))  # beyond the target
+  updates, state = tx.update(jnp.ones(1), state, jnp.zeros(1))  # back at w0
+  np.testing.assert_allclose(updates, 0.1, rtol=1e-6)
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(jnp.ones(1), state)
+  with pytest.raises(ValueError, match="positive and increasing"):
+    bb.scale_by_distance_drops((3.0, 2.0))
+
+
 TRANSFORMS = {
   "scale_by_batch_size": lambda: bb.scale_by_batch_size(256, 128, "sqrt"),
   "scale_by_batch_size_schedule": lambda: bb.scale_by_batch_size(lambda c: 128 + c, 128),
   "add_decaying_noise": lambda: bb.add_decaying_noise(jax.random.key(0)),
   "clip_by_global_norm_during": lambda: bb.clip_by_global_norm_during(1.0, 2),
+  "scale_by_distance_drops": lambda: bb.scale_by_distance_drops((0.01, 0.05)),
 }
 
 

@@ -160,9 +160,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     noise_variance=plan.noise_variance,
     skip_nonfinite=config.nonfinite_policy == "skip",
   )
-  # Compile before reading any data: a batch that does not fit fails here,
-  # with sizes, rather than deep inside XLA mid-run.
-  train_fn = parallel.compile_train_step(train_fn, state, plan, dataset.input_shape, mesh)
+  # Compile before reading any data, once per batch size of the run: a batch
+  # that does not fit fails here, with sizes, rather than deep inside XLA.
+  compiled_steps = {
+    size: parallel.compile_train_step(train_fn, state, size, dataset.input_shape, mesh)
+    for size in plan.batch_sizes
+  }
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   state, start_step = checkpoints.restore_latest_good(state)
@@ -175,7 +178,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   eval_fn = parallel.shard_eval_step(step_lib.eval_step, mesh, model=model)
 
-  eval_every = max(1, round(config.eval_every_epochs * plan.steps_per_epoch))
+  def evaluation_due(done: int) -> bool:
+    period = config.eval_every_epochs
+    return int(plan.epoch_at(done) / period) > int(plan.epoch_at(done - 1) / period)
+
   checkpoint_every = config.checkpoint_every_steps or plan.num_steps
 
   def diverged(step: int, what: str) -> FloatingPointError:
@@ -223,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   batches = data_lib.BatchIterator(
     dataset,
-    plan.batch_size,
+    plan.batch_size if len(plan.batch_phases) == 1 else plan.batch_size_at,
     seed=config.seed,
     start_step=start_step,
     process_index=jax.process_index(),
@@ -246,6 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     with batches:
       for step in range(start_step, end_step):
+        train_fn = compiled_steps[plan.batch_size_at(step)]
         state, metrics = train_fn(state, parallel.put_batch(next(batches), mesh))
         done = step + 1
         if done % config.log_every_steps == 0 or done == plan.num_steps:
@@ -254,12 +261,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           check_loss(done, float(metrics["loss"]))
           now = time.perf_counter()
           record = {"step": done, "epoch": plan.epoch_at(done), **metrics}
-          record["examples_per_sec"] = (done - last_step) * plan.batch_size / (now - last_time)
+          record["batch_size"] = plan.batch_size_at(step)
+          examples = plan.offset_at(done) - plan.offset_at(last_step)
+          record["examples_per_sec"] = examples / (now - last_time)
           last_time, last_step = now, done
           if jax.process_index() == 0:
             metrics_log.write(record)
           bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.3g}")
-        if done % eval_every == 0 or done == plan.num_steps:
+        if evaluation_due(done) or done == plan.num_steps:
           check_finite(state)
           record = log_eval(state, done)
           bar.set_postfix(test_acc=f"{record['test_accuracy']:.4f}")
@@ -291,6 +300,7 @@ def _summary(config, plan: plan_lib.RunPlan, records: list[dict], wall_time: flo
     "dataset": config.dataset,
     "seed": config.seed,
     "batch_size": plan.batch_size,
+    "final_batch_size": plan.batch_phases[-1][1],
     "base_batch_size": plan.base_batch_size,
     "ghost_batch_size": plan.ghost_batch_size,
     "lr_rule": plan.lr_rule,

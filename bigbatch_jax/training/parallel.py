@@ -104,7 +104,7 @@ def available_memory_bytes(mesh: Mesh) -> int:
   return psutil.virtual_memory().available // max(1, len(jax.local_devices()))
 
 
-def compile_train_step(train_fn, state, plan, input_shape, mesh: Mesh):
+def compile_train_step(train_fn, state, batch_size: int, input_shape, mesh: Mesh):
   """Compiles the step ahead of time and checks that it fits in memory.
 
   Returns the compiled step (called like ``train_fn``; one compilation for
@@ -113,15 +113,15 @@ def compile_train_step(train_fn, state, plan, input_shape, mesh: Mesh):
   """
   sharding = batch_sharding(mesh)
   batch = {
-    "x": jax.ShapeDtypeStruct((plan.batch_size, *input_shape), jnp.float32, sharding=sharding),
-    "y": jax.ShapeDtypeStruct((plan.batch_size,), jnp.int32, sharding=sharding),
+    "x": jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32, sharding=sharding),
+    "y": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding),
   }
   compiled = train_fn.lower(state, batch).compile()
   needed, free = step_memory_bytes(compiled), available_memory_bytes(mesh)
   if needed > free:
     gib = 2.0**30
     raise MemoryError(
-      f"the train step at batch_size={plan.batch_size} ({plan.local_batch_size} per device on "
+      f"the train step at batch_size={batch_size} ({batch_size // mesh.size} per device on "
       f"{mesh.size} {mesh.devices.flat[0].platform} device(s)) needs {needed / gib:.2f} GiB per "
       f"device but {free / gib:.2f} GiB is free; use a smaller --config.batch_size or more devices"
     )

@@ -8,18 +8,23 @@ consistent (the STYLE guide's rule).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import functools
+import itertools
+import json
+import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 from bigbatch_jax import transforms
 from bigbatch_jax.noise import matched_noise_variance
-from bigbatch_jax.regimes import Regime, adapt_regime
+from bigbatch_jax.regimes import Regime, adapt_regime, epochs_to_steps
 from bigbatch_jax.training.variants import Variant, parse_variant
 
 GHOST_STATS_UPDATES = ("sequential", "mean")
@@ -43,6 +48,9 @@ class RunPlan:
   noise_variance: float  # multiplicative noise sigma**2, 0 when off
   clip_norm: float | None
   clip_steps: int | None
+  # (first step, global batch size) of each phase; one phase unless "grow".
+  batch_phases: tuple[tuple[int, int], ...] = ()
+  drop_distances: tuple[float, ...] = ()  # "dist": ||w - w0|| targets of the lr drops
 
   @property
   def local_batch_size(self) -> int:
@@ -53,13 +61,39 @@ class RunPlan:
     return self.num_train / self.batch_size
 
   @property
+  def batch_sizes(self) -> tuple[int, ...]:
+    """The distinct global batch sizes of the run (each compiles once)."""
+    return tuple(sorted({size for _, size in self.batch_phases}))
+
+  def batch_size_at(self, step: int) -> int:
+    """The global batch size of update ``step`` (host side)."""
+    starts = [start for start, _ in self.batch_phases]
+    return self.batch_phases[bisect.bisect_right(starts, step) - 1][1]
+
+  def batch_size_schedule(self):
+    """The batch size of update ``step`` as a jittable function."""
+    starts = jnp.asarray([start for start, _ in self.batch_phases], jnp.int32)
+    sizes = jnp.asarray([size for _, size in self.batch_phases], jnp.float32)
+    return lambda step: sizes[jnp.searchsorted(starts, step, side="right") - 1]
+
+  def offset_at(self, step: int) -> int:
+    """Training examples read before update ``step``."""
+    offset = 0
+    ends = [start for start, _ in self.batch_phases[1:]] + [step]
+    for (start, size), end in zip(self.batch_phases, ends, strict=True):
+      offset += (min(end, step) - start) * size
+      if end >= step:
+        break
+    return offset
+
+  @property
   def lr_scale(self) -> float:
     """(B / B_base)**p, the factor on the base learning rate."""
     ratio = self.batch_size / self.base_batch_size
     return ratio ** transforms.lr_scaling_exponent(self.lr_rule)
 
   def epoch_at(self, step: int) -> float:
-    return step / self.steps_per_epoch
+    return self.offset_at(step) / self.num_train
 
 
 def _positive_int(config, key: str) -> int:
@@ -154,7 +188,20 @@ def make_plan(
     regime = dataclasses.replace(regime, epochs=float(config.num_epochs))
   if num_train <= 0:
     raise ValueError(f"the training set is empty (num_train={num_train})")
+  batch_phases = ((0, batch),)
+  if variant.grow_batch:
+    batch_phases = _growing_batch_phases(config, regime, batch, num_train, num_devices, ghost)
+    last_phase_epochs = regime.epochs - _phase_epochs(config, regime)[-1]
+    regime = dataclasses.replace(regime, drop_epochs=())  # the batch grows instead
+  drop_distances = ()
+  if variant.distance_drops:
+    drop_distances = _drop_distances(config)
+    regime = dataclasses.replace(regime, drop_epochs=())  # the distance decides instead
   num_steps = regime.num_steps(num_train)
+  if variant.grow_batch:
+    num_steps = batch_phases[-1][0] + epochs_to_steps(
+      last_phase_epochs, num_train, batch_phases[-1][1]
+    )
   if num_steps < 1:
     raise ValueError(
       f"{regime.epochs} epochs of {num_train} examples at batch {batch} is less than one update"
@@ -194,13 +241,88 @@ def make_plan(
     noise_variance=noise_variance,
     clip_norm=clip_norm,
     clip_steps=clip_steps,
+    batch_phases=batch_phases,
+    drop_distances=drop_distances,
   )
 
 
+def _phase_epochs(config, regime: Regime) -> list[float]:
+  """Epochs at which the batch of a "grow" run changes: 0 and the drop epochs."""
+  return [0.0, *(e for e in regime.drop_epochs if e < regime.epochs)]
+
+
+def _growing_batch_phases(config, regime, batch, num_train, num_devices, ghost):
+  """(first step, batch) phases: the batch times the growth factor at each drop epoch."""
+  factor = config.batch_growth_factor
+  if factor is None:
+    factor = 1.0 / regime.drop_factor
+  if not factor > 1:
+    raise ValueError(f"config.batch_growth_factor must be > 1, got {factor!r}")
+  epochs = _phase_epochs(config, regime)
+  if len(epochs) < 2:
+    raise ValueError("variant part 'grow' needs regime.drop_epochs: the batch grows at them")
+  phases, step, size = [], 0, batch
+  for k, start_epoch in enumerate(epochs):
+    if size % num_devices or (ghost and (size // num_devices) % ghost):
+      raise ValueError(
+        f"the growing batch reaches {size}, which does not split into {num_devices} device(s)"
+        + (f" of whole ghost batches of {ghost}" if ghost else "")
+        + "; choose a batch_growth_factor that keeps every size divisible"
+      )
+    phases.append((step, size))
+    if k + 1 < len(epochs):
+      step += epochs_to_steps(epochs[k + 1] - start_epoch, num_train, size)
+      size = int(round(size * factor))
+  return tuple(phases)
+
+
+def distances_at_drops(workdir: str) -> tuple[float, ...]:
+  """||w - w0|| of a finished run at each of its learning-rate drops.
+
+  Reads ``metrics.jsonl`` and takes the weight distance logged last before
+  each drop of the logged learning rate (finer logging gives closer values).
+  """
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config.drop_distances_from: no metrics.jsonl in {workdir}")
+  with open(path) as f:
+    records = [r for r in map(json.loads, f) if "lr" in r and "weight_distance" in r]
+  distances = []
+  for before, after in itertools.pairwise(records):
+    if after["lr"] < before["lr"] * (1 - 1e-6):
+      distances.append(float(before["weight_distance"]))
+  if not distances:
+    raise ValueError(f"the run in {workdir} logged no learning-rate drop to take distances from")
+  return tuple(distances)
+
+
+def _drop_distances(config) -> tuple[float, ...]:
+  if config.drop_distances is not None and config.drop_distances_from is not None:
+    raise ValueError("set one of config.drop_distances and config.drop_distances_from, not both")
+  if config.drop_distances is not None:
+    distances = tuple(float(d) for d in config.drop_distances)
+  elif config.drop_distances_from is not None:
+    distances = distances_at_drops(config.drop_distances_from)
+  else:
+    raise ValueError(
+      "variant part 'dist' needs the ||w - w0|| targets: --config.drop_distances='(4.0, 6.0)' "
+      "or --config.drop_distances_from=WORKDIR of a reference run"
+    )
+  if not distances or any(d <= 0 for d in distances) or list(distances) != sorted(set(distances)):
+    raise ValueError(f"drop distances must be positive and increasing, got {distances}")
+  return distances
+
+
 def lr_schedule(plan: RunPlan) -> optax.Schedule:
-  """The effective learning rate: the regime's schedule times (B / B_base)**p."""
+  """The scheduled learning rate: the regime's schedule times (B / B_base)**p.
+
+  With "dist" the distance-triggered drops multiply this on device (the step
+  logs the product).
+  """
   base = plan.regime.schedule(plan.steps_per_epoch)
-  scale = transforms.batch_size_scale_schedule(plan.batch_size, plan.base_batch_size, plan.lr_rule)
+  scale = transforms.batch_size_scale_schedule(
+    plan.batch_size_schedule(), plan.base_batch_size, plan.lr_rule
+  )
   return lambda step: base(step) * scale(step)
 
 
@@ -242,7 +364,10 @@ def make_optimizer(
       nesterov=regime.nesterov,
     )
   )
-  parts.append(transforms.scale_by_batch_size(plan.batch_size, plan.base_batch_size, plan.lr_rule))
+  batch_size = plan.batch_size_schedule() if len(plan.batch_phases) > 1 else plan.batch_size
+  parts.append(transforms.scale_by_batch_size(batch_size, plan.base_batch_size, plan.lr_rule))
+  if plan.drop_distances:
+    parts.append(transforms.scale_by_distance_drops(plan.drop_distances, regime.drop_factor))
   return optax.chain(*parts)
 
 

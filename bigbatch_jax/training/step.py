@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from bigbatch_jax import transforms
 from bigbatch_jax.noise import multiplicative_noise_weights
 from bigbatch_jax.training.state import TrainState
 
@@ -33,6 +34,16 @@ def weight_distances(params, initial_params) -> dict[str, jax.Array]:
     for name in params:
       distances[f"weight_distance/{name}"] = tree_distance(params[name], initial_params[name])
   return distances
+
+
+def _distance_drop_scale(opt_state) -> jax.Array:
+  """factor**drops of a scale_by_distance_drops in the optimizer, else 1 (for logging)."""
+  for state in jax.tree.leaves(
+    opt_state, is_leaf=lambda x: isinstance(x, transforms.DistanceDropsState)
+  ):
+    if isinstance(state, transforms.DistanceDropsState):
+      return state.drop_factor**state.num_drops
+  return jnp.ones([], jnp.float32)
 
 
 def _local_noise_weights(key, local_batch: int, num_replicas: int, variance: float):
@@ -127,7 +138,7 @@ def train_step(
     "loss": loss,
     "train_batch_accuracy": accuracy,
     "grad_norm": grad_norm,
-    "lr": learning_rate(state.step),
+    "lr": learning_rate(state.step) * _distance_drop_scale(opt_state),
     "skipped_steps": skipped_steps,
     **weight_distances(params, state.initial_params),
   }

@@ -14,6 +14,11 @@ A variant is a batch choice followed by remedies, joined with "+":
 * ``clip``: gradient clipping at ``grad_clip_norm`` (Hoffer section 4: "for
   the first few iterations, we had to clip"), during the first
   ``grad_clip_steps`` updates (all updates when None).
+* ``dist``: learning-rate drops triggered by the weight distance ||w - w0||
+  reaching targets instead of at the regime's drop epochs (Hoffer section 5).
+* ``grow``: the batch grows by ``batch_growth_factor`` at the regime's drop
+  epochs instead of the learning rate dropping ("start small and increase";
+  Smith et al. 2018, "Don't decay the learning rate, increase the batch size").
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 BATCH_PARTS = ("sb", "lb")
-REMEDY_PARTS = ("lr", "linear", "gbn", "ra", "mult", "white", "clip")
+REMEDY_PARTS = ("lr", "linear", "gbn", "ra", "mult", "white", "clip", "dist", "grow")
 # Remedies that only mean something when the batch is larger than the base.
 LARGE_BATCH_ONLY = ("lr", "linear", "ra", "mult")
 
@@ -38,6 +43,8 @@ class Variant:
   multiplicative_noise: bool
   white_noise: bool
   clip: bool
+  distance_drops: bool
+  grow_batch: bool
 
 
 def parse_variant(name: str) -> Variant:
@@ -67,6 +74,13 @@ def parse_variant(name: str) -> Variant:
       f"variant {name!r} is contradictory: 'lr' (square-root scaling) and 'linear' "
       "are two learning-rate rules; choose one"
     )
+  for a, b, why in (
+    ("grow", "dist", "both replace the regime's learning-rate drops"),
+    ("grow", "ra", "regime adaptation stretches a fixed batch's regime"),
+    ("grow", "mult", "the matched noise variance is defined for one batch size"),
+  ):
+    if a in remedies and b in remedies:
+      raise ValueError(f"variant {name!r} is contradictory: '{a}' and '{b}' ({why})")
   if batch == "sb":
     useless = [p for p in remedies if p in LARGE_BATCH_ONLY]
     if useless:
@@ -84,4 +98,6 @@ def parse_variant(name: str) -> Variant:
     multiplicative_noise="mult" in remedies,
     white_noise="white" in remedies,
     clip="clip" in remedies,
+    distance_drops="dist" in remedies,
+    grow_batch="grow" in remedies,
   )

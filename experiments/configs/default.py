@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Global-norm clipping on every variant (None: only with "clip", at 5).
   config.grad_clip_norm = placeholder(float)
   config.grad_clip_steps = placeholder(int)  # clip only the first N updates (None: every update)
+  config.drop_distances = placeholder(tuple)  # "dist": ||w - w0|| at which lr drops
+  config.drop_distances_from = placeholder(str)  # "dist": take them from this run's workdir
+  config.batch_growth_factor = placeholder(float)  # "grow": per drop epoch (None: 1/drop_factor)
   config.mult_noise_variance = placeholder(float)  # "mult" noise sigma^2 (None: matched, r - 1)
   config.nonfinite_policy = "stop"  # non-finite loss/gradient: "stop" (error) | "skip" (the update)
   # Stop when the logged loss exceeds this many times the first logged loss.

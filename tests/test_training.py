@@ -467,3 +467,45 @@ def test_grow_and_dist_reject_bad_settings():
     plan_lib.make_plan(tiny_config("lb+dist"), 512, 1)
   with pytest.raises(ValueError, match="does not split into 4 device"):
     plan_lib.make_plan(tiny_config("lb+grow", batch_growth_factor=1.3), 512, 4)
+
+
+def test_several_steps_per_call_give_the_same_run(tmp_path):
+  one = tiny_config("lb+lr+gbn+mult", log_every_steps=2, num_epochs=3.0)
+  training.train_and_evaluate(one, str(tmp_path / "one"))
+  scanned = tiny_config("lb+lr+gbn+mult", log_every_steps=2, num_epochs=3.0, steps_per_call=4)
+  training.train_and_evaluate(scanned, str(tmp_path / "scan"))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    _final_params(str(tmp_path / "one")),
+    _final_params(str(tmp_path / "scan")),
+  )
+
+  # Metrics are still per step: the same logged steps and values.
+  def train_records(name):
+    return [r for r in _records(tmp_path / name) if "loss" in r]
+
+  a, b = train_records("one"), train_records("scan")
+  assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(2, 25, 2))
+  np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_state_and_the_same_semantics(tmp_path):
+  f32 = training.train_and_evaluate(tiny_config("lb+lr+gbn", num_epochs=4.0), str(tmp_path / "f32"))
+  bf16 = training.train_and_evaluate(
+    tiny_config("lb+lr+gbn", num_epochs=4.0, compute_dtype="bfloat16"), str(tmp_path / "bf16")
+  )
+  raw = training.Checkpointer(str(tmp_path / "bf16" / "checkpoints")).restore_raw()
+  for leaf in jax.tree.leaves((raw["params"], raw["batch_stats"], raw["opt_state"])):
+    assert leaf.dtype in (np.float32, np.int32), leaf.dtype
+  # Same training problem: bf16 rounding (8 mantissa bits) changes digits, not the outcome.
+  assert abs(bf16["test_accuracy"] - f32["test_accuracy"]) < 0.05
+  assert bf16["weight_distance"] == pytest.approx(f32["weight_distance"], rel=0.05)
+  a, b = _final_params(str(tmp_path / "f32"))[0], raw["params"]
+  rel = optax_rel_error(a, b)
+  assert 0 < rel < 0.05  # different (really bf16), but close
+
+
+def optax_rel_error(a, b):
+  diff = np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+  norm = np.sqrt(sum(np.sum(x**2) for x in jax.tree.leaves(a)))
+  return diff / norm

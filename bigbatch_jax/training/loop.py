@@ -66,7 +66,11 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.ArrayDataset:
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int, norm):
-  return models.get_model(config.model, num_classes, norm=norm, **dict(config.model_options))
+  """The config's model; with compute_dtype bfloat16 it computes in bf16, params stay f32."""
+  options = dict(config.model_options)
+  if config.compute_dtype != "float32":
+    options.setdefault("dtype", jnp.dtype(config.compute_dtype))
+  return models.get_model(config.model, num_classes, norm=norm, **options)
 
 
 def _check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -151,21 +155,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
   state = init(state_key)
 
-  train_fn = parallel.shard_train_step(
-    step_lib.train_step,
-    mesh,
-    model=model,
-    tx=tx,
-    learning_rate=plan_lib.lr_schedule(plan),
-    noise_variance=plan.noise_variance,
-    skip_nonfinite=config.nonfinite_policy == "skip",
-  )
+  static = {
+    "model": model,
+    "tx": tx,
+    "learning_rate": plan_lib.lr_schedule(plan),
+    "noise_variance": plan.noise_variance,
+    "skip_nonfinite": config.nonfinite_policy == "skip",
+  }
+  single_step = parallel.shard_train_step(step_lib.train_step, mesh, **static)
+  scanned_steps = parallel.shard_train_step(step_lib.train_steps, mesh, stacked=True, **static)
+  compiled_steps = {}
+
+  def step_fn(batch_size: int, length: int):
+    """The compiled call of ``length`` steps at ``batch_size``, compiled on first use."""
+    if (batch_size, length) not in compiled_steps:
+      fn, steps = (single_step, None) if length == 1 else (scanned_steps, length)
+      compiled_steps[batch_size, length] = parallel.compile_train_step(
+        fn, state, batch_size, dataset.input_shape, mesh, steps
+      )
+    return compiled_steps[batch_size, length]
+
   # Compile before reading any data, once per batch size of the run: a batch
   # that does not fit fails here, with sizes, rather than deep inside XLA.
-  compiled_steps = {
-    size: parallel.compile_train_step(train_fn, state, size, dataset.input_shape, mesh)
-    for size in plan.batch_sizes
-  }
+  for size in plan.batch_sizes:
+    step_fn(size, min(config.steps_per_call, plan.num_steps))
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   state, start_step = checkpoints.restore_latest_good(state)
@@ -249,33 +262,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   end_step = plan.num_steps
   if config.stop_after_steps is not None:
     end_step = min(end_step, config.stop_after_steps)
+  phase_starts = [start for start, _ in plan.batch_phases]
+
+  def call_length(step: int) -> int:
+    """Steps of the next call: steps_per_call, less at the end or a batch-size change."""
+    length = min(config.steps_per_call, end_step - step)
+    for start in phase_starts:
+      if step < start < step + length:
+        length = start - step
+    return length
+
+  def next_batches(length: int):
+    if length == 1:
+      return parallel.put_batch(next(batches), mesh)
+    chunk = [next(batches) for _ in range(length)]
+    stacked = {k: np.stack([b[k] for b in chunk]) for k in chunk[0]}
+    return parallel.put_batch(stacked, mesh, stacked=True)
+
+  # Events (logging, evaluation, checkpoints) of the steps inside one call
+  # happen at the end of that call; with steps_per_call=1 that is every step.
   try:
     with batches:
-      for step in range(start_step, end_step):
-        train_fn = compiled_steps[plan.batch_size_at(step)]
-        state, metrics = train_fn(state, parallel.put_batch(next(batches), mesh))
-        done = step + 1
-        if done % config.log_every_steps == 0 or done == plan.num_steps:
+      step = start_step
+      while step < end_step:
+        length = call_length(step)
+        state, metrics = step_fn(plan.batch_size_at(step), length)(state, next_batches(length))
+        done = step + length
+        finished = range(step + 1, done + 1)
+        log_steps = [d for d in finished if d % config.log_every_steps == 0 or d == plan.num_steps]
+        if log_steps:
           metrics = jax.device_get(metrics)  # the only host sync between evaluations
           check_finite(state)
-          check_loss(done, float(metrics["loss"]))
           now = time.perf_counter()
-          record = {"step": done, "epoch": plan.epoch_at(done), **metrics}
-          record["batch_size"] = plan.batch_size_at(step)
-          examples = plan.offset_at(done) - plan.offset_at(last_step)
-          record["examples_per_sec"] = examples / (now - last_time)
+          rate = (plan.offset_at(done) - plan.offset_at(last_step)) / (now - last_time)
           last_time, last_step = now, done
-          if jax.process_index() == 0:
-            metrics_log.write(record)
-          bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.3g}")
-        if evaluation_due(done) or done == plan.num_steps:
+          for d in log_steps:
+            values = metrics if length == 1 else {k: v[d - step - 1] for k, v in metrics.items()}
+            check_loss(d, float(values["loss"]))
+            record = {"step": d, "epoch": plan.epoch_at(d), **values}
+            record["batch_size"] = plan.batch_size_at(d - 1)
+            record["examples_per_sec"] = rate
+            if jax.process_index() == 0:
+              metrics_log.write(record)
+          bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.3g}")
+        if any(evaluation_due(d) for d in finished) or done == plan.num_steps:
           check_finite(state)
           record = log_eval(state, done)
           bar.set_postfix(test_acc=f"{record['test_accuracy']:.4f}")
-        if done % checkpoint_every == 0 or done in (plan.num_steps, end_step):
+        if any(d % checkpoint_every == 0 for d in finished) or done in (plan.num_steps, end_step):
           check_finite(state)
           checkpoints.save(done, state)
-        bar.update(1)
+        bar.update(length)
+        step = done
   finally:
     bar.close()
     checkpoints.wait()

@@ -38,11 +38,16 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   return Mesh(np.array(devices[:num_devices]), (AXIS,))
 
 
-def shard_train_step(step_fn: Callable, mesh: Mesh, **static) -> Callable:
-  """jit(shard_map(step)) with the state replicated, the batch split and the state donated."""
+def shard_train_step(step_fn: Callable, mesh: Mesh, stacked: bool = False, **static) -> Callable:
+  """jit(shard_map(step)) with the state replicated, the batch split and the state donated.
+
+  With ``stacked`` the batch has a leading axis of steps (``train_steps``),
+  split along its second axis.
+  """
   fn = functools.partial(step_fn, num_replicas=mesh.size, **static)
+  batch_spec = P(None, AXIS) if stacked else P(AXIS)
   mapped = jax.shard_map(
-    fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False
+    fn, mesh=mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()), check_vma=False
   )
   return jax.jit(mapped, donate_argnums=0)
 
@@ -73,9 +78,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
 
 
-def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """A global batch array from this process's rows (all rows in a single process)."""
-  sharding = batch_sharding(mesh)
+def put_batch(
+  local_batch: dict[str, np.ndarray], mesh: Mesh, stacked: bool = False
+) -> dict[str, jax.Array]:
+  """A global batch array from this process's rows (all rows in a single process).
+
+  With ``stacked`` the arrays have a leading axis of steps.
+  """
+  sharding = NamedSharding(mesh, P(None, AXIS)) if stacked else batch_sharding(mesh)
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
     for k, v in local_batch.items()
@@ -104,17 +114,21 @@ def available_memory_bytes(mesh: Mesh) -> int:
   return psutil.virtual_memory().available // max(1, len(jax.local_devices()))
 
 
-def compile_train_step(train_fn, state, batch_size: int, input_shape, mesh: Mesh):
+def compile_train_step(
+  train_fn, state, batch_size: int, input_shape, mesh: Mesh, steps: int | None = None
+):
   """Compiles the step ahead of time and checks that it fits in memory.
 
-  Returns the compiled step (called like ``train_fn``; one compilation for
-  the run). Raises ``MemoryError`` naming the batch and the sizes when the
-  step needs more memory per device than is free.
+  Returns the compiled step (called like ``train_fn``; one compilation per
+  batch size and call length; ``steps`` is the leading axis of a stacked
+  batch). Raises ``MemoryError`` naming the batch and the sizes when the step
+  needs more memory per device than is free.
   """
-  sharding = batch_sharding(mesh)
+  sharding = batch_sharding(mesh) if steps is None else NamedSharding(mesh, P(None, AXIS))
+  lead = () if steps is None else (steps,)
   batch = {
-    "x": jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32, sharding=sharding),
-    "y": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding),
+    "x": jax.ShapeDtypeStruct((*lead, batch_size, *input_shape), jnp.float32, sharding=sharding),
+    "y": jax.ShapeDtypeStruct((*lead, batch_size), jnp.int32, sharding=sharding),
   }
   compiled = train_fn.lower(state, batch).compile()
   needed, free = step_memory_bytes(compiled), available_memory_bytes(mesh)

@@ -29,6 +29,7 @@ from bigbatch_jax.training.variants import Variant, parse_variant
 
 GHOST_STATS_UPDATES = ("sequential", "mean")
 NONFINITE_POLICIES = ("stop", "skip")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +152,12 @@ def make_plan(
         f"(batch_size={batch} over {num_devices} devices); choose a ghost size that divides "
         f"{local}"
       )
+  if not isinstance(config.steps_per_call, int) or config.steps_per_call < 1:
+    raise ValueError(
+      f"config.steps_per_call must be an integer >= 1, got {config.steps_per_call!r}"
+    )
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"config.compute_dtype={config.compute_dtype!r}; valid: {COMPUTE_DTYPES}")
   if config.nonfinite_policy not in NONFINITE_POLICIES:
     raise ValueError(
       f"config.nonfinite_policy={config.nonfinite_policy!r}; valid: {NONFINITE_POLICIES}"

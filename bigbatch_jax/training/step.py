@@ -154,6 +154,15 @@ def train_step(
   return new_state, metrics
 
 
+def train_steps(state: TrainState, batches: dict[str, jax.Array], **kwargs):
+  """``train_step`` over the leading axis of ``batches`` with ``lax.scan``.
+
+  Several updates per jitted call, for small models whose step is short next
+  to the cost of dispatching it; the metrics come back stacked, one per step.
+  """
+  return lax.scan(lambda s, batch: train_step(s, batch, **kwargs), state, batches)
+
+
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model) -> dict[str, jax.Array]:
   """Summed loss, correct predictions and count on one shard, with running statistics."""
   logits = model.apply(

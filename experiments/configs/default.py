@@ -64,6 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.noise_alpha = 1e-5  # "white" noise: variance alpha / (1 + t)^gamma (Jaiswal & Taura)
   config.noise_gamma = 0.55
 
+  # Speed.
+  config.steps_per_call = 1  # updates per jitted call (lax.scan); events at call ends
+  config.compute_dtype = "float32"  # "bfloat16": bf16 compute, f32 params and BN statistics
+
   # Run.
   config.seed = 0  # parameters, data order, dropout and noise
   config.num_devices = placeholder(int)  # devices of the data-parallel mesh (None: all)

@@ -107,6 +107,26 @@ FIGURES = (
 )
 # Per run: the driver's measure of the whole run's wall time.
 RUN_TIME_FILE = "run_time.json"
+HESSIAN_FILE = "hessian.json"
+
+
+def top_hessian_eigenvalue(directory: str) -> float:
+  """The run's top Hessian eigenvalue (sharpness, Keskar et al.), cached beside the run."""
+  path = os.path.join(directory, HESSIAN_FILE)
+  if not os.path.exists(path):
+    from bigbatch_jax.diagnostics import top_hessian_eigenvalue_of_run
+    from experiments.configs import default
+
+    # 4 fixed batches of up to 256 training examples (fewer on a small dataset).
+    num_train = _read_json(os.path.join(directory, "summary.json"))["num_train"]
+    value = top_hessian_eigenvalue_of_run(
+      directory, batch_size=min(256, num_train // 4), defaults=default.get_config()
+    )
+    with open(path, "w") as f:
+      json.dump({"top_hessian_eigenvalue": value}, f)
+  return _read_json(path)["top_hessian_eigenvalue"]
+
+
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "f1.py")
 
 FLAGS = flags.FLAGS
@@ -120,6 +140,7 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", "runs/table1", "Output directory (resumable).")
 flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds, e.g. 0,1,2.")
 flags.DEFINE_string("variants", ",".join(DEFAULT_VARIANTS), "Comma-separated variants.")
+flags.DEFINE_bool("hessian", True, "Measure each run's top Hessian eigenvalue (the λ_max column).")
 flags.DEFINE_string(
   "preset",
   "auto",
@@ -250,6 +271,7 @@ def run_table(
   preset: str = "",
   train_fn: Callable[[ml_collections.ConfigDict, str], dict] = train_and_evaluate,
   echo: Callable[[str], None] = print,
+  hessian: bool = True,
 ) -> list[dict]:
   """Runs every (variant, seed) not yet finished, then writes the table and figures.
 
@@ -263,6 +285,7 @@ def run_table(
     preset: the preset name, recorded in the outputs.
     train_fn: runs one config in a directory (``train_and_evaluate``).
     echo: where progress lines go.
+    hessian: measure each finished run's top Hessian eigenvalue (a column).
 
   Returns:
     The table rows (also in ``workdir/table1.json``).
@@ -300,6 +323,11 @@ def run_table(
       f"{head}: test accuracy {100 * summary['test_accuracy']:.2f}%, "
       f"{summary['updates']} updates, {run_time:.0f} s"
     )
+  if hessian:
+    for variant, seed in jobs:
+      directory = run_dir(workdir, variant, seed)
+      if os.path.exists(os.path.join(directory, "summary.json")):
+        top_hessian_eigenvalue(directory)
   some = next(iter(configs.values()))
   show_paper = paper_accuracy is not None and some.dataset == paper_dataset
   rows = aggregate(workdir, list(configs), seeds, paper_accuracy if show_paper else None)
@@ -383,7 +411,7 @@ def aggregate(
   """
   rows = []
   for variant in variants:
-    summaries, diverged, missing, curves, times = [], [], [], [], []
+    summaries, diverged, missing, curves, times, sharpness = [], [], [], [], [], []
     for seed in seeds:
       directory = run_dir(workdir, variant, seed)
       if os.path.exists(os.path.join(directory, "summary.json")):
@@ -391,6 +419,9 @@ def aggregate(
         timing = os.path.join(directory, RUN_TIME_FILE)
         source = _read_json(timing) if os.path.exists(timing) else summaries[-1]
         times.append(source["wall_time_s"])
+        hessian_path = os.path.join(directory, HESSIAN_FILE)
+        if os.path.exists(hessian_path):
+          sharpness.append(_read_json(hessian_path)["top_hessian_eigenvalue"])
         metrics_path = os.path.join(directory, "metrics.jsonl")
         with open(metrics_path) as f:
           curves.append(run_curves([json.loads(line) for line in f if line.strip()]))
@@ -417,6 +448,7 @@ def aggregate(
       "weight_distance": float(np.mean(distances)) if distances else None,
       "weight_distance_slope": None,
       "weight_distance_r2": None,
+      "top_hessian_eigenvalue": float(np.mean(sharpness)) if sharpness else None,
     }
     steps, dist = _mean_curve([c["initial_distance"] for c in curves])
     if len(steps) >= 2:
@@ -509,7 +541,7 @@ def format_table(rows: Sequence[dict], meta: Mapping[str, Any]) -> str:
   show_paper = any("paper_accuracy" in r for r in rows)
   head = ["variant", "", "test acc. (%)", "± std", "seeds"]
   head += ["paper (%)"] if show_paper else []
-  head += ["batch", "updates", "epochs", "wall (s/run)", "||w-w0||", "slope", "R²"]
+  head += ["batch", "updates", "epochs", "wall (s/run)", "||w-w0||", "slope", "R²", "λ_max"]
   lines = [
     f"Hoffer et al. Table 1 on {meta['dataset']} ({meta['model']}, preset {meta['preset']}, "
     f"B_S={meta['base_batch_size']}, B_L={meta['large_batch_size']}); accuracy is the final "
@@ -536,6 +568,7 @@ def format_table(rows: Sequence[dict], meta: Mapping[str, Any]) -> str:
       _fmt(r["weight_distance"], ".1f"),
       _fmt(r["weight_distance_slope"], ".2f"),
       _fmt(r["weight_distance_r2"], ".3f"),
+      _fmt(r.get("top_hessian_eigenvalue"), ".3g"),
     ]
     lines.append("| " + " | ".join(cells) + " |")
   if not show_paper and meta.get("paper_dataset"):
@@ -753,6 +786,7 @@ def main(argv):
     paper_dataset=setup.paper_dataset,
     preset=setup.preset,
     echo=lambda line: print(line, file=sys.stdout, flush=True),
+    hessian=FLAGS.hessian,
   )
 
 

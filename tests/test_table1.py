@@ -78,12 +78,13 @@ def test_writes_the_table_json_and_figures(table_dir):
     assert 0 <= row["test_accuracy_mean"] <= 100
     assert row["test_accuracy_std"] >= 0 and row["weight_distance"] > 0
     assert "paper_accuracy" not in row  # synthetic data is not the paper's MNIST
+    assert row["top_hessian_eigenvalue"] > 0  # the sharpness column (Keskar et al.)
   sb, ra = payload["rows"]
   assert ra["updates"] == sb["updates"] == 32  # 512 examples, 1 epoch at 16; RA: 4 epochs at 64
   assert (sb["epochs"], ra["epochs"]) == (1.0, 4.0)
   assert {c["claim"] for c in payload["claims"]} >= {"+RA back to SB within the spread or better"}
   table = pathlib.Path(workdir, "table1.md").read_text()
-  assert "| sb | SB |" in table and "| lb+lr+gbn+ra | +RA |" in table
+  assert "| sb | SB |" in table and "| lb+lr+gbn+ra | +RA |" in table and "λ_max" in table
   assert "paper (%)" not in table and "only on the paper's dataset (tfds:mnist)" in table
   for name in table1.FIGURES:
     size = os.path.getsize(os.path.join(workdir, name))

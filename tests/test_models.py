@@ -299,7 +299,8 @@ class MarkerNorm(nn.Module):
   It creates no batch_stats, so any norm layer a model built without going
   through its ``norm`` field would show up as a leftover batch_stats entry;
   and it takes no other argument (momentum, epsilon, ...), so a model passing
-  one, which would override the injected partial's, raises a TypeError.
+  one, which would override the injected partial's, raises a TypeError. The
+  name of its marker says which mode the model asked for.
   """
 
   use_running_average: bool | None = None
@@ -307,7 +308,10 @@ class MarkerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    self.variable("marker", "train", lambda: not self.use_running_average)
+    if self.use_running_average is None:
+      raise ValueError("the model did not pass use_running_average to its norm")
+    mode = "eval" if self.use_running_average else "train"
+    self.variable("marker", mode, jnp.zeros, ())
     return x * self.param("gain", nn.initializers.ones, (x.shape[-1],))
 
 
@@ -318,16 +322,20 @@ def test_every_norm_layer_goes_through_the_injected_norm(name):
   model = _model(name, norm=MarkerNorm)
   x = jax.ShapeDtypeStruct((BATCH, *shape), jnp.float32)
 
-  variables = _abstract_variables(model, shape)
+  variables = _abstract_variables(model, shape)  # init runs in eval mode
   assert set(variables) == {"params", "marker"}
   assert _paths(variables["marker"]) == _paths(reference["batch_stats"])
+  assert {path[-1] for path in flatten_dict(variables["marker"])} == {"eval"}
 
-  # The train path as well: MarkerNorm records use_running_average=False.
-  def train_apply(v, x):
-    return model.apply(v, x, train=True, mutable=["marker"], rngs={"dropout": jax.random.key(0)})
+  # The train path builds the same layers, asking them for batch statistics.
+  def train_apply(params, x):
+    return model.apply(
+      {"params": params}, x, train=True, mutable=["marker"], rngs={"dropout": jax.random.key(0)}
+    )
 
-  _, updates = jax.eval_shape(train_apply, variables, x)
+  _, updates = jax.eval_shape(train_apply, variables["params"], x)
   assert _paths(updates["marker"]) == _paths(reference["batch_stats"])
+  assert {path[-1] for path in flatten_dict(updates["marker"])} == {"train"}
 
 
 def test_default_norm_is_pytorch_batch_norm():

@@ -10,6 +10,8 @@ norm scale 1 and bias 0, the classifier left at PyTorch's default).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -24,6 +26,26 @@ from bigbatch_jax.models.layers import (
   torch_conv,
   torch_dense,
 )
+
+
+def _conv(
+  x: jax.Array, features: int, kernel: int, stride: int, *, name: str, dtype: Dtype
+) -> jax.Array:
+  """A bias-free convolution padded by kernel // 2, initialized as ``init_model`` does.
+
+  Must be called inside a ``@nn.compact`` method (see ``torch_conv``).
+  """
+  return torch_conv(
+    x,
+    features,
+    kernel,
+    stride=stride,
+    padding=kernel // 2,
+    use_bias=False,
+    kernel_init=he_normal_fan_out,
+    name=name,
+    dtype=dtype,
+  )
 
 
 class BasicBlock(nn.Module):
@@ -45,24 +67,13 @@ class BasicBlock(nn.Module):
     def norm(name: str) -> nn.Module:
       return self.norm(use_running_average=not train, dtype=self.dtype, name=name)
 
-    def conv(y: jax.Array, features: int, kernel: int, stride: int, name: str) -> jax.Array:
-      return torch_conv(
-        y,
-        features,
-        kernel,
-        stride=stride,
-        padding=kernel // 2,
-        use_bias=False,
-        kernel_init=he_normal_fan_out,
-        name=name,
-        dtype=self.dtype,
-      )
+    conv = functools.partial(_conv, dtype=self.dtype)
 
-    out = nn.relu(norm("bn1")(conv(x, self.planes, 3, self.stride, "conv1")))
-    out = norm("bn2")(conv(out, self.planes, 3, 1, "conv2"))
+    out = nn.relu(norm("bn1")(conv(x, self.planes, 3, self.stride, name="conv1")))
+    out = norm("bn2")(conv(out, self.planes, 3, 1, name="conv2"))
     residual = x
     if self.stride != 1 or x.shape[-1] != self.planes:
-      residual = norm("bn_shortcut")(conv(x, self.planes, 1, self.stride, "shortcut_conv"))
+      residual = norm("bn_shortcut")(conv(x, self.planes, 1, self.stride, name="shortcut_conv"))
     return nn.relu(out + residual)
 
 
@@ -85,26 +96,15 @@ class Bottleneck(nn.Module):
     def norm(name: str) -> nn.Module:
       return self.norm(use_running_average=not train, dtype=self.dtype, name=name)
 
-    def conv(y: jax.Array, features: int, kernel: int, stride: int, name: str) -> jax.Array:
-      return torch_conv(
-        y,
-        features,
-        kernel,
-        stride=stride,
-        padding=kernel // 2,
-        use_bias=False,
-        kernel_init=he_normal_fan_out,
-        name=name,
-        dtype=self.dtype,
-      )
+    conv = functools.partial(_conv, dtype=self.dtype)
 
     out_planes = self.planes * self.expansion
-    out = nn.relu(norm("bn1")(conv(x, self.planes, 1, 1, "conv1")))
-    out = nn.relu(norm("bn2")(conv(out, self.planes, 3, self.stride, "conv2")))
-    out = norm("bn3")(conv(out, out_planes, 1, 1, "conv3"))
+    out = nn.relu(norm("bn1")(conv(x, self.planes, 1, 1, name="conv1")))
+    out = nn.relu(norm("bn2")(conv(out, self.planes, 3, self.stride, name="conv2")))
+    out = norm("bn3")(conv(out, out_planes, 1, 1, name="conv3"))
     residual = x
     if self.stride != 1 or x.shape[-1] != out_planes:
-      residual = norm("bn_shortcut")(conv(x, out_planes, 1, self.stride, "shortcut_conv"))
+      residual = norm("bn_shortcut")(conv(x, out_planes, 1, self.stride, name="shortcut_conv"))
     return nn.relu(out + residual)
 
 
@@ -130,16 +130,7 @@ def cifar_resnet_features(
   Returns:
     The pooled features, shape (batch, 4 * width).
   """
-  x = torch_conv(
-    x,
-    width,
-    3,
-    padding=1,
-    use_bias=False,
-    kernel_init=he_normal_fan_out,
-    name="conv1",
-    dtype=dtype,
-  )
+  x = _conv(x, width, 3, 1, name="conv1", dtype=dtype)
   x = nn.relu(norm(use_running_average=not train, dtype=dtype, name="bn1")(x))
   for stage, (planes, stride) in enumerate(((width, 1), (2 * width, 2), (4 * width, 2)), 1):
     for block in range(blocks_per_stage):
@@ -238,17 +229,7 @@ class ImageNetResNet(nn.Module):
         f"got {self.stage_sizes}."
       )
     check_image_input(x, type(self).__name__)
-    x = torch_conv(
-      jnp.asarray(x, self.dtype),
-      64,
-      7,
-      stride=2,
-      padding=3,
-      use_bias=False,
-      kernel_init=he_normal_fan_out,
-      name="conv1",
-      dtype=self.dtype,
-    )
+    x = _conv(jnp.asarray(x, self.dtype), 64, 7, 2, name="conv1", dtype=self.dtype)
     x = self.norm(use_running_average=not train, dtype=self.dtype, name="bn1")(x)
     x = max_pool(nn.relu(x), 3, 2, padding=1)
     for stage, num_blocks in enumerate(self.stage_sizes, 1):

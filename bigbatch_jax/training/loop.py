@@ -37,6 +37,9 @@ RESUMABLE_KEYS = frozenset(
     "process_id",
     "coordinator_address",
     "distributed_timeout_s",
+    # Where the data lives and how far ahead it is read change no result.
+    "tfds_data_dir",
+    "prefetch_batches",
   }
 )
 

@@ -19,6 +19,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = "mnist1d"  # "mnist1d" | "synthetic" | "npz:/path.npz" | "tfds:NAME"
   config.mnist1d_num_samples = 5000  # MNIST-1D examples generated (train + test)
   config.data_seed = placeholder(int)  # dataset generation/split seed (None: the source's default)
+  # Training augmentation, as the bigBatch reference (preprocess.get_transform):
+  # "none"; "cifar": pad 4, random crop, horizontal flip (in-memory image
+  # datasets); "imagenet": random resized crop and flip, evaluation on a resize
+  # and center crop (streamed datasets, which are resized + center-cropped even
+  # with "none", as their images differ in size). Seeded by stream position.
+  config.augment = "none"
+  # Image side: tfds:caltech101 is resized to it; tfds:imagenet2012 is cropped
+  # to it (evaluation resizes the shorter side to image_size * 256 / 224 first).
+  config.image_size = 224
+  config.tfds_data_dir = placeholder(str)  # tfds data directory (None: $TFDS_DATA_DIR or default)
+  # Splits of streamed tfds datasets (tfds:imagenet2012), e.g. "train[:1%]".
+  config.tfds_train_split = "train"
+  config.tfds_eval_split = "validation"
+  config.prefetch_batches = 2  # training batches built ahead on a background thread
 
   # Model.
   config.model = "f1"  # a name of bigbatch_jax.models.MODELS

@@ -13,7 +13,7 @@ dataset is MNIST-1D (generated locally, no download); the paper's MNIST is
 --config.dataset=tfds:mnist.
 """
 
-from experiments.configs import default
+from experiments.configs import common
 
 # Hoffer et al. Table 1, F1 on MNIST (validation accuracy, %).
 PAPER_ACCURACY = {
@@ -44,35 +44,22 @@ TABLE1_QUICK = {
 
 
 def get_config(arg: str = "lb+lr+gbn"):
-  variant, *options = arg.split(",")
-  unknown = set(options) - {"quick", "table1"}
-  if unknown:
-    raise ValueError(f"unknown config options {sorted(unknown)} in {arg!r}; valid: quick, table1")
-  if {"quick", "table1"} <= set(options):
+  variant, options = common.parse_arg(arg, ("quick", "table1"))
+  if {"quick", "table1"} <= options:
     raise ValueError(f"{arg!r}: 'quick' and 'table1' are two run sizes; choose one")
-  config = default.get_config()
-  config.variant = variant
-  config.model = "f1"
-  config.model_options.hidden = 512
-  config.model_options.depth = 5
-  config.dataset = "mnist1d"
-  config.mnist1d_num_samples = 10000
-  config.base_batch_size = 128
-  config.large_batch_size = 4096
-  config.ghost_batch_size = 128
   # bigBatch mnist_f1 regime: SGD momentum 0.9, lr 0.1, wd 1e-4, x0.1 at 10/20/30, 50 epochs.
-  config.regime.lr = 0.1
-  config.regime.momentum = 0.9
-  config.regime.weight_decay = 1e-4
-  config.regime.epochs = 50.0
-  config.regime.drop_epochs = (10.0, 20.0, 30.0)
-  config.regime.drop_factor = 0.1
-  config.grad_clip_norm = 5.0  # the reference code clips every step at 5
+  regime = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "epochs": 50.0}
+  regime |= {"drop_epochs": (10.0, 20.0, 30.0), "drop_factor": 0.1}
+  config = common.paper_row(
+    variant,
+    model="f1",
+    dataset="mnist1d",
+    regime=regime,
+    mnist1d_num_samples=10000,
+    model_options={"hidden": 512, "depth": 5},
+  )
   if "quick" in options:
-    # The same regime shape over 3 epochs (x r with "ra"): a smoke run.
-    config.regime.epochs = 3.0
-    config.regime.drop_epochs = (0.6, 1.2, 1.8)
-    config.log_every_steps = 10
+    common.shrink_to_quick(config)
   if "table1" in options:
     quick = TABLE1_QUICK
     config.model_options.hidden = quick["hidden"]

@@ -1,0 +1,5 @@
+"""Benchmarks of issue 7: step throughput, overheads, input pipeline, compilation, memory, scaling.
+
+Run everything with ``python -m experiments.benchmarks`` (see __main__.py);
+results go to experiments/benchmarks/RESULTS.md.
+"""

@@ -1,0 +1,73 @@
+"""Part "overheads": each optional part of the step, as a ratio to the plain step.
+
+The plain step is the library's F1 step at the large batch with ghost batch
+norm and no optional part: no clipping, no noise, and no metrics returned
+(XLA then drops their computation, weight distances included; the finiteness
+check that the loop needs stays). Each row adds one part to it:
+
+* multiplicative noise weights (variant part ``mult``, sigma^2 = r - 1),
+* decaying white noise (``white``: ``add_decaying_noise`` in the chain),
+* early clipping (``grad_clip_norm=5`` for the first 100 updates,
+  ``clip_by_global_norm_during``),
+* clipping every update (the f1 config's default, for reference),
+* weight-distance tracking (||w - w0|| total and per layer returned),
+* metrics (loss, accuracy, gradient norm, learning rate, skips returned),
+
+and the last row is the full f1 step (clip at 5, all metrics and distances).
+"""
+
+from __future__ import annotations
+
+from experiments.benchmarks import steps, timing
+from experiments.benchmarks.report import Section, Target
+
+TOLERANCE = 1.03
+
+
+def _candidates(batch: int, hidden: int) -> dict[str, tuple[str, steps.Built]]:
+  def build(variant="lb+lr+gbn", outputs="none", **overrides):
+    overrides.setdefault("grad_clip_norm", None)
+    config = steps.f1_config(variant, batch, **overrides)
+    return steps.build_step(config, outputs=outputs, hidden=hidden)
+
+  return {
+    "plain": ("", build()),
+    "+ multiplicative noise weights": ("mult", build("lb+lr+gbn+mult")),
+    "+ decaying white noise": ("white", build("lb+lr+gbn+white")),
+    "+ early clipping (first 100 updates)": (
+      "clip",
+      build(grad_clip_norm=5.0, grad_clip_steps=100),
+    ),
+    "+ clipping every update": ("", build(grad_clip_norm=5.0)),
+    "+ weight-distance tracking": ("distance", build(outputs="distance")),
+    "+ metrics": ("metrics", build(outputs="metrics")),
+    "full f1 step (clip, metrics, distances)": ("", build(outputs="all", grad_clip_norm=5.0)),
+  }
+
+
+def run(args) -> list[Section]:
+  built = _candidates(args.batch, args.hidden)
+  t = timing.interleaved({name: b.run for name, (_, b) in built.items()}, rounds=args.rounds)
+  rows, targets = [], []
+  for name, (part, _) in built.items():
+    ratio = t.ratio(name, "plain")
+    lo, hi = t.ratio_spread(name, "plain")
+    rows.append([name, timing.fmt_ms(t.median(name)), f"{ratio:.3f}", f"{lo:.3f}-{hi:.3f}"])
+    if part:
+      targets.append(
+        Target(f"overhead of {name.lstrip('+ ')}", ratio, f"<= {TOLERANCE}", ratio <= TOLERANCE)
+      )
+  text = (
+    f"F1 at batch {args.batch}, {args.rounds} interleaved rounds. 'ratio' is the median over "
+    "rounds of the row's time over the plain step's time in the same round; the range is "
+    "its 25-75% spread, which shows how much of a small ratio is noise."
+  )
+  return [
+    Section(
+      f"Overhead of the optional parts (batch {args.batch})",
+      ["step", "ms", "ratio to plain", "IQR of ratio"],
+      rows,
+      text,
+      targets,
+    )
+  ]

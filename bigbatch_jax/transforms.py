@@ -2,7 +2,7 @@
 
 Each factory returns an ``optax.GradientTransformation`` that composes in any
 ``optax.chain``. They build on optax's own transforms (``scale_by_schedule``,
-``add_noise``, ``clip_by_global_norm``, ``conditionally_transform``) and add
+``clip_by_global_norm``, ``conditionally_transform``; ``add_noise``'s rule) and add
 only what the papers specify on top:
 
 * :func:`scale_by_batch_size` -- the learning-rate scaling rule of Hoffer et
@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 BatchSize = int | Callable[[jax.Array], jax.Array | int]
@@ -133,8 +134,14 @@ def add_decaying_noise(
 
   Jaiswal & Taura's remedy: with linear learning-rate scaling, add decaying
   white noise to the gradient at update t (t = 0 for the first update). This
-  is ``optax.add_noise`` (whose variance is eta / (count + 1)**gamma with
-  count = t) with the paper's names, defaults and argument checks.
+  is ``optax.add_noise`` (variance eta / (count + 1)**gamma with count = t,
+  the same ``optax.AddNoiseState``) with the paper's names, defaults and
+  argument checks, and one difference in how the noise is drawn: one
+  ``jax.random.normal`` call for all parameters, split into the leaves,
+  instead of one key and one call per leaf. The draw is the whole cost of this
+  transform (1.45 M threefry Gaussians per F1 step); one flat call is ~1.5x
+  cheaper on the CPU than a call per leaf (experiments/benchmarks measures
+  the overhead). The noise is different numbers from the same distribution.
 
   Data parallelism: the noise key lives in the optimizer state. Apply the
   optimizer to the cross-device mean of the gradients with a replicated
@@ -162,7 +169,27 @@ def add_decaying_noise(
   for name, value in (("alpha", alpha), ("gamma", gamma)):
     if isinstance(value, numbers.Real) and value < 0:
       raise ValueError(f"{name} must be >= 0, got {value!r}")
-  return optax.add_noise(eta=alpha, gamma=gamma, key=key)
+
+  def init_fn(params):
+    del params
+    return optax.AddNoiseState(count=jnp.zeros([], jnp.int32), rng_key=key)
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = optax.safe_increment(state.count)
+    std = jnp.sqrt(alpha / count**gamma)
+    rng_key, sample_key = jax.random.split(state.rng_key)
+    leaves, treedef = jax.tree.flatten(updates)
+    sizes = [leaf.size for leaf in leaves]
+    noise = jax.random.normal(sample_key, (sum(sizes),), jnp.float32)
+    offsets = np.cumsum([0, *sizes])
+    noisy = [
+      leaf + (std * noise[start:stop]).reshape(leaf.shape).astype(leaf.dtype)
+      for leaf, start, stop in zip(leaves, offsets[:-1], offsets[1:], strict=True)
+    ]
+    return treedef.unflatten(noisy), optax.AddNoiseState(count=count, rng_key=rng_key)
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def clip_by_global_norm_during(max_norm: float, steps: int) -> optax.GradientTransformation:

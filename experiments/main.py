@@ -9,7 +9,7 @@ the same command with the same --workdir resumes from its last checkpoint.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bigbatch_jax.training import train_and_evaluate
+from bigbatch_jax.training import retain_freed_host_memory, train_and_evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -25,6 +25,7 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # Orbax logs every checkpoint step at INFO; the progress bar says enough.
     logging.set_verbosity(logging.WARNING)
+  retain_freed_host_memory()  # before JAX starts: see host_memory.py
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

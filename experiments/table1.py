@@ -80,7 +80,13 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bigbatch_jax.training import fit_log_growth, make_plan, parse_variant, train_and_evaluate
+from bigbatch_jax.training import (
+  fit_log_growth,
+  make_plan,
+  parse_variant,
+  retain_freed_host_memory,
+  train_and_evaluate,
+)
 from bigbatch_jax.training.loop import RESUMABLE_KEYS, load_data
 
 # Hoffer Table 1's columns, then the noise remedies (Hoffer sec. 4; Jaiswal & Taura).
@@ -762,6 +768,7 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # Orbax logs every checkpoint at INFO; the progress lines say enough.
     logging.set_verbosity(logging.WARNING)
+  retain_freed_host_memory()  # before JAX starts: see bigbatch_jax/training/host_memory.py
   try:
     seeds = parse_seeds(FLAGS.seeds)
     setup = setup_from_flags()

@@ -102,6 +102,75 @@ def test_sequential_update_equals_batchnorm_on_each_ghost_in_turn(num_ghosts, fe
   )
 
 
+@pytest.mark.parametrize("shape", [(12, 5), (6, 3, 2, 4)])
+@pytest.mark.parametrize("use_scale, use_bias", [(True, True), (False, True), (True, False)])
+def test_several_ghosts_have_the_outputs_and_gradients_of_batchnorm_per_ghost(
+  shape, use_scale, use_bias
+):
+  # The ghost path normalizes in one affine pass (not flax's _normalize): its
+  # outputs and its gradients for the input, scale and bias must still be
+  # those of nn.BatchNorm applied to each ghost batch.
+  ghost = shape[0] // 3
+  x = _inputs(shape, seed=3)
+  options = {"momentum": MOMENTUM, "use_scale": use_scale, "use_bias": use_bias}
+  gbn = GhostBatchNorm(ghost_batch_size=ghost, **options)
+  bn = nn.BatchNorm(**options)
+  variables = _trained_variables(bn, x)
+
+  def per_ghost(params, x):
+    chunks = [
+      bn.apply(
+        {**variables, "params": params}, chunk, use_running_average=False, mutable=["batch_stats"]
+      )[0]
+      for chunk in jnp.split(x, 3)
+    ]
+    return jnp.concatenate(chunks)
+
+  def ghost_batch(params, x):
+    return gbn.apply(
+      {**variables, "params": params}, x, use_running_average=False, mutable=["batch_stats"]
+    )[0]
+
+  def loss(apply):
+    def fn(params, x):
+      y = apply(params, x)
+      return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size)
+
+    return jax.value_and_grad(fn, argnums=(0, 1))
+
+  (value, grads), (value_ref, grads_ref) = (
+    loss(ghost_batch)(variables["params"], x),
+    loss(per_ghost)(variables["params"], x),
+  )
+  np.testing.assert_allclose(
+    ghost_batch(variables["params"], x), per_ghost(variables["params"], x), rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+  assert jax.tree.structure(grads) == jax.tree.structure(grads_ref)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, grads_ref
+  )
+
+
+def test_ghost_path_in_bfloat16_keeps_float32_statistics_and_parameters():
+  x = _inputs((16, 6))
+  gbn = GhostBatchNorm(momentum=MOMENTUM, ghost_batch_size=4, dtype=jnp.bfloat16)
+  reference = GhostBatchNorm(momentum=MOMENTUM, ghost_batch_size=4)
+  variables = _trained_variables(reference, x)
+  y, updates = gbn.apply(
+    variables, x.astype(jnp.bfloat16), use_running_average=False, mutable=["batch_stats"]
+  )
+  y_ref, updates_ref = reference.apply(
+    variables, x, use_running_average=False, mutable=["batch_stats"]
+  )
+  assert y.dtype == jnp.bfloat16
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(updates))
+  np.testing.assert_allclose(np.asarray(y, np.float32), y_ref, rtol=2e-2, atol=2e-2)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2), updates, updates_ref
+  )
+
+
 def test_two_halves_equal_one_call_with_half_ghost_size():
   x = _inputs((16, 7))
   half = GhostBatchNorm(momentum=MOMENTUM, ghost_batch_size=8)

@@ -90,6 +90,20 @@ def test_decaying_noise_defaults_are_jaiswal_and_need_a_key():
     bb.add_decaying_noise(jax.random.key(0), alpha=-1.0)
 
 
+def test_decaying_noise_draws_independent_noise_for_every_leaf():
+  # One flat draw is split into the leaves: each leaf must get its own slice
+  # (right shape and dtype, the scheduled std) and no two leaves the same numbers.
+  params = {"a": jnp.zeros(60_000), "b": jnp.zeros((300, 200)), "c": jnp.zeros(7, jnp.bfloat16)}
+  tx = bb.add_decaying_noise(jax.random.key(2), alpha=1.0)
+  [updates], state = _apply(tx, grads=jax.tree.map(jnp.zeros_like, params), params=params)
+  for name in ("a", "b"):
+    np.testing.assert_allclose(jnp.std(updates[name]), 1.0, rtol=0.02)
+  assert updates["c"].dtype == jnp.bfloat16 and updates["c"].shape == (7,)
+  a, b = np.asarray(updates["a"]), np.asarray(updates["b"]).ravel()
+  assert abs(np.corrcoef(a, b)[0, 1]) < 0.02
+  assert int(state.count) == 1
+
+
 @pytest.mark.parametrize("check_vma", [False, True])
 def test_decaying_noise_is_identical_on_every_replica(check_vma):
   mesh = Mesh(np.array(jax.devices()), ("batch",))

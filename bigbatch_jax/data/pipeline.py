@@ -228,19 +228,46 @@ def _load_examples(
       )
     return np.asarray(x, np.float32), y
 
-  def load_one(index: int, position: int) -> tuple[np.ndarray, int]:
-    x, label = data[int(index)]
+  def load_chunk(chunk: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, int]]:
+    chunk_indices, chunk_positions = chunk
+    items = _read_items(data, chunk_indices)
     if transform is not None:
-      x = transform(x, _example_rng(seed, int(position)))
-    return x, label
+      items = [
+        (transform(x, _example_rng(seed, int(p))), label)
+        for (x, label), p in zip(items, chunk_positions, strict=True)
+      ]
+    return items
 
-  if executor is None:
-    items = [load_one(i, p) for i, p in zip(indices, positions)]
+  # A task per chunk of examples, not per example: per-example futures cost
+  # more than reading an in-memory record (experiments/benchmarks, pipeline).
+  num_chunks = 1 if executor is None else max(1, min(len(indices) // _MIN_CHUNK, _MAX_CHUNKS))
+  chunks = list(zip(np.array_split(indices, num_chunks), np.array_split(positions, num_chunks)))
+  if executor is None or num_chunks == 1:
+    items = [item for chunk in chunks for item in load_chunk(chunk)]
   else:
-    items = list(executor.map(load_one, indices, positions))
+    items = [item for part in executor.map(load_chunk, chunks) for item in part]
   x = _stack([item[0] for item in items], "examples")
   y = np.fromiter((item[1] for item in items), np.int32, count=len(items))
   return np.asarray(x, np.float32), y
+
+
+# Chunks of a batch read by the thread pool: enough to keep a few reader
+# threads busy (PIL decoding and ArrayRecord reads release the GIL), few
+# enough that the per-task overhead stays small next to the reads.
+_MIN_CHUNK = 64
+_MAX_CHUNKS = 16
+
+
+def _read_items(data: RandomAccessSource, indices: np.ndarray) -> list[tuple[np.ndarray, int]]:
+  """Reads examples by index, in one ``__getitems__`` call where the source has one."""
+  if hasattr(data, "__getitems__"):
+    items = data.__getitems__([int(i) for i in indices])
+    if len(items) != len(indices):
+      raise ValueError(
+        f"{data!r}.__getitems__ returned {len(items)} examples for {len(indices)} indices"
+      )
+    return list(items)
+  return [data[int(i)] for i in indices]
 
 
 class _BatchPlan:
@@ -326,7 +353,8 @@ class BatchIterator:
 
   In-memory data (ArrayDataset) is gathered with one numpy take and
   normalised per batch (uint8 images become float32). Random-access sources
-  (TfdsStreamSource) are read example by example on a thread pool and must
+  (TfdsStreamSource) are read in chunks on a thread pool (`__getitems__`
+  where the source has it) and must
   be given a `transform` that decodes each example to a fixed shape.
 
   Randomness: `augment` gets a generator keyed by (seed, first stream

@@ -95,6 +95,7 @@ class TfdsStreamSource:
     self.split = split
     self._source = open_data_source(name, split, data_dir=data_dir, download=download)
     self.num_classes: int = int(_features(self._source, name)["label"].num_classes)
+    self._batched_reads = _has_working_getitems(self._source)
 
   def __len__(self) -> int:
     return len(self._source)
@@ -107,8 +108,37 @@ class TfdsStreamSource:
     example = self._source[index % n]
     return np.asarray(example["image"]), int(example["label"])
 
+  def __getitems__(self, indices: list[int]) -> list[tuple[np.ndarray, int]]:
+    """Reads several examples in one call (ArrayRecord reads them in parallel)."""
+    n = len(self)
+    keys = np.asarray(indices, np.int64).reshape(-1)
+    bad = keys[(keys < -n) | (keys >= n)]
+    if bad.size:
+      raise IndexError(f"indices {bad[:5].tolist()} out of range for {self!r} of length {n}")
+    keys = (keys % n).tolist()
+    if self._batched_reads:
+      examples = self._source.__getitems__(keys)
+    else:
+      examples = [self._source[k] for k in keys]
+    return [(np.asarray(e["image"]), int(e["label"])) for e in examples]
+
   def __repr__(self) -> str:
     return f"TfdsStreamSource({self.name!r}, split={self.split!r})"
+
+
+def _has_working_getitems(source) -> bool:
+  """Whether ``source.__getitems__`` reads a batch of records.
+
+  tfds data sources have it (ArrayRecord reads the records in parallel), but
+  the data source of ``tfds.testing.mock_data`` (tfds 4.9) installs it without
+  its ``self`` argument, so it fails with a TypeError: one probe read decides.
+  """
+  if not hasattr(source, "__getitems__") or len(source) == 0:
+    return False
+  try:
+    return len(source.__getitems__([0])) == 1
+  except TypeError:
+    return False
 
 
 def _read_split(source, image_size: int | None) -> tuple[np.ndarray, np.ndarray]:

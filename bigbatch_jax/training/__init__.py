@@ -1,6 +1,7 @@
 """The data-parallel training system: plan, state, step, parallel wrappers, loop."""
 
 from bigbatch_jax.training.checkpoint import Checkpointer
+from bigbatch_jax.training.host_memory import retain_freed_host_memory
 from bigbatch_jax.training.loop import evaluate, train_and_evaluate
 from bigbatch_jax.training.metrics import MetricsLog, fit_log_growth, plot_run
 from bigbatch_jax.training.parallel import (
@@ -34,6 +35,7 @@ __all__ = [
   "plot_run",
   "pmap_train_step",
   "put_batch",
+  "retain_freed_host_memory",
   "shard_eval_step",
   "shard_train_step",
   "train_and_evaluate",

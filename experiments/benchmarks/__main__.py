@@ -19,6 +19,7 @@ import shlex
 import sys
 import time
 
+from bigbatch_jax.training.host_memory import retain_freed_host_memory
 from experiments.benchmarks import (
   compile_memory,
   overheads,
@@ -93,7 +94,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
+  # As the launch scripts do (bigbatch_jax/training/host_memory.py); the step
+  # part also times a fresh process without it.
+  retained = retain_freed_host_memory()
   machine = timing.machine_info()
+  machine["freed host memory retained (glibc mallopt)"] = str(retained)
   machine["load average at start"] = timing.load_average()
   start = time.perf_counter()
   sections: list[report.Section] = []

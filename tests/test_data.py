@@ -303,6 +303,13 @@ def test_tfds_imagenet_streams(mock_tfds):
   assert isinstance(label, int) and 0 <= label < 1000
   with pytest.raises(IndexError, match="index 8 out of range"):
     source[8]
+  # Batched reads (what BatchIterator uses) return the examples of per-index reads.
+  batch = source.__getitems__([3, 0, -1])
+  for (x, lab), i in zip(batch, [3, 0, 7], strict=True):
+    np.testing.assert_array_equal(x, source[i][0])
+    assert lab == source[i][1]
+  with pytest.raises(IndexError, match=r"indices \[8\] out of range"):
+    source.__getitems__([1, 8])
   train_x = data.imagenet_train_transform(image, np.random.default_rng(0))
   eval_x = data.imagenet_eval_transform(image)
   assert train_x.shape == eval_x.shape == (224, 224, 3)

@@ -210,6 +210,51 @@ def test_source_with_per_example_transform_shards_exactly():
   untransformed.close()
 
 
+class _BatchedSource(_ListSource):
+  """A source that reads batches with __getitems__ and counts how it is called."""
+
+  def __init__(self, n: int):
+    super().__init__(n)
+    self.single_reads = 0
+    self.batched_reads = []
+
+  def __getitem__(self, i):
+    self.single_reads += 1
+    return super().__getitem__(i)
+
+  def __getitems__(self, indices):
+    self.batched_reads.append(len(indices))
+    return [super(_BatchedSource, self).__getitem__(i) for i in indices]
+
+
+@pytest.mark.parametrize("num_threads", [1, 3])
+def test_sources_with_getitems_are_read_in_chunks(num_threads):
+  batched, plain = _BatchedSource(250), _ListSource(250)
+  kwargs = dict(seed=2, transform=_crop_to_3x3, num_threads=num_threads, prefetch=0)
+  with (
+    data.BatchIterator(batched, 200, **kwargs) as fast,
+    data.BatchIterator(plain, 200, **kwargs) as slow,
+  ):
+    for _ in range(3):
+      a, b = next(fast), next(slow)
+      np.testing.assert_array_equal(a["x"], b["x"])
+      np.testing.assert_array_equal(a["y"], b["y"])
+  assert batched.single_reads == 0
+  assert sum(batched.batched_reads) == 600 and len(batched.batched_reads) < 600 / 10
+
+
+def test_a_source_whose_getitems_drops_examples_is_an_error():
+  class Short(_BatchedSource):
+    def __getitems__(self, indices):
+      return super().__getitems__(indices)[:-1]
+
+  with (
+    data.BatchIterator(Short(50), 8, seed=0, transform=_crop_to_3x3, prefetch=0) as batches,
+    pytest.raises(ValueError, match="returned 7 examples for 8 indices"),
+  ):
+    next(batches)
+
+
 def test_prefetch_and_synchronous_modes_agree():
   ds = _indexed_dataset(20, image=True)
   with data.BatchIterator(ds, 6, seed=3, prefetch=0, augment=data.cifar_augment) as sync:

@@ -63,6 +63,22 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   )
 
 
+def wait_for_all_processes(name: str, timeout_s: int) -> None:
+  """A barrier on jax.distributed's coordination service, which has no device collective.
+
+  The first cross-process collective (orbax's directory sync) sets up gloo's
+  context with a fixed 30 s wait for the peers; a process still loading data
+  or compiling on a loaded machine can miss it. Meeting here first, under the
+  run's own ``distributed_timeout_s``, puts every process at that collective
+  together.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # the client jax.distributed.initialize made
+
+  distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=int(timeout_s) * 1000)
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamedDataset:
   """A dataset too large for memory (ImageNet): two splits decoded on demand.
@@ -290,6 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # that does not fit fails here, with sizes, rather than deep inside XLA.
   for size in plan.batch_sizes:
     step_fn(size, min(config.steps_per_call, plan.num_steps))
+  wait_for_all_processes("bigbatch_jax_before_checkpoints", config.distributed_timeout_s)
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   state, start_step = checkpoints.restore_latest_good(state)

@@ -19,6 +19,8 @@ import shlex
 import sys
 import time
 
+import jax
+
 from bigbatch_jax.training.host_memory import retain_freed_host_memory
 from experiments.benchmarks import (
   compile_memory,
@@ -76,7 +78,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     "--memory-batches", type=lambda s: [int(x) for x in s.split(",")], help="e.g. 1024,4096"
   )
   parser.add_argument("--devices", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
-  parser.add_argument("--profile", type=int, choices=[0, 1], help="profile the GBN step")
+  parser.add_argument(
+    "--inner",
+    type=int,
+    help="calls per timing, averaged (1 on the CPU; 50 on an accelerator, whose steps are "
+    "short enough for dispatch to matter)",
+  )
+  parser.add_argument("--profile", type=int, choices=[0, 1], help="profile the GBN step (CPU)")
   parser.add_argument("--profile-steps", type=int, default=3)
   parser.add_argument("--output", default=RESULTS, help="the markdown results file")
   args = parser.parse_args(argv)
@@ -99,6 +107,13 @@ def main(argv: list[str] | None = None) -> None:
   retained = retain_freed_host_memory()
   machine = timing.machine_info()
   machine["freed host memory retained (glibc mallopt)"] = str(retained)
+  on_cpu = jax.default_backend() == "cpu"
+  if args.inner is None:
+    args.inner = 1 if on_cpu else 50
+  if not on_cpu:
+    # The profile reads the XLA CPU runtime's trace events; RSS and the
+    # simulated-device counts are the host's.
+    args.profile = 0
   machine["load average at start"] = timing.load_average()
   start = time.perf_counter()
   sections: list[report.Section] = []

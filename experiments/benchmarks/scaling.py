@@ -11,8 +11,25 @@ parameters after the same updates must agree to float tolerance).
 
 from __future__ import annotations
 
+import jax
+
 from experiments.benchmarks.report import Section, Target
 from experiments.benchmarks.subprocesses import run_worker
+
+
+def _description() -> str:
+  if jax.default_backend() == "cpu":
+    return (
+      __doc__.split("\n\n", 1)[1].strip().replace("\n", " ")
+      + " These rows are from the CPU; the GPU numbers, where a run had one, are in "
+      "experiments/benchmarks/RESULTS_gpu.md."
+    )
+  device = jax.devices()[0]
+  return (
+    f"Real devices: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}); "
+    "each count runs in its own process on the first N devices; examples/s is the global "
+    "batch over the step time."
+  )
 
 
 def run(args) -> list[Section]:
@@ -63,8 +80,7 @@ def run(args) -> list[Section]:
         "param. difference",
       ],
       rows,
-      __doc__.split("\n\n", 1)[1].strip().replace("\n", " ")
-      + " No accelerator was lent to this run, so there are no GPU numbers.",
+      _description(),
       [target],
     )
   ]

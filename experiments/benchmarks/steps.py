@@ -182,12 +182,12 @@ def flax_batch_norm(config, axis_name: str | None = step_lib.AXIS) -> Callable:
   )
 
 
-def fused_ghost_batch_norm(config) -> Callable:
-  """The plan's GhostBatchNorm with the proposed one-pass normalization (see proposed.py)."""
-  from experiments.benchmarks.proposed import FusedGhostBatchNorm
+def two_pass_ghost_batch_norm(config) -> Callable:
+  """The plan's GhostBatchNorm with flax's two-pass normalization (the code before; two_pass.py)."""
+  from experiments.benchmarks.two_pass import TwoPassGhostBatchNorm
 
   return functools.partial(
-    FusedGhostBatchNorm,
+    TwoPassGhostBatchNorm,
     ghost_batch_size=config.ghost_batch_size,
     stats_update=config.ghost_stats_update,
     momentum=config.bn_momentum,

@@ -6,6 +6,10 @@ so these measurements each get their own interpreter:
   python -m experiments.benchmarks.worker memory --batch=4096 --donate=1
   XLA_FLAGS=--xla_force_host_platform_device_count=4 \
     python -m experiments.benchmarks.worker scaling --batch=4096 --devices=4
+  python -m experiments.benchmarks.worker host_memory --batch=4096 --retain=0
+
+Each applies ``retain_freed_host_memory`` first, as the launch scripts do,
+unless ``--retain=0``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import json
 import resource
 import statistics
 import time
+
+from bigbatch_jax.training.host_memory import retain_freed_host_memory
 
 
 def peak_rss_kib() -> int:
@@ -89,17 +95,57 @@ def scaling(args) -> dict:
   }
 
 
+def host_memory(args) -> dict:
+  """The GBN step's fraction of the dot peak and its page faults, with or without retention.
+
+  The retention is process-wide and must precede JAX's start (main() applies
+  it or not), so each setting gets its own process; within one, the step, its
+  dots and the peak are timed interleaved, so the ratios are load-robust.
+  """
+  from experiments.benchmarks import steps, timing
+
+  config = steps.f1_config("lb+lr+gbn", args.batch)
+  built = steps.build_step(config, hidden=args.hidden)
+  candidates = {
+    "peak": steps.square_matmul(args.peak_size),
+    "dots": steps.step_dots(args.batch, args.hidden),
+    "step": built.run,
+  }
+  t = timing.interleaved(candidates, rounds=args.steps)
+  timing.block(built.run())
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(3):
+    timing.block(built.run())
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
+  flops, peak_flops = steps.step_flops(args.batch, args.hidden), steps.matmul_flops(args.peak_size)
+  return {
+    "retain": bool(args.retain),
+    "step_s": t.median("step"),
+    "dots_s": t.median("dots"),
+    "step_over_dots": t.ratio("step", "dots"),
+    "fraction": flops / peak_flops * t.ratio("peak", "step"),
+    "dots_fraction": flops / peak_flops * t.ratio("peak", "dots"),
+    "faults_per_step": faults,
+  }
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("what", choices=["memory", "scaling"])
+  parser.add_argument("what", choices=["memory", "scaling", "host_memory"])
   parser.add_argument("--batch", type=int, required=True)
   parser.add_argument("--hidden", type=int, default=512)
   parser.add_argument("--donate", type=int, default=1)
   parser.add_argument("--devices", type=int, default=1)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--ghost", type=int, default=128, help="ghost batch size (scaling)")
+  parser.add_argument("--peak-size", type=int, default=4096, help="N of the jnp.dot peak probe")
+  parser.add_argument(
+    "--retain", type=int, default=1, help="retain_freed_host_memory, as the launch scripts do"
+  )
   args = parser.parse_args()
-  result = memory(args) if args.what == "memory" else scaling(args)
+  if args.retain:
+    retain_freed_host_memory()  # before JAX starts
+  result = {"memory": memory, "scaling": scaling, "host_memory": host_memory}[args.what](args)
   print("RESULT " + json.dumps(result))
 
 

@@ -69,7 +69,8 @@ def run(args) -> list[Section]:
   )
   return [
     Section(
-      f"Scaling over simulated devices (batch {args.batch})",
+      f"Scaling over {'simulated' if jax.default_backend() == 'cpu' else 'real'} devices "
+      f"(batch {args.batch})",
       [
         "devices",
         "per-device batch",

@@ -155,39 +155,43 @@ def run(args) -> list[Section]:
 
 
 ANALYSIS = """\
-* **Where the time outside the dots went, and what removed it.** Two causes,
-  each measured here against the code before its fix:
-  1. *Page faults.* XLA's CPU runtime allocates a step's temporaries
-     (~230 MiB at batch 4096) with malloc on every call and frees them when
-     the call returns. glibc hands blocks that large (over its 32 MiB mmap
-     cap) and the per-thread arenas back to the OS, so every step faulted
-     ~60,000 pages in again and zeroed them: the 'Host memory' table. That
-     was the "unattributed (runtime)" part of the earlier profiles, and the
-     reason `steps_per_call=4` (one allocation per 4 updates) used to be
+* **Where the time outside the dots went.** Two causes, each measured here
+  against the code before its fix:
+  1. *Page faults* (the 'Host memory' table). XLA's CPU runtime allocates a
+     step's temporaries (~230 MiB at batch 4096) with malloc on every call
+     and frees them when the call returns. glibc hands blocks that large
+     (over its 32 MiB mmap cap) and its per-thread arenas back to the OS, so
+     every call faulted its pages in again and zeroed them: tens of
+     thousands of faults per step, which slowed the dots as well as the rest.
+     It was the "unattributed (runtime)" share of the earlier profiles, and
+     the reason `steps_per_call=4` (one allocation per 4 updates) used to be
      faster per update. `bigbatch_jax.training.retain_freed_host_memory`
-     (glibc `mallopt`: one arena, no mmap, no trimming), called by the
-     launch scripts and by this benchmark before JAX starts, keeps them.
+     (glibc `mallopt`: one arena, no mmap, no trimming), called by the launch
+     scripts and by this benchmark before JAX starts, keeps the memory.
   2. *The normalization.* flax's `_normalize`, which the ghost path called,
      computes `(x - mean) * mul + bias`; differentiated, that keeps `x - mean`
-     and the scaled product as full-size residuals for the backward pass.
-     GhostBatchNorm now folds each ghost's statistics, scale and bias into an
-     affine map first, `y = x * mul + (bias - mean * mul)`: one pass over the
-     activations, fused with the ReLU. The "flax two-pass normalize
-     (before)" row and its profile keep the old code measured.
+     and the scaled product as full-size residuals. GhostBatchNorm now folds
+     each ghost's statistics, scale and bias into an affine map first,
+     `y = x * mul + (bias - mean * mul)`, one pass over the activations. The
+     two profiles below show the normalization layers' ops shrinking; with
+     the page faults gone, the timed rounds put the two steps within noise of
+     each other (the "flax two-pass normalize (before)" row), on this CPU
+     and on the H100 alike.
   What remains outside the dots is the memory-bound passes over the
   (batch, 512) activations of the five hidden layers (bias add, ghost
-  statistics, normalize + ReLU, and their backward) and the optimizer;
-  the profile tables say how much of each.
-* **The chunked reference is not 2x slower on this CPU; it is as fast or
-  faster.** Its dots, 32 chunks of 128 rows in a `lax.scan` (the "dots only,
-  32 chunks" row), run about as fast as the batch-4096 dots: a 128x512 by
-  512x512 product already fills two CPU cores, and each chunk's activations
-  (256 KiB) stay in cache, so its normalization, ReLU and bias passes run at
-  cache speed instead of streaming 8 MiB tensors through memory. The 2x target
-  is a GPU's case, where a 128-row product leaves most of the device idle and
-  32 sequential chunks serialize their kernels: on the H100 the device tool
-  lent, the vectorized step is 4.5x faster than the chunked reference at
-  batch 4096 and 10.5x at batch 32768 (RESULTS_gpu.md).
+  statistics, normalize and ReLU, and their backward passes) and runtime gaps
+  between ops; the optimizer chain, distances and metrics are about 1%.
+* **The chunked reference is not 2x slower on this CPU.** Its dots, 32 chunks
+  of 128 rows in a `lax.scan` (the "dots only, 32 chunks" row), run about as
+  fast as the batch-4096 dots: a 128x512 by 512x512 product already fills two
+  CPU cores, and each chunk's activations (256 KiB) stay in cache, so its
+  normalization, ReLU and bias passes run at cache speed instead of streaming
+  8 MiB tensors through memory. The speed-up here can only come from outside
+  the dots, which are most of the step. The 2x target is a GPU's case, where a
+  128-row product leaves most of the device idle and 32 sequential chunks
+  serialize their kernels: on the H100 that the device tool lent, the
+  vectorized step is about 4x faster than the chunked reference at batch 4096
+  and 10x at batch 32768 (RESULTS_gpu.md, RESULTS_gpu_b32768.md).
 * **Noise.** The machine's two cores are shared with other jobs (load average
   in the Machine table); single medians move by 10-30% between runs, the
   per-round ratios much less. Targets within a few percent of their bound

@@ -1,13 +1,13 @@
 """Keeping XLA's per-call host buffers mapped between train steps on the CPU backend.
 
 Each call of a compiled step on the CPU backend allocates its temporary
-buffers (at F1 batch 4096, ~230 MiB of activations and gradients) with the C
+buffers (at F1 batch 4096, ~160 MiB of activations and gradients) with the C
 library's ``malloc`` and frees them when the call returns. glibc gives blocks
 of that size back to the operating system (``mmap``/``munmap``, and
 per-thread arenas that shrink on ``free``), so the next call touches fresh
-pages: ~60,000 page faults per step, each zeroing 4 KiB, about a fifth of
-the step's time outside its dots (measured by experiments/benchmarks, whose
-results file has the rows with and without this). Several updates per call
+pages: ~40,000 page faults per step, each zeroing 4 KiB, which made the step
+~30% slower on a 2-core machine (experiments/benchmarks/RESULTS.md, 'Host
+memory', has the rows with and without this). Several updates per call
 (``steps_per_call``) amortize it; this removes it.
 
 :func:`retain_freed_host_memory` tells glibc to keep freed memory: one arena

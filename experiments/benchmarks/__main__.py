@@ -1,7 +1,7 @@
 """Runs the benchmarks of issue 7 and writes experiments/benchmarks/RESULTS.md.
 
-  python -m experiments.benchmarks                       # everything, ~10 minutes on 2 cores
-  python -m experiments.benchmarks --quick               # smaller sizes, ~2 minutes
+  python -m experiments.benchmarks                       # everything, ~6 minutes on 2 cores
+  python -m experiments.benchmarks --quick               # smaller sizes
   python -m experiments.benchmarks --parts=step,overheads --rounds=15
 
 Parts: step (throughput vs BatchNorm, the chunked reference and the jnp.dot
@@ -67,7 +67,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     prog="python -m experiments.benchmarks", description=__doc__.split("\n\n")[0]
   )
   parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {list(PARTS)}")
-  parser.add_argument("--quick", action="store_true", help="smaller sizes (~2 minutes)")
+  parser.add_argument("--quick", action="store_true", help="smaller sizes")
   parser.add_argument("--batch", type=int, help="global batch (4096; --quick 1024)")
   parser.add_argument("--hidden", type=int, default=512, help="F1's width (512 in the paper)")
   parser.add_argument("--rounds", type=int, help="interleaved timing rounds")

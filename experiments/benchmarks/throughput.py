@@ -158,7 +158,7 @@ ANALYSIS = """\
 * **Where the time outside the dots went.** Two causes, each measured here
   against the code before its fix:
   1. *Page faults* (the 'Host memory' table). XLA's CPU runtime allocates a
-     step's temporaries (~230 MiB at batch 4096) with malloc on every call
+     step's temporaries (~160 MiB at batch 4096) with malloc on every call
      and frees them when the call returns. glibc hands blocks that large
      (over its 32 MiB mmap cap) and its per-thread arenas back to the OS, so
      every call faulted its pages in again and zeroed them: tens of

@@ -89,6 +89,18 @@ def test_two_processes_equal_one_process_with_four_devices(single_process_run, t
   assert sorted(os.listdir(tmp_path / "checkpoints")) == sorted(
     os.listdir(single_process_run / "checkpoints")
   )
+  # One metrics log, written by process 0 alone: each record once, as in one process.
+  _assert_same_metrics(single_process_run, tmp_path)
+
+
+def _assert_same_metrics(expected_dir, actual_dir):
+  expected = training.MetricsLog(str(expected_dir / "metrics.jsonl")).read()
+  actual = training.MetricsLog(str(actual_dir / "metrics.jsonl")).read()
+  assert [r["step"] for r in actual] == [r["step"] for r in expected]
+  for want, got in zip(expected, actual):
+    for key in ("loss", "test_accuracy"):
+      if key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -101,6 +113,7 @@ def test_two_processes_resume_a_checkpoint_written_once(single_process_run, tmp_
     _params(single_process_run),
     _params(tmp_path),
   )
+  _assert_same_metrics(single_process_run, tmp_path)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
@@ -76,7 +77,15 @@ def wait_for_all_processes(name: str, timeout_s: int) -> None:
     return
   from jax._src import distributed  # the client jax.distributed.initialize made
 
-  distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=int(timeout_s) * 1000)
+  # A barrier id is spent once passed; every process meets the barriers in the
+  # same order, so a call count makes the ids of repeated runs agree and differ.
+  calls = next(_barrier_calls)
+  distributed.global_state.client.wait_at_barrier(
+    f"{name}_{calls}", timeout_in_ms=int(timeout_s) * 1000
+  )
+
+
+_barrier_calls = itertools.count()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,8 +222,11 @@ def _check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> No
         "--workdir, or pass --config.allow_config_change=True to resume it anyway"
       )
   if jax.process_index() == 0:
-    with open(path, "w") as f:
+    # Atomically: the other processes may be reading it for the same check.
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
       json.dump(current, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def evaluate(eval_fn, state: TrainState, dataset, config, mesh, split: str) -> dict[str, float]:
@@ -308,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step_fn(size, min(config.steps_per_call, plan.num_steps))
   wait_for_all_processes("bigbatch_jax_before_checkpoints", config.distributed_timeout_s)
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
-  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=jax.process_index() == 0)
   state, start_step = checkpoints.restore_latest_good(state)
   if start_step is not None:
     metrics_log.truncate_after(start_step)
@@ -364,8 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     record.update(evaluate(eval_fn, state, dataset, config, mesh, "test"))
     if config.eval_on_train:
       record.update(evaluate(eval_fn, state, dataset, config, mesh, "train"))
-    if jax.process_index() == 0:
-      metrics_log.write(record)
+    metrics_log.write(record)
     return record
 
   batches = data_lib.BatchIterator(
@@ -433,8 +444,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             record = {"step": d, "epoch": plan.epoch_at(d), **values}
             record["batch_size"] = plan.batch_size_at(d - 1)
             record["examples_per_sec"] = rate
-            if jax.process_index() == 0:
-              metrics_log.write(record)
+            metrics_log.write(record)
           bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.3g}")
         if any(evaluation_due(d) for d in finished) or done == plan.num_steps:
           check_finite(state)
@@ -449,6 +459,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     bar.close()
     checkpoints.wait()
 
+  # Every process's summary reads the writer's log, complete only once it is done.
+  wait_for_all_processes("bigbatch_jax_metrics_written", config.distributed_timeout_s)
   records = metrics_log.read()
   summary = _summary(config, plan, records, time.perf_counter() - start_time)
   if jax.process_index() == 0:

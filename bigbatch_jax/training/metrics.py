@@ -16,12 +16,19 @@ class MetricsLog:
   On resume, records after the restored step are dropped (they were written
   after the last checkpoint and will be produced again), so a resumed run's
   log equals an uninterrupted one's.
+
+  In a multi-process run every process holds a log of the shared workdir, but
+  only one (``writer=True``, process 0) changes the file; the others' writes
+  and truncations do nothing, so two processes never race on it.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, writer: bool = True):
     self.path = path
+    self.writer = writer
 
   def truncate_after(self, step: int) -> None:
+    if not self.writer:
+      return
     records = [r for r in self.read() if r["step"] <= step]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
@@ -29,6 +36,8 @@ class MetricsLog:
     os.replace(tmp, self.path)
 
   def write(self, record: dict) -> None:
+    if not self.writer:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(_plain(record)) + "\n")
 

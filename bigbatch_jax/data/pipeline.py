@@ -21,24 +21,23 @@ and process sharding are easier to state here than as grain transforms.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from bigbatch_jax.data.sources import (
-  SEED_TAG_AUGMENT,
-  SEED_TAG_PERMUTATION,
-  SEED_TAG_TRANSFORM,
-  ArrayDataset,
+from bigbatch_jax.data.arrays import SEED_TAG_AUGMENT, SEED_TAG_TRANSFORM, ArrayDataset
+from bigbatch_jax.data.schedule import (
+  BatchSize,
+  batch_size_at,
+  check_int,
+  offset_at_step,
+  step_at_offset,
 )
-
-BatchSize = int | Callable[[int], int]
-"""A fixed batch size, or a function from step to batch size (growing batches)."""
+from bigbatch_jax.data.stream import stream_indices
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 """Batch augmentation: (float32 batch of inputs, rng) -> augmented batch of the same length."""
@@ -53,130 +52,6 @@ class RandomAccessSource(Protocol):
   def __len__(self) -> int: ...
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]: ...
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-  return int(value)
-
-
-# --- the index stream ---------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
-  # A batch touches at most two epochs; a few cached permutations make
-  # consecutive batches slices of arrays already built.
-  rng = np.random.default_rng([SEED_TAG_PERMUTATION, seed, epoch])
-  perm = rng.permutation(num_examples)
-  perm.flags.writeable = False
-  return perm
-
-
-def stream_indices(seed: int, num_examples: int, start: int, count: int) -> np.ndarray:
-  """Example indices at stream positions [start, start + count).
-
-  Position p lies in epoch p // num_examples, whose permutation of
-  range(num_examples) is drawn from (seed, epoch) alone, so any window of
-  the stream is computed without the ones before it.
-
-  Args:
-    seed: non-negative int.
-    num_examples: size N of the dataset.
-    start: first stream position (examples since the start of training).
-    count: number of positions.
-
-  Returns:
-    int64 array of shape (count,) with values in [0, num_examples).
-  """
-  seed = _check_int("seed", seed, 0)
-  num_examples = _check_int("num_examples", num_examples, 1)
-  start = _check_int("start", start, 0)
-  count = _check_int("count", count, 0)
-  out = np.empty(count, np.int64)
-  filled = 0
-  while filled < count:
-    epoch, offset = divmod(start + filled, num_examples)
-    take = min(count - filled, num_examples - offset)
-    out[filled : filled + take] = _epoch_permutation(seed, num_examples, epoch)[
-      offset : offset + take
-    ]
-    filled += take
-  return out
-
-
-def batch_size_at(batch_size: BatchSize, step: int) -> int:
-  """The (validated) global batch size of `step`."""
-  value = batch_size(step) if callable(batch_size) else batch_size
-  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-    raise ValueError(f"batch size at step {step} must be a positive int, got {value!r}")
-  return int(value)
-
-
-def offset_at_step(batch_size: BatchSize, step: int) -> int:
-  """Stream position of the first example of `step`: the sum of earlier batch sizes."""
-  step = _check_int("step", step, 0)
-  if not callable(batch_size):
-    return batch_size_at(batch_size, 0) * step
-  return sum(batch_size_at(batch_size, s) for s in range(step))
-
-
-def _step_at_offset(batch_size: BatchSize, offset: int) -> int:
-  if not callable(batch_size):
-    size = batch_size_at(batch_size, 0)
-    if offset % size:
-      raise ValueError(
-        f"start={offset} is not a batch boundary of batch size {size}; "
-        f"use a multiple of {size} or pass start_step"
-      )
-    return offset // size
-  step, position = 0, 0
-  while position < offset:
-    position += batch_size_at(batch_size, step)
-    step += 1
-  if position != offset:
-    raise ValueError(
-      f"start={offset} falls inside batch {step - 1} of the batch-size schedule "
-      f"(that batch ends at {position}); pass start_step, or a batch boundary"
-    )
-  return step
-
-
-def shard_for_process(
-  batch: Mapping[str, np.ndarray], process_index: int, process_count: int
-) -> dict[str, np.ndarray]:
-  """The contiguous slice of a global batch that process `process_index` loads.
-
-  Process p of P holds examples [p * B / P, (p + 1) * B / P) of every array.
-
-  Args:
-    batch: dict of arrays sharing the leading (batch) dimension B.
-    process_index: this process, in [0, process_count).
-    process_count: number of processes; must divide B.
-
-  Returns:
-    Dict of the same keys holding this process's slices.
-  """
-  process_count = _check_int("process_count", process_count, 1)
-  process_index = _check_int("process_index", process_index, 0)
-  if process_index >= process_count:
-    raise ValueError(
-      f"process_index={process_index} must be in [0, {process_count}) "
-      f"for process_count={process_count}"
-    )
-  sizes = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in batch.items()}
-  if not sizes or len(set(sizes.values())) != 1 or None in sizes.values():
-    raise ValueError(f"batch arrays must share a leading batch dimension; got sizes {sizes}")
-  size = next(iter(sizes.values()))
-  if size % process_count:
-    raise ValueError(
-      f"batch size {size} is not divisible by process_count={process_count}; "
-      f"use a global batch size that is a multiple of {process_count}"
-    )
-  local = size // process_count
-  lo = process_index * local
-  return {k: v[lo : lo + local] for k, v in batch.items()}
 
 
 # --- gathering examples -----------------------------------------------------------
@@ -408,17 +283,17 @@ class BatchIterator:
     num_threads: int | None = None,
   ):
     _check_data(data)
-    seed = _check_int("seed", seed, 0)
-    process_count = _check_int("process_count", process_count, 1)
-    process_index = _check_int("process_index", process_index, 0)
+    seed = check_int("seed", seed, 0)
+    process_count = check_int("process_count", process_count, 1)
+    process_index = check_int("process_index", process_index, 0)
     if process_index >= process_count:
       raise ValueError(
         f"process_index={process_index} must be in [0, {process_count}) "
         f"for process_count={process_count}"
       )
-    prefetch = _check_int("prefetch", prefetch, 0)
+    prefetch = check_int("prefetch", prefetch, 0)
     if num_threads is not None:
-      num_threads = _check_int("num_threads", num_threads, 1)
+      num_threads = check_int("num_threads", num_threads, 1)
     if not (callable(batch_size) or isinstance(batch_size, int | np.integer)) or isinstance(
       batch_size, bool
     ):
@@ -429,14 +304,14 @@ class BatchIterator:
       if fn is not None and not callable(fn):
         raise ValueError(f"{name} must be callable (x, rng) -> x or None, got {fn!r}")
     if start_step is not None:
-      start_step = _check_int("start_step", start_step, 0)
+      start_step = check_int("start_step", start_step, 0)
     if start is not None:
-      start = _check_int("start", start, 0)
+      start = check_int("start", start, 0)
     if start is None:
       start_step = start_step or 0
       start = offset_at_step(batch_size, start_step)
     elif start_step is None:
-      start_step = _step_at_offset(batch_size, start)
+      start_step = step_at_offset(batch_size, start)
     elif offset_at_step(batch_size, start_step) != start:
       raise ValueError(
         f"start={start} does not match start_step={start_step}: the batch-size "
@@ -543,9 +418,9 @@ def eval_batches(
     Batch dicts with `batch_size // process_count` rows.
   """
   _check_data(data)
-  batch_size = _check_int("batch_size", batch_size, 1)
-  process_count = _check_int("process_count", process_count, 1)
-  process_index = _check_int("process_index", process_index, 0)
+  batch_size = check_int("batch_size", batch_size, 1)
+  process_count = check_int("process_count", process_count, 1)
+  process_index = check_int("process_index", process_index, 0)
   if process_index >= process_count:
     raise ValueError(
       f"process_index={process_index} must be in [0, {process_count}) "

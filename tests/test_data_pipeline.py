@@ -479,3 +479,7 @@ def test_the_batch_schedule_is_one_definition_for_plan_and_iterator():
       np.testing.assert_array_equal(next(a)["x"], next(b)["x"])
   with pytest.raises(ValueError, match="phases must start at step 0"):
     data.BatchSchedule(((1, 4),))
+  with pytest.raises(ValueError, match="in step order"):
+    data.BatchSchedule(((0, 4), (5, 8), (3, 16)))
+  # A phase of no step (two drops in one step) is skipped over.
+  assert data.BatchSchedule(((0, 4), (2, 8), (2, 16))).offset_at(3) == 4 + 4 + 16

@@ -37,7 +37,7 @@ from bigbatch_jax.data.schedule import (
   offset_at_step,
   step_at_offset,
 )
-from bigbatch_jax.data.stream import stream_indices
+from bigbatch_jax.data.stream import check_process, stream_indices
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 """Batch augmentation: (float32 batch of inputs, rng) -> augmented batch of the same length."""
@@ -284,13 +284,7 @@ class BatchIterator:
   ):
     _check_data(data)
     seed = check_int("seed", seed, 0)
-    process_count = check_int("process_count", process_count, 1)
-    process_index = check_int("process_index", process_index, 0)
-    if process_index >= process_count:
-      raise ValueError(
-        f"process_index={process_index} must be in [0, {process_count}) "
-        f"for process_count={process_count}"
-      )
+    process_index, process_count = check_process(process_index, process_count)
     prefetch = check_int("prefetch", prefetch, 0)
     if num_threads is not None:
       num_threads = check_int("num_threads", num_threads, 1)
@@ -419,13 +413,7 @@ def eval_batches(
   """
   _check_data(data)
   batch_size = check_int("batch_size", batch_size, 1)
-  process_count = check_int("process_count", process_count, 1)
-  process_index = check_int("process_index", process_index, 0)
-  if process_index >= process_count:
-    raise ValueError(
-      f"process_index={process_index} must be in [0, {process_count}) "
-      f"for process_count={process_count}"
-    )
+  process_index, process_count = check_process(process_index, process_count)
   if batch_size % process_count:
     raise ValueError(f"batch_size {batch_size} is not divisible by process_count={process_count}")
   if split not in ("train", "test"):

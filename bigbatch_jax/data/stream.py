@@ -53,6 +53,18 @@ def stream_indices(seed: int, num_examples: int, start: int, count: int) -> np.n
   return out
 
 
+def check_process(process_index: int, process_count: int) -> tuple[int, int]:
+  """(process_index, process_count) as ints, or a ValueError naming the bad value."""
+  process_count = check_int("process_count", process_count, 1)
+  process_index = check_int("process_index", process_index, 0)
+  if process_index >= process_count:
+    raise ValueError(
+      f"process_index={process_index} must be in [0, {process_count}) "
+      f"for process_count={process_count}"
+    )
+  return process_index, process_count
+
+
 def shard_for_process(
   batch: Mapping[str, np.ndarray], process_index: int, process_count: int
 ) -> dict[str, np.ndarray]:
@@ -68,13 +80,7 @@ def shard_for_process(
   Returns:
     Dict of the same keys holding this process's slices.
   """
-  process_count = check_int("process_count", process_count, 1)
-  process_index = check_int("process_index", process_index, 0)
-  if process_index >= process_count:
-    raise ValueError(
-      f"process_index={process_index} must be in [0, {process_count}) "
-      f"for process_count={process_count}"
-    )
+  process_index, process_count = check_process(process_index, process_count)
   sizes = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in batch.items()}
   if not sizes or len(set(sizes.values())) != 1 or None in sizes.values():
     raise ValueError(f"batch arrays must share a leading batch dimension; got sizes {sizes}")

@@ -21,7 +21,8 @@ from bigbatch_jax.data.augment import (
   random_flip_left_right,
   resize_image,
 )
-from bigbatch_jax.data.pipeline import BatchIterator, RandomAccessSource, eval_batches
+from bigbatch_jax.data.gather import RandomAccessSource
+from bigbatch_jax.data.pipeline import BatchIterator, eval_batches
 from bigbatch_jax.data.run_data import (
   AUGMENTATIONS,
   InputPipeline,

@@ -24,12 +24,18 @@ import concurrent.futures
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from bigbatch_jax.data.arrays import SEED_TAG_AUGMENT, SEED_TAG_TRANSFORM, ArrayDataset
+from bigbatch_jax.data.arrays import SEED_TAG_AUGMENT, ArrayDataset
+from bigbatch_jax.data.gather import (
+  RandomAccessSource,
+  Transform,
+  check_data,
+  load_examples,
+)
 from bigbatch_jax.data.schedule import (
   BatchSize,
   batch_size_at,
@@ -41,108 +47,6 @@ from bigbatch_jax.data.stream import check_process, stream_indices
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 """Batch augmentation: (float32 batch of inputs, rng) -> augmented batch of the same length."""
-
-Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-"""Per-example transform: (one input, rng) -> one float32 input of a fixed shape."""
-
-
-class RandomAccessSource(Protocol):
-  """What a streaming source provides: `len(source)` and `source[i] -> (x, label)`."""
-
-  def __len__(self) -> int: ...
-
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int]: ...
-
-
-# --- gathering examples -----------------------------------------------------------
-
-
-def _check_data(data: Any) -> None:
-  if isinstance(data, ArrayDataset):
-    return
-  if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
-    raise ValueError(
-      "data must be an ArrayDataset or a random-access source with __len__ and "
-      f"__getitem__ returning (x, label); got {type(data).__name__}"
-    )
-  if len(data) < 1:
-    raise ValueError(f"data source {data!r} is empty")
-
-
-def _example_rng(seed: int, position: int) -> np.random.Generator:
-  return np.random.default_rng([SEED_TAG_TRANSFORM, seed, position])
-
-
-def _stack(examples: Sequence[np.ndarray], what: str) -> np.ndarray:
-  shapes = {np.shape(e) for e in examples}
-  if len(shapes) > 1:
-    raise ValueError(
-      f"{what} have different shapes {sorted(shapes)}; pass a transform that maps "
-      "every example to one shape (e.g. imagenet_train_transform)"
-    )
-  return np.stack(examples)
-
-
-def _load_examples(
-  data: ArrayDataset | RandomAccessSource,
-  split: str,
-  indices: np.ndarray,
-  positions: np.ndarray,
-  seed: int,
-  transform: Transform | None,
-  executor: concurrent.futures.Executor | None,
-) -> tuple[np.ndarray, np.ndarray]:
-  """Gathers examples by index: (float32 inputs, int32 labels)."""
-  if isinstance(data, ArrayDataset):
-    x = data.normalize(getattr(data, f"x_{split}")[indices])
-    y = getattr(data, f"y_{split}")[indices]
-    if transform is not None:
-      x = _stack(
-        [transform(xi, _example_rng(seed, p)) for xi, p in zip(x, positions)],
-        "transformed examples",
-      )
-    return np.asarray(x, np.float32), y
-
-  def load_chunk(chunk: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, int]]:
-    chunk_indices, chunk_positions = chunk
-    items = _read_items(data, chunk_indices)
-    if transform is not None:
-      items = [
-        (transform(x, _example_rng(seed, int(p))), label)
-        for (x, label), p in zip(items, chunk_positions, strict=True)
-      ]
-    return items
-
-  # A task per chunk of examples, not per example: per-example futures cost
-  # more than reading an in-memory record (experiments/benchmarks, pipeline).
-  num_chunks = 1 if executor is None else max(1, min(len(indices) // _MIN_CHUNK, _MAX_CHUNKS))
-  chunks = list(zip(np.array_split(indices, num_chunks), np.array_split(positions, num_chunks)))
-  if executor is None or num_chunks == 1:
-    items = [item for chunk in chunks for item in load_chunk(chunk)]
-  else:
-    items = [item for part in executor.map(load_chunk, chunks) for item in part]
-  x = _stack([item[0] for item in items], "examples")
-  y = np.fromiter((item[1] for item in items), np.int32, count=len(items))
-  return np.asarray(x, np.float32), y
-
-
-# Chunks of a batch read by the thread pool: enough to keep a few reader
-# threads busy (PIL decoding and ArrayRecord reads release the GIL), few
-# enough that the per-task overhead stays small next to the reads.
-_MIN_CHUNK = 64
-_MAX_CHUNKS = 16
-
-
-def _read_items(data: RandomAccessSource, indices: np.ndarray) -> list[tuple[np.ndarray, int]]:
-  """Reads examples by index, in one ``__getitems__`` call where the source has one."""
-  if hasattr(data, "__getitems__"):
-    items = data.__getitems__([int(i) for i in indices])
-    if len(items) != len(indices):
-      raise ValueError(
-        f"{data!r}.__getitems__ returned {len(items)} examples for {len(indices)} indices"
-      )
-    return list(items)
-  return [data[int(i)] for i in indices]
 
 
 class _BatchPlan:
@@ -170,7 +74,7 @@ class _BatchPlan:
     lo = offset + self.process_index * local
     indices = stream_indices(self.seed, self.num_examples, lo, local)
     positions = np.arange(lo, lo + local)
-    x, y = _load_examples(
+    x, y = load_examples(
       self.data, "train", indices, positions, self.seed, self.transform, executor
     )
     if self.augment is not None:
@@ -282,7 +186,7 @@ class BatchIterator:
     prefetch: int = 2,
     num_threads: int | None = None,
   ):
-    _check_data(data)
+    check_data(data)
     seed = check_int("seed", seed, 0)
     process_index, process_count = check_process(process_index, process_count)
     prefetch = check_int("prefetch", prefetch, 0)
@@ -411,7 +315,7 @@ def eval_batches(
   Yields:
     Batch dicts with `batch_size // process_count` rows.
   """
-  _check_data(data)
+  check_data(data)
   batch_size = check_int("batch_size", batch_size, 1)
   process_index, process_count = check_process(process_index, process_count)
   if batch_size % process_count:
@@ -432,14 +336,14 @@ def eval_batches(
     for batch_start in range(0, n, batch_size):
       lo = batch_start + process_index * local
       positions = np.arange(lo, min(lo + local, n))
-      x, y = _load_examples(data, split, positions, positions, 0, transform, executor)
+      x, y = load_examples(data, split, positions, positions, 0, transform, executor)
       mask = np.zeros(local, bool)
       mask[: len(positions)] = True
       if len(positions) < local:
         pad = local - len(positions)
         if len(positions) == 0:
           # Whole slice is padding: take the example shape from item 0.
-          x0, _ = _load_examples(
+          x0, _ = load_examples(
             data,
             split,
             np.zeros(1, np.int64),

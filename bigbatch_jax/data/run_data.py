@@ -14,7 +14,7 @@ from bigbatch_jax.data.augment import (
   imagenet_eval_transform,
   imagenet_train_transform,
 )
-from bigbatch_jax.data.pipeline import RandomAccessSource
+from bigbatch_jax.data.gather import RandomAccessSource
 from bigbatch_jax.data.sources import load_dataset
 from bigbatch_jax.data.tfds_sources import TFDS_STREAMED, TfdsStreamSource
 

@@ -27,15 +27,18 @@ from bigbatch_jax.training.state import TrainState, create_train_state
 from bigbatch_jax.training.step import AXIS
 
 
-def norm_layer(plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str | None):
+def norm_layer(
+  plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str | None, layer=GhostBatchNorm
+):
   """The GhostBatchNorm constructor the model is built with.
 
   Every variant uses GhostBatchNorm so that all variants share one parameter
   tree (interpolating SB and LB parameters needs that); without ``gbn`` its
   ghost size is None, which is flax BatchNorm over the whole (global) batch.
+  ``layer`` replaces the class (same arguments), e.g. for a benchmark.
   """
   return functools.partial(
-    GhostBatchNorm,
+    layer,
     ghost_batch_size=plan.ghost_batch_size,
     stats_update=config.ghost_stats_update,
     momentum=config.bn_momentum,

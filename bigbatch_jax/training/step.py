@@ -68,6 +68,37 @@ def _local_noise_weights(key, local_batch: int, num_replicas: int, variance: flo
   return lax.dynamic_slice_in_dim(weights, start, local_batch)
 
 
+def opt_state_after_skip(new_opt_state, old_opt_state, finite: jax.Array):
+  """The optimizer state after a step whose update is applied only when ``finite``.
+
+  A skipped step (the "skip" non-finite policy) keeps the old accumulators
+  (floating-point leaves: the momentum buffer, ...) but takes the new counters
+  and keys (integer and key leaves: the schedule's and the clipping window's
+  counts, the white noise's count and key), so every optimizer counter equals
+  ``state.step`` after any mix of applied and skipped steps.
+
+  Why the data clock: the papers' regimes run on iterations of the data loop.
+  Hoffer et al.'s regime (section 5) drops the learning rate at epochs, i.e.
+  after a given amount of data, and its adaptation fixes the number of
+  iterations; the scaling rule (eq. 7) and a growing batch (Smith et al.) take
+  the batch size of the batch being consumed, which the data iterator picks
+  by ``state.step``; the clipping window ("the first few iterations", section
+  4) and the white noise's decay 1 / (1 + t)**gamma (Jaiswal & Taura, t the
+  iteration) count iterations. A skipped step consumed its batch, so it is an
+  iteration whose gradient was dropped: the clocks advance, the accumulators
+  do not. Left behind, the optimizer's counters would trail ``state.step`` by
+  one per skip, applying the previous batch size's scale and a late drop
+  while the logged learning rate (a function of ``state.step``) moved on.
+  """
+
+  def pick(new, old):
+    if jnp.issubdtype(new.dtype, jnp.inexact):
+      return jnp.where(finite, new, old)
+    return new
+
+  return jax.tree.map(pick, new_opt_state, old_opt_state)
+
+
 def train_step(
   state: TrainState,
   batch: dict[str, jax.Array],
@@ -90,9 +121,10 @@ def train_step(
     num_replicas: devices along the "batch" axis (static).
     noise_variance: multiplicative noise sigma**2 (Hoffer section 4); 0: off.
     skip_nonfinite: on a non-finite loss or gradient, keep the previous
-      parameters, statistics and optimizer state and count the skip; without
-      it the step is applied and the first such step is recorded (the loop
-      stops there).
+      parameters, statistics and optimizer accumulators, advance the
+      optimizer's counters (:func:`opt_state_after_skip`) and count the skip;
+      without it the step is applied and the first such step is recorded
+      (the loop stops there).
 
   Returns:
     The new state and replicated scalar metrics.
@@ -137,7 +169,7 @@ def train_step(
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
     params = keep(params, state.params)
     batch_stats = keep(batch_stats, state.batch_stats)
-    opt_state = keep(opt_state, state.opt_state)
+    opt_state = opt_state_after_skip(opt_state, state.opt_state, finite)
     skipped_steps = skipped_steps + (~finite).astype(jnp.int32)
     nonfinite_step, nonfinite_kind = state.nonfinite_step, state.nonfinite_kind
   else:

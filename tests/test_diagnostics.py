@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from bigbatch_jax import diagnostics, training
 from tests.test_training import tiny_config
@@ -299,44 +300,194 @@ TINY_OPTIONS = dict(
 )
 
 
-def test_analyze_writes_every_diagnostic_of_two_tiny_runs(tiny_runs):
+@pytest.fixture(scope="module")
+def analysis(tiny_runs):
+  """experiments.analyze run once on the two tiny runs, every diagnostic."""
   from experiments import analyze
 
   options = analyze.Options(**TINY_OPTIONS)
-  result = analyze.analyze(tiny_runs["sb"], analyze.DIAGNOSTICS, tiny_runs["lb"], (), options)
+  return analyze.analyze(tiny_runs["sb"], analyze.DIAGNOSTICS, tiny_runs["lb"], (), options)
+
+
+@pytest.fixture(scope="module")
+def sharpness_losses(tiny_runs):
+  """Each run and the loss analyze's sharpness uses with TINY_OPTIONS (2 batches of 16, seed 0)."""
+  out = {}
+  for variant, workdir in tiny_runs.items():
+    run = diagnostics.load_run(workdir)
+    batches = diagnostics.sample_batches(run.dataset, 2, 16, seed=0)
+    out[variant] = run, diagnostics.eval_loss_fn(run.model, run.batch_stats, batches)
+  return out
+
+
+def _eigsh_top(loss_fn, params, k):
+  """The k largest Hessian eigenvalues by ARPACK (scipy eigsh) on jax Hessian-vector products."""
+  from scipy.sparse.linalg import LinearOperator, eigsh
+
+  flat, unravel = ravel_pytree(params)
+
+  @jax.jit
+  def matvec(v):
+    return ravel_pytree(jax.jvp(jax.grad(loss_fn), (params,), (unravel(v),))[1])[0]
+
+  operator = LinearOperator(
+    (flat.size, flat.size),
+    matvec=lambda v: np.asarray(matvec(jnp.asarray(v, jnp.float32)), np.float64),
+    dtype=np.float64,
+  )
+  values = eigsh(
+    operator, k, which="LA", tol=1e-8, v0=np.ones(flat.size), return_eigenvectors=False
+  )
+  return np.sort(values)[::-1]
+
+
+@pytest.fixture(scope="module")
+def eigsh_top(sharpness_losses):
+  """The top 3 Hessian eigenvalues of each tiny run's sharpness loss, by scipy."""
+  return {v: _eigsh_top(loss_fn, run.params, 3) for v, (run, loss_fn) in sharpness_losses.items()}
+
+
+def test_analyze_writes_every_diagnostic_of_two_tiny_runs(tiny_runs, analysis):
   with open(os.path.join(tiny_runs["sb"], "analysis.json")) as f:
-    assert json.load(f) == json.loads(json.dumps(result))
+    assert json.load(f) == json.loads(json.dumps(analysis))
+  from experiments import analyze
+
   for name in analyze.DIAGNOSTICS:
     assert os.path.getsize(os.path.join(tiny_runs["sb"], f"analysis_{name}.png")) > 1000
+  assert [r["variant"] for r in analysis["sharpness"]["runs"]] == ["sb", "lb"]
 
-  runs = result["sharpness"]["runs"]
-  assert [r["variant"] for r in runs] == ["sb", "lb"]
-  for r in runs:
-    assert len(r["top_eigenvalues"]) == 2 and r["top_eigenvalues"][0] >= r["top_eigenvalues"][1]
-    assert r["epsilon_sharpness"] >= 0
-  # The library call table1 uses gives the same number on the same batches.
-  top = diagnostics.top_hessian_eigenvalue_of_run(
-    tiny_runs["lb"], num_batches=2, batch_size=16, num_iterations=6
-  )
-  assert top == pytest.approx(runs[1]["top_eigenvalues"][0], rel=1e-4)
-
-  curve = result["interpolation"]["curve"]
+  curve = analysis["interpolation"]["curve"]
   np.testing.assert_allclose(curve["alpha"], np.linspace(-1, 2, 4))
   for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
     assert len(curve[key]) == 4 and np.all(np.isfinite(curve[key]))
 
-  landscape = result["landscape"]
-  _, distances = diagnostics.weight_distance_series(tiny_runs["sb"])
-  assert landscape["max_distance"] == pytest.approx(max(distances))
-  assert np.isfinite(landscape["alpha"]) and sum(landscape["count"]) == 40
-
-  noise = result["noise_scale"]
+  noise = analysis["noise_scale"]
   assert [r["step"] for r in noise["per_step"]] == diagnostics.checkpoint_steps(tiny_runs["sb"])
   assert all(np.isfinite(r["b_simple"]) for r in noise["per_step"])
   sb_cov, lb_cov = noise["update_covariance"]["regimes"]
   # Same lr, 4x the batch: Hoffer eq. 6 predicts about a quarter of the trace.
   assert sb_cov["batch_size"] == 16 and lb_cov["batch_size"] == 64
   assert 0.1 < lb_cov["trace"] / sb_cov["trace"] < 0.5
+
+
+def test_lanczos_on_a_run_matches_scipy_eigsh(sharpness_losses, eigsh_top):
+  run, loss_fn = sharpness_losses["lb"]
+  top = jax.jit(
+    functools.partial(diagnostics.hessian_top_eigenvalues, loss_fn, k=3, num_iterations=20)
+  )(run.params, jax.random.key(0))
+  np.testing.assert_allclose(top, eigsh_top["lb"], rtol=1e-4)
+
+
+def _keskar_box_bounds(loss_fn, params, epsilon, top_eigenvalue):
+  """f0 and bounds on Keskar's phi (percent) in a box small enough for a quadratic model.
+
+  Below: the loss at the vertex r * sign(g) of the box |y_i| <= r_i =
+  epsilon (|x_i| + 1). Above: the linear term's box maximum sum |g_i| r_i plus
+  the top curvature's 0.5 lambda_max |r|^2.
+  """
+  x, unravel = ravel_pytree(params)
+  flat_loss = jax.jit(lambda y: loss_fn(unravel(y)))
+  f0, g = jax.jit(jax.value_and_grad(flat_loss))(x)
+  r = epsilon * (jnp.abs(x) + 1)
+  vertex = 100 * (flat_loss(x + r * jnp.sign(g)) - f0) / (1 + f0)
+  upper = 100 * (jnp.sum(jnp.abs(g) * r) + 0.5 * top_eigenvalue * jnp.sum(r**2)) / (1 + f0)
+  return float(f0), float(vertex), float(upper)
+
+
+def test_analyze_sharpness_against_eigsh_and_the_box_vertex(
+  tiny_runs, analysis, sharpness_losses, eigsh_top
+):
+  for result in analysis["sharpness"]["runs"]:
+    exact = eigsh_top[result["variant"]]
+    ritz = np.asarray(result["top_eigenvalues"])
+    # 6 Lanczos steps: by interlacing the i-th Ritz value is at most the i-th
+    # eigenvalue; the top one has converged.
+    assert np.all(ritz <= exact[:2] * (1 + 1e-4)), (ritz, exact)
+    assert ritz[0] == pytest.approx(exact[0], rel=1e-2)
+
+    # Keskar's box (epsilon 1e-3) is small: the loss is nearly linear in it,
+    # so the maximum is near the vertex r * sign(g), and the quadratic model
+    # with the top curvature bounds it above.
+    run, loss_fn = sharpness_losses[result["variant"]]
+    f0, vertex, upper = _keskar_box_bounds(loss_fn, run.params, 1e-3, exact[0])
+    assert result["train_loss"] == pytest.approx(f0, rel=1e-6)
+    assert vertex * (1 - 1e-2) <= result["epsilon_sharpness"] <= upper, (vertex, upper)
+  # The library call table1 uses gives the same number on the same batches.
+  top = diagnostics.top_hessian_eigenvalue_of_run(
+    tiny_runs["lb"], num_batches=2, batch_size=16, num_iterations=6
+  )
+  assert top == pytest.approx(analysis["sharpness"]["runs"][1]["top_eigenvalues"][0], rel=1e-4)
+
+
+def test_analyze_landscape_is_the_binned_log_log_fit(tiny_runs, analysis):
+  landscape = analysis["landscape"]
+  _, distances = diagnostics.weight_distance_series(tiny_runs["sb"])
+  assert landscape["max_distance"] == pytest.approx(max(distances))
+  assert sum(landscape["count"]) == 40 and len(landscape["count"]) == 4
+  width = landscape["max_distance"] / 4
+  # The bins split [0, max sampled distance], at most c.
+  assert landscape["centers"][0] <= width / 2 * (1 + 1e-6)
+  # alpha is twice the least-squares slope of log std on log d over the
+  # non-empty bins but the first (numpy's polyfit, independently).
+  centers = np.asarray(landscape["centers"][1:])
+  std = np.asarray([np.nan if v is None else v for v in landscape["std"][1:]])
+  valid = np.asarray(landscape["count"][1:]) > 0
+  assert valid.sum() >= 2
+  slope, intercept = np.polyfit(np.log(centers[valid]), np.log(std[valid]), 1)
+  assert landscape["alpha"] == pytest.approx(2 * slope, rel=1e-4)
+  assert landscape["intercept"] == pytest.approx(intercept, rel=1e-4, abs=1e-5)
+  residual = np.log(std[valid]) - slope * np.log(centers[valid]) - intercept
+  r2 = 1 - np.sum(residual**2) / np.sum((np.log(std[valid]) - np.log(std[valid]).mean()) ** 2)
+  assert landscape["r2"] == pytest.approx(r2, rel=1e-4, abs=1e-6)
+
+
+def _w0_loss(workdir):
+  """The landscape's loss: statistics recomputed at w0, then frozen (as analyze does)."""
+  run = diagnostics.load_run(workdir)
+  batches = diagnostics.sample_batches(run.dataset, 2, 16, seed=0)
+  stats = diagnostics.recompute_batch_stats(
+    diagnostics.batch_stats_fn(run), run.initial_params, batches["x"]
+  )
+  return run, diagnostics.eval_loss_fn(run.model, stats, batches)
+
+
+def test_landscape_of_a_run_near_w0_is_its_first_order_one(tiny_runs):
+  # Within 0.01 of w0 the loss is linear: L - L0 = z g.v, and for v uniform on
+  # the unit sphere of R^n, E (g.v)^2 = |g|^2 / n: std = d |g| / sqrt(n), alpha 2.
+  run, loss_fn = _w0_loss(tiny_runs["sb"])
+  loss_fn = jax.jit(loss_fn)
+  stats = jax.jit(
+    functools.partial(
+      diagnostics.landscape_statistics, loss_fn, num_samples=1000, max_distance=1e-2, num_bins=8
+    )
+  )(run.initial_params, jax.random.key(0))
+  g, _ = ravel_pytree(jax.grad(loss_fn)(run.initial_params))
+  slope = float(jnp.linalg.norm(g)) / np.sqrt(g.size)
+  count, std, centers = (np.asarray(stats[k], np.float64) for k in ("count", "std", "centers"))
+  # The pooled root mean square of (L - L0) / d over the 875 samples past the
+  # first bin has a relative sampling error of about 1 / sqrt(2 * 875) = 2.4 %.
+  pooled = np.sqrt(np.sum(count[1:] * (std[1:] / centers[1:]) ** 2) / np.sum(count[1:]))
+  assert pooled == pytest.approx(slope, rel=0.1)
+  # 7 bins of ~125 samples (6 % each) over a factor 5 in d: alpha to about 0.1.
+  assert float(stats["alpha"]) == pytest.approx(2.0, abs=0.3)
+
+
+def test_batch_stats_fn_gives_each_layers_whole_batch_statistics(tiny_runs):
+  # F1: Dense -> BN -> ReLU, twice. Layer 2's statistics depend on layer 1
+  # normalized by its own batch statistics (training mode), not the running ones.
+  run = diagnostics.load_run(tiny_runs["sb"])
+  x = diagnostics.sample_batches(run.dataset, 1, 32, seed=0)["x"][0]
+  stats = jax.jit(diagnostics.batch_stats_fn(run))(run.params, x)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), run.params)
+  h = np.asarray(x, np.float64)
+  for i in (1, 2):
+    h = h @ p[f"fc{i}"]["kernel"] + p[f"fc{i}"]["bias"]
+    mean, var = h.mean(0), h.var(0)
+    np.testing.assert_allclose(stats[f"bn{i}"]["mean"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats[f"bn{i}"]["var"], var, rtol=1e-5)
+    h = (h - mean) / np.sqrt(var + run.config.bn_epsilon) * p[f"bn{i}"]["scale"]
+    h = np.maximum(h + p[f"bn{i}"]["bias"], 0.0)
+  assert set(stats) == {"bn1", "bn2"}
 
 
 def test_analyze_rejects_unknown_diagnostics_and_a_missing_other_run(tiny_runs):

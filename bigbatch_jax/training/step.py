@@ -52,11 +52,43 @@ def _local_noise_weights(key, local_batch: int, num_replicas: int, variance: flo
   return lax.dynamic_slice_in_dim(weights, start, local_batch)
 
 
+def opt_state_after_skip(new_opt_state, old_opt_state, finite: jax.Array):
+  """The optimizer state after a step whose update is applied only when ``finite``.
+
+  A skipped step (the "skip" non-finite policy) keeps the old accumulators
+  (floating-point leaves: the momentum buffer, ...) but takes the new counters
+  and keys (integer and key leaves: the schedule's and the clipping window's
+  counts, the white noise's count and key), so every optimizer counter equals
+  ``state.step`` after any mix of applied and skipped steps.
+
+  Why the data clock: the papers' regimes run on iterations of the data loop.
+  Hoffer et al.'s regime (section 5) drops the learning rate at epochs, i.e.
+  after a given amount of data, and its adaptation fixes the number of
+  iterations; the scaling rule (eq. 7) and a growing batch (Smith et al.) take
+  the batch size of the batch being consumed, which the data iterator picks
+  by ``state.step``; the clipping window ("the first few iterations", section
+  4) and the white noise's decay 1 / (1 + t)**gamma (Jaiswal & Taura, t the
+  iteration) count iterations. A skipped step consumed its batch, so it is an
+  iteration whose gradient was dropped: the clocks advance, the accumulators
+  do not. Left behind, the optimizer's counters would trail ``state.step`` by
+  one per skip, applying the previous batch size's scale and a late drop
+  while the logged learning rate (a function of ``state.step``) moved on.
+  """
+
+  def pick(new, old):
+    if jnp.issubdtype(new.dtype, jnp.inexact):
+      return jnp.where(finite, new, old)
+    return new
+
+  return jax.tree.map(pick, new_opt_state, old_opt_state)
+
+
 def apply_nonfinite_policy(state: TrainState, new: TrainState, loss, grad_norm, skip: bool):
   """``new`` with the run's policy for a non-finite loss or gradient applied.
 
   With ``skip`` a non-finite update keeps ``state``'s parameters, statistics
-  and optimizer state and counts the skip; otherwise the update stands and
+  and optimizer accumulators, advances the optimizer's counters
+  (:func:`opt_state_after_skip`) and counts the skip; otherwise the update stands and
   the first such step and what was not finite (1 loss, 2 gradient, 3 both)
   are recorded for the loop to stop at.
   """
@@ -67,7 +99,7 @@ def apply_nonfinite_policy(state: TrainState, new: TrainState, loss, grad_norm, 
     return new.replace(
       params=keep(new.params, state.params),
       batch_stats=keep(new.batch_stats, state.batch_stats),
-      opt_state=keep(new.opt_state, state.opt_state),
+      opt_state=opt_state_after_skip(new.opt_state, state.opt_state, finite),
       skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
     )
   first = (state.nonfinite_step < 0) & ~finite

@@ -391,6 +391,7 @@ def norm_layer(plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str 
     GhostBatchNorm,
     ghost_batch_size=plan.ghost_batch_size,
     stats_update=config.ghost_stats_update,
+    ghost_variance=config.ghost_variance,
     momentum=config.bn_momentum,
     epsilon=config.bn_epsilon,
     axis_name=axis_name,

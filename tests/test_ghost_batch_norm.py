@@ -51,14 +51,16 @@ def test_one_ghost_batch_equals_flax_batchnorm(shape, ghost):
   x = _inputs(shape)
   ghost_size = None if ghost is None else shape[0]
   gbn = GhostBatchNorm(momentum=MOMENTUM, ghost_batch_size=ghost_size)
-  bn = nn.BatchNorm(momentum=MOMENTUM)
+  # One ghost of the whole batch takes the ghost path, whose (shifted)
+  # variance is exact: compare it with flax's two-pass variance.
+  bn = nn.BatchNorm(momentum=MOMENTUM, use_fast_variance=ghost is None)
   variables = _trained_variables(bn, x, steps=2)
 
   value, y, stats, grads = _loss_and_grads(gbn, variables, x)
   value_bn, y_bn, stats_bn, grads_bn = _loss_and_grads(bn, variables, x)
 
   np.testing.assert_allclose(y, y_bn, rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(value, value_bn, rtol=1e-6)
+  np.testing.assert_allclose(value, value_bn, rtol=1e-6 if ghost is None else 1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), stats, stats_bn)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, grads_bn)
   # Same variable tree as nn.BatchNorm: a drop-in.

@@ -40,6 +40,7 @@ RESUMABLE_KEYS = frozenset(
     "distributed_timeout_s",
     # Where the data lives and how far ahead it is read change no result.
     "tfds_data_dir",
+    "tfds_download",
     "prefetch_batches",
   }
 )
@@ -129,7 +130,9 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.ArrayDataset | Stre
   if streamed is not None:
     # ImageNet does not fit in memory: open the splits, decode per example.
     splits = [
-      data_lib.TfdsStreamSource(streamed, split, data_dir=config.tfds_data_dir)
+      data_lib.TfdsStreamSource(
+        streamed, split, data_dir=config.tfds_data_dir, download=config.tfds_download
+      )
       for split in (config.tfds_train_split, config.tfds_eval_split)
     ]
     size = config.image_size
@@ -140,6 +143,7 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.ArrayDataset | Stre
   if config.dataset.startswith("tfds:"):
     if config.tfds_data_dir is not None:
       options["data_dir"] = config.tfds_data_dir
+    options["download"] = config.tfds_download
     if config.dataset == "tfds:caltech101":
       options["image_size"] = config.image_size
   return data_lib.load_dataset(config.dataset, seed=config.data_seed, **options)

@@ -29,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
   # to it (evaluation resizes the shorter side to image_size * 256 / 224 first).
   config.image_size = 224
   config.tfds_data_dir = placeholder(str)  # tfds data directory (None: $TFDS_DATA_DIR or default)
+  # Let tfds download and prepare an absent tfds:NAME dataset (needs tensorflow;
+  # ImageNet needs its manual download). False: an absent dataset is an error
+  # that says how to prepare it.
+  config.tfds_download = False
   # Splits of streamed tfds datasets (tfds:imagenet2012), e.g. "train[:1%]".
   config.tfds_train_split = "train"
   config.tfds_eval_split = "validation"

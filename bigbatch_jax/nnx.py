@@ -107,10 +107,12 @@ class GhostBatchNorm(nnx.BatchNorm):
     reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
     scale = None if self.scale is None else self.scale[...]
     bias = None if self.bias is None else self.bias[...]
-    # The promotion nnx.BatchNorm applies to the input and every variable.
-    x, mean, var, scale, bias = self.promote_dtype(
-      (x, self.mean[...], self.var[...], scale, bias), dtype=self.dtype
-    )
+    mean, var = self.mean[...], self.var[...]
+    # The dtype promotion nnx.BatchNorm applies to the input and the variables
+    # (flax 0.12.0's BatchNorm had none, and no promote_dtype attribute).
+    promote = getattr(self, "promote_dtype", None)
+    if promote is not None:
+      x, mean, var, scale, bias = promote((x, mean, var, scale, bias), dtype=self.dtype)
     if use_running_average:
       return normalize(
         x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon

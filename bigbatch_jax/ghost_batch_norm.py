@@ -1,21 +1,203 @@
-"""Ghost Batch Normalization (Hoffer et al. 2017, Algorithm 1) for flax.linen."""
+"""Ghost Batch Normalization (Hoffer et al. 2017, Algorithm 1): the math and the linen module.
+
+The ghost statistics, the normalization and the closed-form running update are
+plain functions here, shared by the flax.linen module below and the Flax NNX
+front end (:mod:`bigbatch_jax.nnx`): one implementation, two thin front ends.
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax.linen import dtypes, initializers, module
 from flax.linen.module import Module, compact
-
-# flax's own statistics and normalization code, so that with one ghost batch
-# the outputs and running statistics are those of nn.BatchNorm to the bit.
-from flax.linen.normalization import _canonicalize_axes, _compute_stats, _normalize
 from jax import lax
 
+from bigbatch_jax._compat import compute_stats
+
 STATS_UPDATES = ("sequential", "mean")
+GHOST_VARIANCES = ("shifted", "two_pass", "one_pass")
+
+
+def canonical_axes(ndim: int, axes: int | Iterable[int]) -> tuple[int, ...]:
+  """Non-negative, sorted, deduplicated axes of an array of rank ``ndim``."""
+  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  return tuple(sorted({ax + ndim if ax < 0 else ax for ax in axes}))
+
+
+def check_options(ghost_batch_size: Any, stats_update: str, ghost_variance: str) -> None:
+  """Raises ValueError naming the bad option and the valid ones."""
+  if stats_update not in STATS_UPDATES:
+    raise ValueError(
+      f"GhostBatchNorm: unknown stats_update={stats_update!r}; valid values are {STATS_UPDATES}"
+    )
+  if ghost_variance not in GHOST_VARIANCES:
+    raise ValueError(
+      f"GhostBatchNorm: unknown ghost_variance={ghost_variance!r}; valid values are "
+      f"{GHOST_VARIANCES}"
+    )
+  if ghost_batch_size is not None and (
+    not isinstance(ghost_batch_size, int)
+    or isinstance(ghost_batch_size, bool)
+    or ghost_batch_size < 2
+  ):
+    raise ValueError(
+      f"GhostBatchNorm: ghost_batch_size={ghost_batch_size!r} must be an integer >= 2 "
+      "(a ghost batch of one example has zero variance) or None for plain batch norm"
+    )
+
+
+def num_ghost_batches(batch: int, ghost_batch_size: int | None, initializing: bool = False) -> int:
+  """How many ghost batches a local batch of ``batch`` examples holds.
+
+  While initializing (only shapes matter) a batch the ghost size does not divide
+  is one batch; in training it is an error that names both sizes.
+  """
+  if ghost_batch_size is None:
+    return 1
+  if batch % ghost_batch_size == 0:
+    return batch // ghost_batch_size
+  if initializing:
+    return 1
+  raise ValueError(
+    f"GhostBatchNorm: ghost_batch_size={ghost_batch_size} does not divide the local batch of "
+    f"{batch} examples (the per-device batch under data parallelism); use a ghost "
+    f"size that divides {batch}, or a batch that is a multiple of {ghost_batch_size}"
+  )
+
+
+def _shifted_statistics(ghosts: jax.Array, reduction_axes: tuple[int, ...], dtype: Any):
+  """Per-ghost mean and biased variance in one pass over ``ghosts - shift``.
+
+  ``E[x^2] - E[x]^2`` in float32 cancels when the mean is large against the
+  spread (at mean 3000, std 1 the variance comes out 0). Shifting each ghost
+  batch by one of its own values s (its first example, per feature) leaves the
+  variance unchanged, ``var = E[(x - s)^2] - E[x - s]^2``, while ``|E[x - s]|``
+  is of the order of the spread, so nothing cancels; it still reads the
+  activations once (the two-pass variance reads them twice). The variance does
+  not depend on s, so s carries no gradient.
+  """
+  x = ghosts.astype(dtype)
+  first = tuple(slice(0, 1) if i in reduction_axes else slice(None) for i in range(x.ndim))
+  shift = lax.stop_gradient(x[first])
+  d = x - shift
+  mean_d = jnp.mean(d, reduction_axes)
+  var = jnp.maximum(0.0, jnp.mean(d * d, reduction_axes) - mean_d * mean_d)
+  return jnp.squeeze(shift, reduction_axes) + mean_d, var
+
+
+def ghost_statistics(
+  ghosts: jax.Array,
+  reduction_axes: tuple[int, ...],
+  *,
+  plain: bool,
+  ghost_variance: str = "shifted",
+  dtype: Any = None,
+  use_fast_variance: bool = True,
+  mask: jax.Array | None = None,
+  force_float32_reductions: bool = True,
+  axis_name: str | None = None,
+  axis_index_groups: Any = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Mean and biased variance of each ghost batch of ``ghosts`` (K, ghost, ...).
+
+  ``plain`` (no ghost size): flax's own statistics, with ``use_fast_variance``
+  and the cross-device mean over ``axis_name``, so that the layer is
+  ``BatchNorm`` to the bit. Ghost batches never cross devices; their variance
+  follows ``ghost_variance``: ``"shifted"`` (one pass, accurate for any mean),
+  ``"two_pass"`` (``E[(x - E[x])^2]``, two reads), ``"one_pass"``
+  (``E[x^2] - E[x]^2``, flax's fast variance; inaccurate when the mean is large
+  against the spread). With a mask ``"shifted"`` computes the two-pass variance,
+  since the shift must be an unmasked value.
+
+  Returns:
+    ``(mean, var)``, each of shape (K, *feature dims), float32 unless
+    ``dtype`` or the input is wider (as flax).
+  """
+  if plain:
+    return compute_stats(
+      ghosts,
+      reduction_axes,
+      dtype=dtype,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_fast_variance=use_fast_variance,
+      mask=mask,
+      force_float32_reductions=force_float32_reductions,
+    )
+  if ghost_variance == "shifted" and mask is None:
+    stats_dtype = jnp.result_type(ghosts) if dtype is None else dtype
+    if force_float32_reductions:
+      stats_dtype = jnp.promote_types(stats_dtype, jnp.float32)
+    return _shifted_statistics(ghosts, reduction_axes, stats_dtype)
+  return compute_stats(
+    ghosts,
+    reduction_axes,
+    dtype=dtype,
+    use_fast_variance=ghost_variance == "one_pass",
+    mask=mask,
+    force_float32_reductions=force_float32_reductions,
+  )
+
+
+def normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, dtype, epsilon):
+  """``(x - mean) * (scale * rsqrt(var + eps)) + bias``, flax's BatchNorm normalization.
+
+  The same operations in the same order as flax's linen and NNX ``_normalize``
+  (so plain batch norm stays identical to theirs); ``scale`` and ``bias`` are
+  arrays of the feature shape or None.
+  """
+  stats_shape = [1 if i in reduction_axes else n for i, n in enumerate(x.shape)]
+  feature_shape = [n if i in feature_axes else 1 for i, n in enumerate(x.shape)]
+  y = x - mean.reshape(stats_shape)
+  mul = lax.rsqrt(var.reshape(stats_shape) + epsilon)
+  args = [x]
+  if scale is not None:
+    scale = scale.reshape(feature_shape)
+    mul *= scale
+    args.append(scale)
+  y *= mul
+  if bias is not None:
+    bias = bias.reshape(feature_shape)
+    y += bias
+    args.append(bias)
+  return jnp.asarray(y, dtypes.canonicalize_dtype(*args, dtype=dtype))
+
+
+def normalize_ghosts(ghosts, mean, var, scale, bias, feature_axes, dtype, epsilon):
+  """Normalizes each ghost batch of ``ghosts`` (K, ghost, ...) in one affine pass.
+
+  The statistics and the learned scale and bias fold first into a small
+  per-ghost, per-feature map, ``mul = scale * rsqrt(var + eps)`` and
+  ``shift = bias - mean * mul``, and then ``y = x * mul + shift`` touches the
+  activations once. :func:`normalize` computes ``(x - mean) * mul + bias``
+  instead; differentiated, that keeps ``x - mean`` and the scaled product as
+  full-size residuals for the backward pass, which costs two extra passes over
+  the activations per layer (measured by experiments/benchmarks). The two agree
+  up to float rounding.
+  """
+  # Statistics come as (ghosts, *features); broadcast them over the rest.
+  stats_shape = [ghosts.shape[0]] + [
+    ghosts.shape[i] if i in feature_axes else 1 for i in range(1, ghosts.ndim)
+  ]
+  params_shape = [1, *stats_shape[1:]]
+  mul = lax.rsqrt(var.reshape(stats_shape) + epsilon)
+  args = [ghosts]
+  if scale is not None:
+    scale = scale.reshape(params_shape)
+    mul = mul * scale
+    args.append(scale)
+  shift = -mean.reshape(stats_shape) * mul
+  if bias is not None:
+    bias = bias.reshape(params_shape)
+    shift = shift + bias
+    args.append(bias)
+  y = ghosts * mul + shift
+  return jnp.asarray(y, dtypes.canonicalize_dtype(*args, dtype=dtype))
 
 
 def ghost_running_average(
@@ -84,6 +266,33 @@ def _position_in_group(axis_name: str, axis_index_groups: Any) -> jax.Array:
   return jnp.asarray([table[i] for i in range(len(table))])[index]
 
 
+def ghost_view(x: jax.Array, num_ghosts: int, feature_axes: tuple[int, ...], mask=None):
+  """``x`` as (ghosts, ghost_batch_size, ...): a reshape, the ghost batches contiguous.
+
+  Returns:
+    ``(ghosts, mask, reduction_axes, feature_axes)``, the mask (if any)
+    broadcast to the same view and the axes of the view: statistics reduce over
+    every axis but the ghost index and the features.
+  """
+  ghosts = x.reshape((num_ghosts, x.shape[0] // num_ghosts, *x.shape[1:]))
+  ghost_feature_axes = tuple(ax + 1 for ax in feature_axes)
+  reduction_axes = tuple(i for i in range(1, ghosts.ndim) if i not in ghost_feature_axes)
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, x.shape).reshape(ghosts.shape)
+  return ghosts, mask, reduction_axes, ghost_feature_axes
+
+
+def feature_axes_of(x: jax.Array, axis: int | Iterable[int]) -> tuple[int, ...]:
+  """The feature axes of ``x``; an error if they include the batch axis 0."""
+  feature_axes = canonical_axes(x.ndim, axis)
+  if 0 in feature_axes:
+    raise ValueError(
+      f"GhostBatchNorm: axis={axis} includes the batch axis 0 of an input of shape "
+      f"{x.shape}; ghost batches are split along axis 0"
+    )
+  return feature_axes
+
+
 class GhostBatchNorm(Module):
   """Batch normalization over small "ghost" batches; a drop-in for ``nn.BatchNorm``.
 
@@ -132,6 +341,12 @@ class GhostBatchNorm(Module):
     ghost_batch_size: examples per ghost batch (>= 2), or None for plain batch
       normalization.
     stats_update: ``"sequential"`` or ``"mean"``, see above.
+    ghost_variance: how ghost batches compute their variance (see
+      :func:`ghost_statistics`): ``"shifted"`` (default; one pass, accurate
+      when the mean is large against the spread), ``"two_pass"`` or
+      ``"one_pass"`` (``E[x^2] - E[x]^2``, what flax's fast variance does; it
+      cancels to 0 in float32 at a mean of 3000 std). Plain batch norm
+      (``ghost_batch_size=None``) follows ``use_fast_variance``, as flax.
     use_running_average, axis, momentum, epsilon, dtype, param_dtype, use_bias,
     use_scale, bias_init, scale_init, axis_name, axis_index_groups,
     use_fast_variance, force_float32_reductions: as ``flax.linen.BatchNorm``.
@@ -166,34 +381,23 @@ class GhostBatchNorm(Module):
   force_float32_reductions: bool = True
   ghost_batch_size: int | None = None
   stats_update: str = "sequential"
+  ghost_variance: str = "shifted"
 
-  def _check_config(self):
-    if self.stats_update not in STATS_UPDATES:
-      raise ValueError(
-        f"GhostBatchNorm: unknown stats_update={self.stats_update!r}; "
-        f"valid values are {STATS_UPDATES}"
-      )
-    if self.ghost_batch_size is not None and (
-      not isinstance(self.ghost_batch_size, int) or self.ghost_batch_size < 2
+  def _params(self, feature_shape):
+    """scale and bias (or None), created as flax's ``_normalize`` creates them."""
+    params = []
+    for use, name, init in (
+      (self.use_scale, "scale", self.scale_init),
+      (self.use_bias, "bias", self.bias_init),
     ):
-      raise ValueError(
-        f"GhostBatchNorm: ghost_batch_size={self.ghost_batch_size!r} must be an integer >= 2 "
-        "(a ghost batch of one example has zero variance) or None for plain batch norm"
-      )
-
-  def _num_ghosts(self, batch: int) -> int:
-    ghost = self.ghost_batch_size
-    if ghost is None:
-      return 1
-    if batch % ghost == 0:
-      return batch // ghost
-    if self.is_initializing():
-      return 1
-    raise ValueError(
-      f"GhostBatchNorm: ghost_batch_size={ghost} does not divide the local batch of "
-      f"{batch} examples (the per-device batch under data parallelism); use a ghost "
-      f"size that divides {batch}, or a batch that is a multiple of {ghost}"
-    )
+      if not use:
+        params.append(None)
+        continue
+      value = self.param(name, init, feature_shape, self.param_dtype)
+      if not self.force_float32_reductions:
+        value = jnp.asarray(value, self.param_dtype)
+      params.append(value)
+    return params
 
   @compact
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
@@ -208,127 +412,70 @@ class GhostBatchNorm(Module):
     Returns:
       The normalized input, of the shape of ``x``.
     """
-    self._check_config()
+    check_options(self.ghost_batch_size, self.stats_update, self.ghost_variance)
     use_running_average = module.merge_param(
       "use_running_average", self.use_running_average, use_running_average
     )
-    feature_axes = _canonicalize_axes(x.ndim, self.axis)
-    if 0 in feature_axes:
-      raise ValueError(
-        f"GhostBatchNorm: axis={self.axis} includes the batch axis 0 of an input of shape "
-        f"{x.shape}; ghost batches are split along axis 0"
-      )
+    feature_axes = feature_axes_of(x, self.axis)
     feature_shape = [x.shape[ax] for ax in feature_axes]
     stats_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
     ra_mean = self.variable(
       "batch_stats", "mean", lambda s: jnp.zeros(s, stats_dtype), feature_shape
     )
     ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stats_dtype), feature_shape)
+    scale, bias = self._params(feature_shape)
 
     if use_running_average:
       reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
       mean, var = ra_mean.value, ra_var.value
       if not self.force_float32_reductions:
         mean, var = jnp.asarray(mean, self.param_dtype), jnp.asarray(var, self.param_dtype)
-      return self._normalize(x, mean, var, reduction_axes, feature_axes)
+      return normalize(
+        x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
+      )
 
-    # View the batch as (ghosts, ghost_batch_size, ...): statistics of each
-    # ghost batch reduce over every axis but the ghost index and the features.
-    num_ghosts = self._num_ghosts(x.shape[0])
-    ghosts = x.reshape((num_ghosts, x.shape[0] // num_ghosts, *x.shape[1:]))
-    ghost_feature_axes = tuple(ax + 1 for ax in feature_axes)
-    ghost_reduction_axes = tuple(i for i in range(1, ghosts.ndim) if i not in ghost_feature_axes)
-    if mask is not None:
-      mask = jnp.broadcast_to(mask, x.shape).reshape(ghosts.shape)
-    # Plain batch norm (one ghost, no ghost size) averages over devices like
-    # nn.BatchNorm; ghost batches never cross devices.
+    num_ghosts = num_ghost_batches(x.shape[0], self.ghost_batch_size, self.is_initializing())
+    ghosts, mask, reduction_axes, ghost_feature_axes = ghost_view(x, num_ghosts, feature_axes, mask)
+    # Plain batch norm averages over devices like nn.BatchNorm; ghost batches
+    # never cross devices.
     plain = self.ghost_batch_size is None
-    mean, var = _compute_stats(
+    mean, var = ghost_statistics(
       ghosts,
-      ghost_reduction_axes,
+      reduction_axes,
+      plain=plain,
+      ghost_variance=self.ghost_variance,
       dtype=self.dtype,
-      axis_name=self.axis_name if plain and not self.is_initializing() else None,
-      axis_index_groups=self.axis_index_groups,
       use_fast_variance=self.use_fast_variance,
       mask=mask,
       force_float32_reductions=self.force_float32_reductions,
+      axis_name=self.axis_name if plain and not self.is_initializing() else None,
+      axis_index_groups=self.axis_index_groups,
     )
-    mean_k = mean.reshape((num_ghosts, -1))
-    var_k = var.reshape((num_ghosts, -1))
 
     if not self.is_initializing():
       # Plain batch norm already averaged its statistics across devices.
-      axis_name = None if plain else self.axis_name
       update = functools.partial(
         ghost_running_average,
         momentum=self.momentum,
         stats_update=self.stats_update,
-        axis_name=axis_name,
+        axis_name=None if plain else self.axis_name,
         axis_index_groups=self.axis_index_groups,
       )
-      ra_mean.value = update(ra_mean.value.reshape(-1), mean_k).reshape(feature_shape)
-      ra_var.value = update(ra_var.value.reshape(-1), var_k).reshape(feature_shape)
+      ra_mean.value = update(ra_mean.value.reshape(-1), mean.reshape((num_ghosts, -1))).reshape(
+        feature_shape
+      )
+      ra_var.value = update(ra_var.value.reshape(-1), var.reshape((num_ghosts, -1))).reshape(
+        feature_shape
+      )
 
     if num_ghosts == 1:
-      y = self._normalize(ghosts, mean, var, ghost_reduction_axes, ghost_feature_axes)
+      y = normalize(
+        ghosts, mean, var, scale, bias, reduction_axes, ghost_feature_axes, self.dtype, self.epsilon
+      )
     else:
-      y = self._normalize_ghosts(ghosts, mean, var, ghost_feature_axes)
+      y = self._normalize_ghosts(ghosts, mean, var, scale, bias, ghost_feature_axes)
     return y.reshape(x.shape)
 
-  def _normalize_ghosts(self, ghosts, mean, var, feature_axes):
-    """Normalizes each ghost batch with its statistics in one affine pass.
-
-    The statistics and the learned scale and bias fold first into a small
-    per-ghost, per-feature map, ``mul = scale * rsqrt(var + eps)`` and
-    ``shift = bias - mean * mul``, and then ``y = x * mul + shift`` touches the
-    activations once. flax's ``_normalize`` computes ``(x - mean) * mul + bias``
-    instead; differentiated, that keeps ``x - mean`` and the scaled product as
-    full-size residuals for the backward pass, which costs two extra passes over
-    the activations per layer (measured by experiments/benchmarks). The two
-    agree up to float rounding; a single ghost batch keeps flax's code so that
-    it stays identical to ``nn.BatchNorm``. Parameters, their order and dtypes
-    are those of ``_normalize``.
-    """
-    feature_shape = [ghosts.shape[ax] for ax in feature_axes]
-    # Statistics come as (ghosts, *features); broadcast them over the rest.
-    stats_shape = [ghosts.shape[0]] + [
-      ghosts.shape[i] if i in feature_axes else 1 for i in range(1, ghosts.ndim)
-    ]
-    params_shape = [1, *stats_shape[1:]]
-    mul = lax.rsqrt(var.reshape(stats_shape) + self.epsilon)
-    args = [ghosts]
-    if self.use_scale:
-      scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
-      scale = scale.reshape(params_shape)
-      if not self.force_float32_reductions:
-        scale = jnp.asarray(scale, self.param_dtype)
-      mul = mul * scale
-      args.append(scale)
-    shift = -mean.reshape(stats_shape) * mul
-    if self.use_bias:
-      bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
-      bias = bias.reshape(params_shape)
-      if not self.force_float32_reductions:
-        bias = jnp.asarray(bias, self.param_dtype)
-      shift = shift + bias
-      args.append(bias)
-    y = ghosts * mul + shift
-    return jnp.asarray(y, dtypes.canonicalize_dtype(*args, dtype=self.dtype))
-
-  def _normalize(self, x, mean, var, reduction_axes, feature_axes):
-    return _normalize(
-      self,
-      x,
-      mean,
-      var,
-      reduction_axes,
-      feature_axes,
-      self.dtype,
-      self.param_dtype,
-      self.epsilon,
-      self.use_bias,
-      self.use_scale,
-      self.bias_init,
-      self.scale_init,
-      self.force_float32_reductions,
-    )
+  def _normalize_ghosts(self, ghosts, mean, var, scale, bias, feature_axes):
+    """The ghost path's normalization (a method so benchmarks can swap it)."""
+    return normalize_ghosts(ghosts, mean, var, scale, bias, feature_axes, self.dtype, self.epsilon)

@@ -1,4 +1,4 @@
-"""The quickstart notebook runs top to bottom (its quick form, BIGBATCH_QUICK=1)."""
+"""The notebooks run top to bottom (their quick form, BIGBATCH_QUICK=1)."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 from nbclient import NotebookClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
+NOTEBOOKS = os.path.join(REPO, "notebooks")
 
 
 @pytest.fixture
@@ -30,19 +30,29 @@ def kernel_for_this_interpreter(tmp_path, monkeypatch):
   return "bigbatch-test"
 
 
-def test_quickstart_notebook_executes(kernel_for_this_interpreter):
-  nb = nbformat.read(NOTEBOOK, as_version=4)
+def _execute(name, kernel):
+  """The notebook's code cells' outputs after running it; no cell may fail."""
+  nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
   assert "pip" in "".join(nb.cells[1].source), "the first code cell installs the package"
   client = NotebookClient(
     nb,
-    kernel_name=kernel_for_this_interpreter,
+    kernel_name=kernel,
     timeout=300,
-    resources={"metadata": {"path": os.path.join(REPO, "notebooks")}},
+    resources={"metadata": {"path": NOTEBOOKS}},
   )
   client.execute()
   outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
   assert not [o for o in outputs if o.output_type == "error"]
+  return outputs
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "nnx_quickstart.ipynb"])
+def test_notebook_executes(name, kernel_for_this_interpreter):
+  outputs = _execute(name, kernel_for_this_interpreter)
   text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-  for name in ("SB", "LB", "LB+LR+GBN+RA"):
-    assert f"{name} " in text and "test accuracy" in text
+  for variant in ("SB", "LB", "LB+LR+GBN+RA"):
+    assert f"{variant} " in text and "test accuracy" in text
   assert any("image/png" in o.get("data", {}) for o in outputs), "the curves are plotted inline"
+  if name == "nnx_quickstart.ipynb":
+    assert "eval outputs unchanged by ghostify: True" in text
+    assert text.count("GhostBatchNorm") >= 2, "ghostify replaced the model's nnx.BatchNorm layers"

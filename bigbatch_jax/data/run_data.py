@@ -60,7 +60,9 @@ def load_data(config: ml_collections.ConfigDict) -> ArrayDataset | StreamedDatas
   if streamed is not None:
     # ImageNet does not fit in memory: open the splits, decode per example.
     splits = [
-      TfdsStreamSource(streamed, split, data_dir=config.tfds_data_dir)
+      TfdsStreamSource(
+        streamed, split, data_dir=config.tfds_data_dir, download=config.tfds_download
+      )
       for split in (config.tfds_train_split, config.tfds_eval_split)
     ]
     size = config.image_size
@@ -71,6 +73,7 @@ def load_data(config: ml_collections.ConfigDict) -> ArrayDataset | StreamedDatas
   if config.dataset.startswith("tfds:"):
     if config.tfds_data_dir is not None:
       options["data_dir"] = config.tfds_data_dir
+    options["download"] = config.tfds_download
     if config.dataset == "tfds:caltech101":
       options["image_size"] = config.image_size
   return load_dataset(config.dataset, seed=config.data_seed, **options)

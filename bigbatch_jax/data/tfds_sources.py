@@ -50,13 +50,18 @@ def open_data_source(name: str, split: str, *, data_dir: str | None, download: b
   tfds = import_tfds()
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=download)
-  except (NotImplementedError, AssertionError, FileNotFoundError) as e:
-    # tfds raises these when the split is absent or stored as TFRecord only.
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"tfds has no dataset named {name!r} (see `tfds.list_builders()`)") from e
+  except (NotImplementedError, AssertionError, FileNotFoundError, KeyError) as e:
+    # What tfds raises for data that is absent, half prepared ("splits is
+    # empty") or stored as TFRecord only.
     raise FileNotFoundError(
-      f"cannot open tfds dataset {name!r} split {split!r} "
-      f"(data_dir={data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'}): {e}\n"
-      f"Prepare it once in ArrayRecord format (this step needs tensorflow): "
-      f"`tfds build {name} --file_format=array_record`, or pass download=True."
+      f"tfds dataset {name!r} split {split!r} is not prepared in "
+      f"{data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'} ({type(e).__name__}: "
+      f"{str(e).splitlines()[0] if str(e) else ''}).\n"
+      f"Prepare it once in ArrayRecord format (needs tensorflow): "
+      f"`tfds build {name} --file_format=array_record`, or let the run do it with "
+      f"--config.tfds_download=True (download=True)."
     ) from e
 
 

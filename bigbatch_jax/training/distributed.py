@@ -38,14 +38,12 @@ def wait_for_all_processes(name: str, timeout_s: int) -> None:
   """
   if jax.process_count() == 1:
     return
-  from jax._src import distributed  # the client jax.distributed.initialize made
+  from bigbatch_jax._compat import distributed_client
 
   # A barrier id is spent once passed; every process meets the barriers in the
   # same order, so a call count makes the ids of repeated runs agree and differ.
   calls = next(_barrier_calls)
-  distributed.global_state.client.wait_at_barrier(
-    f"{name}_{calls}", timeout_in_ms=int(timeout_s) * 1000
-  )
+  distributed_client().wait_at_barrier(f"{name}_{calls}", timeout_in_ms=int(timeout_s) * 1000)
 
 
 _barrier_calls = itertools.count()

@@ -26,6 +26,8 @@ import platform
 
 from absl import logging
 
+from bigbatch_jax import _compat
+
 # mallopt parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -35,11 +37,7 @@ _MAX_TRIM_THRESHOLD = 2**31 - 1
 
 
 def _backends_started() -> bool:
-  try:
-    from jax._src import xla_bridge
-  except ImportError:  # pragma: no cover - a JAX without the private module
-    return False
-  return xla_bridge.backends_are_initialized()
+  return _compat.backends_are_initialized()
 
 
 def retain_freed_host_memory() -> bool:

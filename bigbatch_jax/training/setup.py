@@ -41,6 +41,7 @@ def norm_layer(
     layer,
     ghost_batch_size=plan.ghost_batch_size,
     stats_update=config.ghost_stats_update,
+    ghost_variance=config.ghost_variance,
     momentum=config.bn_momentum,
     epsilon=config.bn_epsilon,
     axis_name=axis_name,

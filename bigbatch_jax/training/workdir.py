@@ -21,6 +21,7 @@ RESUMABLE_KEYS = frozenset(
     "distributed_timeout_s",
     # Where the data lives and how far ahead it is read change no result.
     "tfds_data_dir",
+    "tfds_download",
     "prefetch_batches",
   }
 )

@@ -10,12 +10,14 @@ benchmark times both side by side so the difference stays measured.
 
 from __future__ import annotations
 
-from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
+from bigbatch_jax.ghost_batch_norm import GhostBatchNorm, normalize
 
 
 class TwoPassGhostBatchNorm(GhostBatchNorm):
   """GhostBatchNorm whose ghost path calls flax's ``_normalize`` (the previous code)."""
 
-  def _normalize_ghosts(self, ghosts, mean, var, feature_axes):
+  def _normalize_ghosts(self, ghosts, mean, var, scale, bias, feature_axes):
     reduction_axes = tuple(i for i in range(1, ghosts.ndim) if i not in feature_axes)
-    return self._normalize(ghosts, mean, var, reduction_axes, feature_axes)
+    return normalize(
+      ghosts, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
+    )

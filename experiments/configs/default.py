@@ -29,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
   # to it (evaluation resizes the shorter side to image_size * 256 / 224 first).
   config.image_size = 224
   config.tfds_data_dir = placeholder(str)  # tfds data directory (None: $TFDS_DATA_DIR or default)
+  # Let tfds download and prepare an absent tfds:NAME dataset (needs tensorflow;
+  # ImageNet needs its manual download). False: an absent dataset is an error
+  # that says how to prepare it.
+  config.tfds_download = False
   # Splits of streamed tfds datasets (tfds:imagenet2012), e.g. "train[:1%]".
   config.tfds_train_split = "train"
   config.tfds_eval_split = "validation"
@@ -40,6 +44,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.bn_momentum = 0.9  # flax convention (torch momentum 0.1)
   config.bn_epsilon = 1e-5
   config.ghost_stats_update = "sequential"  # GhostBatchNorm running stats: "sequential" | "mean"
+  # Variance of each ghost batch: "shifted" (one pass over x minus one of the
+  # ghost's own values: accurate at any mean), "two_pass" (E[(x - E[x])^2]) or
+  # "one_pass" (flax's fast E[x^2] - E[x]^2, which cancels in float32 when the
+  # mean is large against the spread). Plain BatchNorm (no gbn) is flax's.
+  config.ghost_variance = "shifted"
 
   # Variant and batch sizes (Hoffer Table 1 columns; see training/variants.py).
   config.variant = "sb"  # e.g. "lb+lr+gbn+ra"

@@ -1,0 +1,222 @@
+"""Ghost Batch Normalization for Flax NNX: ``GhostBatchNorm`` and ``ghostify``.
+
+A thin front end over the functions of :mod:`bigbatch_jax.ghost_batch_norm`
+(the ghost statistics, the normalization and the closed-form running update),
+which the linen ``GhostBatchNorm`` calls too: one implementation of the math.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from bigbatch_jax import nnx as bnnx
+  >>> norm = bnnx.GhostBatchNorm(3, ghost_batch_size=4, momentum=0.9, rngs=nnx.Rngs(0))
+  >>> y = norm(jax.random.normal(jax.random.key(0), (16, 3)))  # training: 4 ghost batches
+  >>> norm.eval()
+  >>> norm(jnp.ones((1, 3))).shape  # running statistics, any batch size
+  (1, 3)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+from flax import nnx
+
+from bigbatch_jax.ghost_batch_norm import (
+  check_options,
+  feature_axes_of,
+  ghost_running_average,
+  ghost_statistics,
+  ghost_view,
+  normalize,
+  normalize_ghosts,
+  num_ghost_batches,
+)
+
+
+class GhostBatchNorm(nnx.BatchNorm):
+  """Batch normalization over "ghost" batches; a drop-in for ``flax.nnx.BatchNorm``.
+
+  Hoffer et al. (section 4, Algorithm 1): in training the local batch (axis 0)
+  is split into contiguous ghost batches of ``ghost_batch_size`` examples, each
+  normalized by its own mean and biased variance (one vectorized computation),
+  and the running statistics take one moving-average step per ghost batch, in
+  order, in closed form (``stats_update="sequential"``) or one step with the
+  mean of the ghost statistics (``"mean"``, Keras' rule). With ``.eval()``
+  (``use_running_average=True``) only the running statistics are used, at any
+  batch size. With ``ghost_batch_size=None`` it is ``nnx.BatchNorm``.
+
+  It is an ``nnx.BatchNorm``: the same constructor arguments and defaults, the
+  ``nnx.Param`` ``scale``/``bias`` and ``nnx.BatchStat`` ``mean``/``var``,
+  ``.train()``/``.eval()`` and ``nnx.view``. Under ``jax.shard_map`` or
+  ``nnx.shard_map`` with ``axis_name``, ghost batches stay inside each device's
+  batch and the running statistics of N devices equal those of one device
+  holding the global batch (see the linen ``GhostBatchNorm``).
+
+  Args:
+    num_features: the number of input features.
+    ghost_batch_size: examples per ghost batch (>= 2), or None for plain batch
+      normalization.
+    stats_update: ``"sequential"`` (the paper's rule) or ``"mean"``.
+    ghost_variance: ``"shifted"`` (default), ``"two_pass"`` or ``"one_pass"``;
+      see :func:`bigbatch_jax.ghost_batch_norm.ghost_statistics`.
+    **kwargs: the keyword arguments of ``flax.nnx.BatchNorm`` (``rngs``,
+      ``momentum``, ``epsilon``, ``axis_name``, ...), with its defaults.
+
+  References:
+    Hoffer, Hubara, Soudry 2017, "Train longer, generalize better", section 4,
+    Algorithm 1.
+  """
+
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    ghost_batch_size: int | None = None,
+    stats_update: str = "sequential",
+    ghost_variance: str = "shifted",
+    **kwargs: Any,
+  ):
+    check_options(ghost_batch_size, stats_update, ghost_variance)
+    super().__init__(num_features, **kwargs)
+    self.ghost_batch_size = ghost_batch_size
+    self.stats_update = stats_update
+    self.ghost_variance = ghost_variance
+
+  def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    """Normalizes ``x`` with ghost-batch (training) or running (inference) statistics.
+
+    Args:
+      x: the input; axis 0 is the batch.
+      use_running_average: overrides the module's ``use_running_average``.
+      mask: optional, broadcastable to ``x``: which entries count in the
+        statistics (as ``nnx.BatchNorm``).
+
+    Returns:
+      The normalized input, of the shape of ``x``.
+    """
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    if use_running_average is None:
+      raise ValueError(
+        "GhostBatchNorm: use_running_average is None; pass it to the constructor or the "
+        "call, or set the mode with model.train() / model.eval()"
+      )
+    feature_axes = feature_axes_of(x, self.axis)
+    reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+    scale = None if self.scale is None else self.scale[...]
+    bias = None if self.bias is None else self.bias[...]
+    mean, var = self.mean[...], self.var[...]
+    # The dtype promotion nnx.BatchNorm applies to the input and the variables
+    # (flax 0.12.0's BatchNorm had none, and no promote_dtype attribute).
+    promote = getattr(self, "promote_dtype", None)
+    if promote is not None:
+      x, mean, var, scale, bias = promote((x, mean, var, scale, bias), dtype=self.dtype)
+    if use_running_average:
+      return normalize(
+        x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
+      )
+
+    num_ghosts = num_ghost_batches(x.shape[0], self.ghost_batch_size)
+    ghosts, mask, reduction_axes, ghost_feature_axes = ghost_view(x, num_ghosts, feature_axes, mask)
+    # Plain batch norm averages over devices like nnx.BatchNorm; ghost batches
+    # never cross devices, their running statistics are gathered in order.
+    plain = self.ghost_batch_size is None
+    mean, var = ghost_statistics(
+      ghosts,
+      reduction_axes,
+      plain=plain,
+      ghost_variance=self.ghost_variance,
+      dtype=self.dtype,
+      use_fast_variance=self.use_fast_variance,
+      mask=mask,
+      axis_name=self.axis_name if plain else None,
+      axis_index_groups=self.axis_index_groups,
+    )
+    update = functools.partial(
+      ghost_running_average,
+      momentum=self.momentum,
+      stats_update=self.stats_update,
+      axis_name=None if plain else self.axis_name,
+      axis_index_groups=self.axis_index_groups,
+    )
+    # The running statistics carry no gradient (nnx.BatchNorm's rule).
+    self.mean[...] = jax.lax.stop_gradient(update(self.mean[...], mean.reshape((num_ghosts, -1))))
+    self.var[...] = jax.lax.stop_gradient(update(self.var[...], var.reshape((num_ghosts, -1))))
+    if num_ghosts == 1:
+      args = (reduction_axes, ghost_feature_axes, self.dtype, self.epsilon)
+      y = normalize(ghosts, mean, var, scale, bias, *args)
+    else:
+      y = normalize_ghosts(
+        ghosts, mean, var, scale, bias, ghost_feature_axes, self.dtype, self.epsilon
+      )
+    return y.reshape(x.shape)
+
+
+def ghostify(
+  model: nnx.Module,
+  ghost_batch_size: int | None,
+  *,
+  stats_update: str = "sequential",
+  ghost_variance: str = "shifted",
+) -> nnx.Module:
+  """Replaces every ``nnx.BatchNorm`` of ``model`` by a :class:`GhostBatchNorm`, in place.
+
+  Each replacement keeps the batch norm's configuration and its very
+  ``scale``/``bias`` parameters and ``mean``/``var`` statistics (the same
+  ``nnx.Variable`` objects), so in eval mode the model computes exactly what
+  it computed before; in training each layer normalizes ghost batches of
+  ``ghost_batch_size``. Batch norms are found anywhere in the graph: nested
+  modules, ``nnx.Sequential``, ``nnx.List``/``nnx.Dict`` and lists in
+  ``nnx.data``. Existing GhostBatchNorms get the new options.
+
+  Args:
+    model: an NNX module (or a single ``nnx.BatchNorm``).
+    ghost_batch_size: examples per ghost batch (>= 2), or None.
+    stats_update: ``"sequential"`` or ``"mean"``.
+    ghost_variance: ``"shifted"``, ``"two_pass"`` or ``"one_pass"``.
+
+  Returns:
+    ``model``, changed in place (the new module if ``model`` itself is a batch
+    norm).
+  """
+  check_options(ghost_batch_size, stats_update, ghost_variance)
+  options = {
+    "ghost_batch_size": ghost_batch_size,
+    "stats_update": stats_update,
+    "ghost_variance": ghost_variance,
+  }
+  found = [(p, n) for p, n in nnx.iter_graph(model) if isinstance(n, nnx.BatchNorm)]
+  for path, norm in found:
+    ghost = _ghost_of(norm, options)
+    if not path:
+      return ghost
+    parent = functools.reduce(_child, path[:-1], model)
+    if hasattr(type(parent), "__setitem__"):
+      parent[path[-1]] = ghost
+    else:
+      setattr(parent, path[-1], ghost)
+  return model
+
+
+def _child(parent: Any, key: Any) -> Any:
+  if hasattr(type(parent), "__getitem__") and not isinstance(parent, nnx.Module):
+    return parent[key]
+  return getattr(parent, key)
+
+
+def _ghost_of(norm: nnx.BatchNorm, options: dict[str, Any]) -> GhostBatchNorm:
+  """A GhostBatchNorm holding ``norm``'s attributes and its very variables."""
+  if isinstance(norm, GhostBatchNorm):
+    for name, value in options.items():
+      setattr(norm, name, value)
+    return norm
+  ghost = GhostBatchNorm(norm.num_features, rngs=nnx.Rngs(0), **options)
+  for name, value in vars(norm).items():
+    if not name.startswith("_"):
+      setattr(ghost, name, value)
+  return ghost
+
+
+__all__ = ["GhostBatchNorm", "ghostify"]

@@ -177,6 +177,7 @@ def test_bad_flags_name_the_value_and_the_choices():
   with pytest.raises(ValueError, match="unknown modifier '3x'; valid: 2x, r4"):
     table1.parse_variants("sb,sb@3x")
   assert table1.parse_variants("default") == list(table1.DEFAULT_VARIANTS)
+  assert set(table1.parse_variants("reviewers")) <= set(table1.DEFAULT_VARIANTS)
   assert table1.parse_seeds("0,1,2") == [0, 1, 2]
   assert table1.resolve_preset("auto", "tfds:mnist", "tfds:mnist") == "full"
   assert table1.resolve_preset("auto", "mnist1d", "tfds:mnist") == "quick"

@@ -4,7 +4,7 @@ Flags: ``--config`` (a config module; its ``get_config(VARIANT[,OPTION])``
 builds each row, and its optional ``PAPER_ACCURACY`` / ``PAPER_DATASET``
 give the paper's numbers), ``--config.KEY=VALUE`` (applied to every row),
 ``--workdir``, ``--seeds``, ``--variants`` (rows, or a set: ``default``,
-``paper``) and ``--preset``:
+``paper``, ``reviewers``) and ``--preset``:
 
 * ``quick``: the config's ``table1`` option, the laptop-sized reproduction.
 * ``full``: the config as the paper defines it (e.g. F1: 50 epochs, batch
@@ -60,7 +60,8 @@ flags.DEFINE_string(
   "variants",
   "default",
   f"Comma-separated rows (variants, optionally @2x or @r4), or a set: default "
-  f"({','.join(DEFAULT_VARIANTS)}) or paper (Hoffer Table 1's columns and sb@2x).",
+  f"({','.join(DEFAULT_VARIANTS)}), paper (Hoffer Table 1's columns and sb@2x) or reviewers "
+  "(their questions' rows, with sb and lb+lr+gbn+ra).",
 )
 flags.DEFINE_bool("hessian", True, "Measure each run's top Hessian eigenvalue (the λ_max column).")
 flags.DEFINE_bool(

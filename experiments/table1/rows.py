@@ -43,6 +43,19 @@ LABELS = {
 VARIANT_SETS = {
   "default": tuple(LABELS),
   "paper": ("sb", "sb@2x", "lb", "lb+lr", "lb+lr+gbn", "lb+lr+gbn+ra"),
+  # The reviewers' questions (Ghost BN beyond RA, multiplicative noise, white
+  # noise at r = 16 and r = 4), with SB and +RA to compare to.
+  "reviewers": (
+    "sb",
+    "lb+lr+gbn+ra",
+    "lb+lr+ra",
+    "lb+mult",
+    "lb+mult+ra",
+    "lb+linear",
+    "lb+linear+white",
+    "lb+linear@r4",
+    "lb+linear+white@r4",
+  ),
 }
 DEFAULT_VARIANTS = VARIANT_SETS["default"]
 MODIFIERS = ("2x", "r4")

@@ -257,9 +257,10 @@ def test_an_epochs_override_moves_the_drops_of_shrunk_regimes(arg):
   config.regime.epochs = 2 * config.regime.epochs
   after = plan_lib.make_plan(config, 8000, num_devices=1).regime
   assert after.epochs == pytest.approx(2 * before.epochs)
-  assert len(after.drop_epochs) == 3
+  fractions = tuple(config.regime.drop_fractions)
+  assert len(fractions) >= 2
   assert after.drop_epochs == pytest.approx(tuple(2 * e for e in before.drop_epochs))
-  assert tuple(e / after.epochs for e in after.drop_epochs) == pytest.approx((0.2, 0.4, 0.6))
+  assert tuple(e / after.epochs for e in after.drop_epochs) == pytest.approx(fractions)
 
 
 def test_declared_drop_epochs_take_precedence_over_fractions():

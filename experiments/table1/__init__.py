@@ -1,0 +1,128 @@
+"""Hoffer et al. Table 1 end to end: every regime variant, several seeds, one table.
+
+  python -m experiments.table1                      # quick reproduction on MNIST-1D, CPU
+  python -m experiments.table1 --config=experiments/configs/f1.py --config.dataset=tfds:mnist
+
+Runs the rows one after another (``rows.DEFAULT_VARIANTS``: SB and its
+convergence check ``sb@2x``, LB, +LR, +GBN, +RA, then the reviewers'
+questions and the noise remedies) for each seed with
+``bigbatch_jax.training.train_and_evaluate`` in ``WORKDIR/ROW/seed_N``, then
+writes to ``--workdir``:
+
+* ``table1.json``: the numbers (rows, the seed-mean curves, the claims with
+  the numbers and the test each was decided on, meta), and ``table1.md``.
+* the figures of ``figures.FIGURES``, drawn from ``table1.json`` alone.
+
+The modules, one job each: ``rows`` (row names, flags, one config per row),
+``runner`` (resumable runs), ``measures`` (sharpness, update covariance),
+``aggregate`` (the numbers), ``paper_claims`` (the papers' claims, each able to
+fail), ``report`` (Markdown and JSON), ``figures`` (plots from the JSON),
+``__main__`` (the command line). How the quick preset was chosen is in
+docs/table1_preset.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import ml_collections
+
+from bigbatch_jax.training import train_and_evaluate
+from experiments.table1 import figures, measures
+from experiments.table1.aggregate import aggregate, run_curves
+from experiments.table1.figures import FIGURES
+from experiments.table1.paper_claims import claims
+from experiments.table1.report import format_table, write_table
+from experiments.table1.rows import (
+  DEFAULT_VARIANTS,
+  EVALS_PER_RUN,
+  LABELS,
+  LOGS_PER_RUN,
+  parse_seeds,
+  parse_variants,
+  resolve_preset,
+  schedule_records,
+  variant_config,
+)
+from experiments.table1.runner import finished, run_all, run_dir
+
+__all__ = [
+  "DEFAULT_VARIANTS", "EVALS_PER_RUN", "FIGURES", "LABELS", "LOGS_PER_RUN", "aggregate", "claims",
+  "format_table", "parse_seeds", "parse_variants", "resolve_preset", "run_curves", "run_table",
+  "schedule_records", "variant_config",
+]  # fmt: skip
+
+
+def _measure(configs, seeds, workdir, hessian: bool, covariance: bool) -> dict[str, float]:
+  """Sharpness of every finished run (cached) and the rows' update covariance at w0."""
+  if hessian:
+    for row in configs:
+      for seed in seeds:
+        if finished(run_dir(workdir, row, seed)):
+          measures.top_hessian_eigenvalue(run_dir(workdir, row, seed))
+  if not covariance or "sb" not in configs:
+    return {}
+  return measures.update_covariance_traces(configs, run_dir(workdir, "sb", seeds[0]), workdir)
+
+
+def run_table(
+  configs: Mapping[str, ml_collections.ConfigDict],
+  seeds: Sequence[int],
+  workdir: str,
+  *,
+  paper_accuracy: Mapping[str, float] | None = None,
+  paper_dataset: str | None = None,
+  preset: str = "",
+  train_fn: Callable[[ml_collections.ConfigDict, str], dict] = train_and_evaluate,
+  echo: Callable[[str], None] = print,
+  hessian: bool = True,
+  covariance: bool = True,
+  paper_data: bool | None = None,
+) -> list[dict]:
+  """Runs every (row, seed) not yet finished, then writes the table, JSON and figures.
+
+  Args:
+    configs: row name (``rows.LABELS``) -> its config (the seed is set here).
+    seeds: the seeds of every row.
+    workdir: output directory; runs go to ``workdir/ROW/seed_N``.
+    paper_accuracy: the paper's accuracy (%) per row, shown when the
+      configs' dataset is ``paper_dataset``.
+    paper_dataset: the dataset the paper's numbers are for.
+    preset: the preset name, recorded in the outputs.
+    train_fn: runs one config in a directory (``train_and_evaluate``).
+    echo: where progress lines go.
+    hessian: measure each finished run's top Hessian eigenvalue (a column).
+    covariance: measure each row's update covariance at SB's w0 (a column).
+    paper_data: whether the data is the paper's (``rows.is_mnist``); None:
+      whether the configs' dataset is named ``paper_dataset``.
+
+  Returns:
+    The table rows (also in ``workdir/table1.json``).
+  """
+  start = time.perf_counter()
+  ran = run_all(configs, seeds, workdir, train_fn, echo)
+  traces = _measure(configs, seeds, workdir, hessian, covariance)
+  some = next(iter(configs.values()))
+  if paper_data is None:
+    paper_data = some.dataset == paper_dataset
+  show_paper = paper_accuracy is not None and paper_data
+  rows = aggregate(workdir, list(configs), seeds, paper_accuracy if show_paper else None, traces)
+  meta = {
+    "dataset": some.dataset,
+    "model": some.model,
+    "preset": preset,
+    "base_batch_size": some.base_batch_size,
+    "large_batch_size": some.large_batch_size,
+    "seeds": list(seeds),
+    "paper_dataset": paper_dataset,
+    "driver_wall_time_s": time.perf_counter() - start,
+    "runs_run": ran,
+    "runs_skipped": len(configs) * len(seeds) - ran,
+  }
+  write_table(rows, workdir, meta)
+  figures.plot_all(workdir)
+  echo(format_table(rows, meta))
+  echo(f"wrote {os.path.join(workdir, 'table1.md')}, table1.json and {', '.join(FIGURES)}")
+  return rows

@@ -1,0 +1,150 @@
+"""The command line of the Table 1 driver: ``python -m experiments.table1``.
+
+Flags: ``--config`` (a config module; its ``get_config(VARIANT[,OPTION])``
+builds each row, and its optional ``PAPER_ACCURACY`` / ``PAPER_DATASET``
+give the paper's numbers), ``--config.KEY=VALUE`` (applied to every row),
+``--workdir``, ``--seeds``, ``--variants`` (rows, or a set: ``default``,
+``paper``, ``reviewers``) and ``--preset``:
+
+* ``quick``: the config's ``table1`` option, the laptop-sized reproduction.
+* ``full``: the config as the paper defines it (e.g. F1: 50 epochs, batch
+  128 against 4096, 784-512x5-10).
+* ``auto`` (default): ``full`` when the dataset is the paper's, else ``quick``.
+
+Each run is evaluated ``EVALS_PER_RUN`` times and logs ``LOGS_PER_RUN``
+times, whatever its length (unless --config.eval_every_epochs or
+--config.log_every_steps are given), so that curves of runs of 300 and 5000
+updates have the same resolution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bigbatch_jax.data import load_data
+from bigbatch_jax.training import retain_freed_host_memory
+from experiments.table1 import run_table
+from experiments.table1.rows import (
+  DEFAULT_VARIANTS,
+  is_mnist,
+  load_config_module,
+  parse_seeds,
+  parse_variants,
+  resolve_preset,
+  schedule_records,
+  variant_config,
+)
+
+DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "f1.py"
+)
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+  "config",
+  DEFAULT_CONFIG,
+  "Config module (no ':argument'; the driver builds one config per row). "
+  "--config.KEY=VALUE overrides apply to every row.",
+  lock_config=True,
+)
+flags.DEFINE_string("workdir", "runs/table1", "Output directory (resumable).")
+flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds, e.g. 0,1,2.")
+flags.DEFINE_string(
+  "variants",
+  "default",
+  f"Comma-separated rows (variants, optionally @2x or @r4), or a set: default "
+  f"({','.join(DEFAULT_VARIANTS)}), paper (Hoffer Table 1's columns and sb@2x) or reviewers "
+  "(their questions' rows, with sb and lb+lr+gbn+ra).",
+)
+flags.DEFINE_bool("hessian", True, "Measure each run's top Hessian eigenvalue (the λ_max column).")
+flags.DEFINE_bool(
+  "covariance", True, "Measure each row's update covariance at SB's w0 (the tr cov column)."
+)
+flags.DEFINE_string(
+  "preset",
+  "auto",
+  "quick: the config's laptop-sized 'table1' option; full: the paper's regime; "
+  "auto: full on the paper's dataset, else quick.",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What the flags ask for: the configs per row and the paper's numbers."""
+
+  configs: dict[str, ml_collections.ConfigDict]
+  preset: str
+  paper_accuracy: dict[str, float] | None
+  paper_dataset: str | None
+  paper_data: bool  # the data is MNIST (rows.is_mnist): print the paper's numbers
+
+
+def setup_from_flags() -> Setup:
+  """Builds each row's config from --config, its overrides, --preset and --variants."""
+  spec = config_flags.get_config_filename(FLAGS["config"])
+  path, sep, arg = spec.partition(":")
+  if sep:
+    raise ValueError(
+      f"--config={spec!r}: give the file without ':{arg}'; the driver builds one config per "
+      "row (choose them with --variants) and the size with --preset"
+    )
+  module = load_config_module(path)
+  overrides = config_flags.get_override_values(FLAGS["config"])
+  paper_dataset = getattr(module, "PAPER_DATASET", None)
+  preset = resolve_preset(FLAGS.preset, FLAGS.config.dataset, paper_dataset)
+  rows = parse_variants(FLAGS.variants)
+  configs = {row: variant_config(module, row, preset, overrides) for row in rows}
+  data = load_data(next(iter(configs.values())))
+  for config in configs.values():
+    schedule_records(config, data.num_train, overrides)
+  paper_data = paper_dataset == "tfds:mnist" and is_mnist(FLAGS.config.dataset, data)
+  paper_data = paper_data or FLAGS.config.dataset == paper_dataset
+  return Setup(configs, preset, getattr(module, "PAPER_ACCURACY", None), paper_dataset, paper_data)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    # Orbax logs every checkpoint at INFO; the progress lines say enough.
+    logging.set_verbosity(logging.WARNING)
+  retain_freed_host_memory()  # before JAX starts: see bigbatch_jax/training/host_memory.py
+  try:
+    seeds = parse_seeds(FLAGS.seeds)
+    setup = setup_from_flags()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  # Seeds of one row compile the same programs: the persistent cache
+  # compiles them once (about 4 s per run on two CPU cores).
+  jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  some = next(iter(setup.configs.values()))
+  print(
+    f"Table 1: {len(setup.configs)} rows x {len(seeds)} seeds, preset {setup.preset}, "
+    f"{some.model} on {some.dataset}, B_S={some.base_batch_size}, B_L={some.large_batch_size}; "
+    f"workdir {FLAGS.workdir}",
+    flush=True,
+  )
+  run_table(
+    setup.configs,
+    seeds,
+    FLAGS.workdir,
+    paper_accuracy=setup.paper_accuracy,
+    paper_dataset=setup.paper_dataset,
+    preset=setup.preset,
+    echo=lambda line: print(line, file=sys.stdout, flush=True),
+    hessian=FLAGS.hessian,
+    covariance=FLAGS.covariance,
+    paper_data=setup.paper_data,
+  )
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,122 @@
+"""The table as text and files: ``table1.md`` (Markdown) and ``table1.json`` (the numbers).
+
+``table1.json`` holds ``rows`` (every number of the table, and the seed-mean
+curves the figures are drawn from), ``claims`` (see ``paper_claims``) and ``meta``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from experiments.table1.paper_claims import claims
+
+TABLE_FILE = "table1.md"
+JSON_FILE = "table1.json"
+
+
+def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
+  return missing if value is None else format(value, spec)
+
+
+def _header(show_paper: bool) -> list[str]:
+  head = ["variant", "", "test acc. (%)", "± std", "seeds"]
+  head += ["paper (%)"] if show_paper else []
+  head += ["batch", "updates", "epochs", "wall (s/run)", "updates to SB", "time to SB (s)"]
+  return [*head, "tr cov / SB", "||w-w0||", "slope", "R²", "λ_max"]
+
+
+def _seeds_cell(r: dict) -> str:
+  cell = str(len(r["seeds"]))
+  if r["diverged_seeds"]:
+    cell += f" ({len(r['diverged_seeds'])} diverged)"
+  if r["missing_seeds"]:
+    cell += f" ({len(r['missing_seeds'])} missing)"
+  return cell
+
+
+def _cells(r: dict, show_paper: bool) -> list[str]:
+  acc = _fmt(r["test_accuracy_mean"], ".2f", "diverged" if r["diverged_seeds"] else "-")
+  cells = [r["variant"], r["label"], acc, _fmt(r["test_accuracy_std"], ".2f"), _seeds_cell(r)]
+  if show_paper:
+    cells.append(_fmt(r.get("paper_accuracy"), ".2f"))
+  never = "never" if r["test_accuracy_mean"] is not None and "updates_to_sb" in r else "-"
+  return [
+    *cells,
+    _fmt(r["batch_size"], "d"),
+    _fmt(r["updates"], "d"),
+    _fmt(r["epochs"], "g"),
+    _fmt(r["wall_time_s"], ".1f"),
+    _fmt(r.get("updates_to_sb"), "d", never),
+    _fmt(r.get("time_to_sb_s"), ".1f", never),
+    _fmt(r.get("covariance_ratio"), ".3g"),
+    _fmt(r["weight_distance"], ".1f"),
+    _fmt(r["weight_distance_slope"], ".2f"),
+    _fmt(r["weight_distance_r2"], ".3f"),
+    _fmt(r.get("top_hessian_eigenvalue"), ".3g"),
+  ]
+
+
+def _number(value: Any) -> str:
+  if isinstance(value, float):
+    return f"{value:.3g}" if abs(value) < 0.01 else f"{value:.2f}"
+  if isinstance(value, dict):
+    return "{" + ", ".join(f"{k}: {_number(v)}" for k, v in value.items()) + "}"
+  return str(value)
+
+
+def format_claims(checks: Sequence[dict]) -> list[str]:
+  """One line per claim: verdict, numbers, test."""
+  lines = []
+  for c in checks:
+    verdict = "holds" if c["holds"] else "DOES NOT HOLD"
+    numbers = ", ".join(f"{k} {_number(v)}" for k, v in c["numbers"].items())
+    lines.append(f"- {c['name']}: **{verdict}** ({numbers}; test: {c['test']})")
+  return lines
+
+
+def format_table(rows: Sequence[dict], meta: Mapping[str, Any]) -> str:
+  """The Markdown table (Hoffer Table 1 layout), its caption and the claim checks."""
+  show_paper = any("paper_accuracy" in r for r in rows)
+  head = _header(show_paper)
+  lines = [
+    f"Hoffer et al. Table 1 on {meta['dataset']} ({meta['model']}, preset {meta['preset']}, "
+    f"B_S={meta['base_batch_size']}, B_L={meta['large_batch_size']}); accuracy is the final "
+    f"test accuracy, mean ± standard deviation over seeds {meta['seeds']}. Time to SB: "
+    "training-loop time until the seed-mean accuracy first reaches SB's final one.",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|",
+  ]
+  lines += ["| " + " | ".join(_cells(r, show_paper)) + " |" for r in rows]
+  if not show_paper and meta.get("paper_dataset"):
+    lines += ["", f"Paper numbers are shown only on the paper's dataset ({meta['paper_dataset']})."]
+  checks = claims(rows)
+  if checks:
+    lines += ["", "Checks of the papers' claims on these numbers:", "", *format_claims(checks)]
+  lines += [
+    "",
+    f"Driver wall time: {meta['driver_wall_time_s']:.0f} s for {meta['runs_run']} runs "
+    f"({meta['runs_skipped']} skipped as already done).",
+  ]
+  return "\n".join(lines)
+
+
+def write_table(rows: Sequence[dict], workdir: str, meta: Mapping[str, Any]) -> None:
+  """Writes ``table1.md`` and ``table1.json`` (``rows``, ``claims``, ``meta``)."""
+  with open(os.path.join(workdir, TABLE_FILE), "w") as f:
+    f.write(format_table(rows, meta) + "\n")
+  payload = {
+    "rows": list(rows),
+    "claims": claims(rows),
+    "meta": {**meta, "accuracy_unit": "percent"},
+  }
+  with open(os.path.join(workdir, JSON_FILE), "w") as f:
+    json.dump(payload, f, indent=2)
+
+
+def read_table(workdir: str) -> dict:
+  with open(os.path.join(workdir, JSON_FILE)) as f:
+    return json.load(f)

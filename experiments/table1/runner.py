@@ -1,0 +1,95 @@
+"""Runs every (row, seed) of the table not yet finished, resumably, with progress lines.
+
+A run with a ``summary.json`` (or a ``failed.json``, written when a run
+diverges) is not run again, and an interrupted run resumes from its last
+checkpoint. A finished run whose config differs from the one the flags now
+give is refused, so a table never mixes two configs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from bigbatch_jax.training.workdir import config_changes
+
+# Per run: the driver's measure of the whole run's wall time.
+RUN_TIME_FILE = "run_time.json"
+
+
+def run_dir(workdir: str, row: str, seed: int) -> str:
+  return os.path.join(workdir, row, f"seed_{seed}")
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def finished(directory: str) -> bool:
+  return os.path.exists(os.path.join(directory, "summary.json"))
+
+
+def check_same_config(config: ml_collections.ConfigDict, directory: str) -> None:
+  """Refuses to reuse a finished run made with a different config."""
+  changes = config_changes(config, directory)
+  if changes:
+    raise ValueError(
+      f"{directory} holds a finished run of a different config ({'; '.join(changes)}). Use "
+      "another "
+      "--workdir, or delete that run directory to re-run it"
+    )
+
+
+def _run_one(config: ml_collections.ConfigDict, directory: str, head: str, train_fn, echo) -> bool:
+  """Trains one run; a diverged run is recorded in ``failed.json``. Returns whether it ran."""
+  run_start = time.perf_counter()
+  try:
+    summary = train_fn(config, directory)
+  except FloatingPointError as e:
+    # A diverged run is a result (the table says so), not a crash of the driver.
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "failed.json"), "w") as f:
+      json.dump({"variant": config.variant, "seed": config.seed, "error": str(e)}, f, indent=2)
+    echo(f"{head}: diverged: {e}")
+    return True
+  # The whole run's time (data, compilation, checkpoints), not only the loop's.
+  run_time = time.perf_counter() - run_start
+  with open(os.path.join(directory, RUN_TIME_FILE), "w") as f:
+    json.dump({"wall_time_s": run_time}, f)
+  echo(
+    f"{head}: test accuracy {100 * summary['test_accuracy']:.2f}%, "
+    f"{summary['updates']} updates, {run_time:.0f} s"
+  )
+  return True
+
+
+def run_all(
+  configs: Mapping[str, ml_collections.ConfigDict],
+  seeds: Sequence[int],
+  workdir: str,
+  train_fn: Callable[[ml_collections.ConfigDict, str], dict],
+  echo: Callable[[str], None],
+) -> int:
+  """Runs each (row, seed) not yet done in ``workdir/ROW/seed_N``; returns how many ran."""
+  os.makedirs(workdir, exist_ok=True)
+  jobs = [(row, s) for row in configs for s in seeds]
+  start = time.perf_counter()
+  ran = 0
+  for i, (row, seed) in enumerate(jobs, 1):
+    config = configs[row].copy_and_resolve_references()
+    config.seed = seed
+    directory = run_dir(workdir, row, seed)
+    head = f"[{i}/{len(jobs)}] {row} seed {seed}"
+    if any(os.path.exists(os.path.join(directory, f)) for f in ("summary.json", "failed.json")):
+      check_same_config(config, directory)
+      echo(f"{head}: done before, skipped")
+      continue
+    echo(f"{head} ({time.perf_counter() - start:.0f} s elapsed)")
+    ran += _run_one(config, directory, head, train_fn, echo)
+  return ran

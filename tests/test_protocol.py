@@ -1,0 +1,170 @@
+"""The bigBatch reference code's protocol artefacts against closed forms (issue 17)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bigbatch_jax import regimes
+from bigbatch_jax.data import augment
+from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
+from bigbatch_jax.models import layers
+from bigbatch_jax.transforms import restart_momentum_at
+
+LR, MOMENTUM, WD = 0.1, 0.9, 1e-2
+
+
+def _sgd_chain(lr=LR, nesterov=False):
+  return optax.chain(
+    optax.add_decayed_weights(WD), optax.sgd(lr, momentum=MOMENTUM, nesterov=nesterov)
+  )
+
+
+def _traces(state):
+  nodes = jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, optax.TraceState))
+  return [n.trace for n in nodes if isinstance(n, optax.TraceState)]
+
+
+def _run(tx, grads, params):
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  outputs, states = [], []
+  for g in grads:
+    states.append(state)
+    updates, state = update(g, state, params)
+    outputs.append(updates)
+  return outputs, states
+
+
+def _grads(num, key=0):
+  keys = jax.random.split(jax.random.key(key), num)
+  return [{"w": jax.random.normal(k, (3, 2)), "b": jax.random.normal(k, (2,)) + 1} for k in keys]
+
+
+PARAMS = {"w": jnp.full((3, 2), 0.5), "b": jnp.arange(2.0)}
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_restart_zeroes_the_trace_and_takes_pytorchs_first_step(nesterov):
+  restarts = (0, 3, 4, 7)
+  grads = _grads(9)
+  tx = restart_momentum_at(_sgd_chain(nesterov=nesterov), restarts)
+  outputs, states = _run(tx, grads, PARAMS)
+  plain_outputs, _ = _run(_sgd_chain(nesterov=nesterov), grads, PARAMS)
+  for t, (g, updates) in enumerate(zip(grads, outputs, strict=True)):
+    if t in restarts:
+      # PyTorch's first step with a fresh buffer: buf = d_p = g + wd w, and
+      # Nesterov d_p + m buf; the step is -lr times that.
+      direction = jax.tree.map(lambda gi, w: gi + WD * w, g, PARAMS)
+      step = -LR * (1 + MOMENTUM if nesterov else 1.0)
+      expected = jax.tree.map(lambda d, step=step: step * d, direction)
+      jax.tree.map(
+        functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7), updates, expected
+      )
+    else:
+      assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(_traces(states[t])))
+  # Between restarts it is the plain momentum chain: the first two updates agree.
+  for t in (0, 1, 2):
+    jax.tree.map(np.testing.assert_array_equal, outputs[t], plain_outputs[t])
+  assert not np.allclose(outputs[3]["w"], plain_outputs[3]["w"])
+
+
+def test_restart_keeps_the_other_state_running():
+  # A schedule's count must run on through restarts (the reference's regime does).
+  schedule = optax.piecewise_constant_schedule(LR, {2: 0.5})
+  tx = restart_momentum_at(_sgd_chain(lr=schedule), (0, 2, 3))
+  grads = _grads(4)
+  outputs, _ = _run(tx, grads, PARAMS)
+  for t in (2, 3):
+    expected = -LR * 0.5 * (grads[t]["b"] + WD * PARAMS["b"])
+    np.testing.assert_allclose(outputs[t]["b"], expected, rtol=1e-6)
+
+
+def test_restart_off_is_bit_identical_to_the_plain_chain():
+  grads = _grads(6)
+  outputs, _ = _run(restart_momentum_at(_sgd_chain(), ()), grads, PARAMS)
+  plain, _ = _run(_sgd_chain(), grads, PARAMS)
+  for a, b in zip(outputs, plain, strict=True):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_restart_needs_a_momentum_trace_and_valid_steps():
+  with pytest.raises(ValueError, match="no momentum trace"):
+    restart_momentum_at(optax.adam(0.1), (0,)).init(PARAMS)
+  with pytest.raises(ValueError, match=">= 0"):
+    restart_momentum_at(_sgd_chain(), (-1,))
+
+
+@pytest.mark.parametrize(
+  ("num_examples", "phases", "num_steps", "expected"),
+  [
+    (60_000, 4096, 40, (0, 15, 30)),  # F1 at B_L: every ~14.6 updates
+    (10, 4, 12, (0, 3, 5, 8, 10)),  # first update starting at or after k * 10
+    (10, [(0, 4), (3, 8)], 8, (0, 3, 4, 6, 7)),  # a growing batch
+    (10, [(0, 4), (3, 25)], 8, (0, 3, 4, 5, 6, 7)),  # a batch above the epoch
+    (100, 10, 30, (0, 10, 20)),  # batches aligned with epochs
+  ],
+)
+def test_epoch_first_steps_is_the_first_update_starting_in_each_epoch(
+  num_examples, phases, num_steps, expected
+):
+  assert regimes.epoch_first_steps(num_examples, phases, num_steps) == expected
+
+
+def test_epoch_first_steps_rejects_bad_phases():
+  with pytest.raises(ValueError, match="step 0"):
+    regimes.epoch_first_steps(10, [(1, 4)], 5)
+
+
+def test_black_pixel_in_normalized_units():
+  np.testing.assert_allclose(
+    augment.black_pixel(augment.REFERENCE_MNIST_MEAN, augment.REFERENCE_MNIST_STD), [-1.0]
+  )
+  np.testing.assert_allclose(augment.black_pixel(0.1307, 0.3081), [-0.1307 / 0.3081], rtol=1e-6)
+  with pytest.raises(ValueError, match="positive std"):
+    augment.black_pixel(0.5, 0.0)
+
+
+def test_reference_mnist_augment_pixels_and_fill():
+  rng_x = np.random.default_rng(0)
+  x = rng_x.normal(size=(64, 28, 28, 1)).astype(np.float32)
+  fill = augment.black_pixel(0.5, 0.5)
+  out = augment.reference_mnist_augment(x, np.random.default_rng(3), fill=fill)
+  # Replay the draws: crop offsets (rows, cols) in [0, 4], then flips.
+  replay = np.random.default_rng(3)
+  offsets = replay.integers(0, 5, size=(2, 64))
+  flips = replay.random(64) < 0.5
+  padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=-1.0)
+  for i in range(64):
+    crop = padded[i, offsets[0, i] : offsets[0, i] + 28, offsets[1, i] : offsets[1, i] + 28]
+    np.testing.assert_array_equal(out[i], crop[:, ::-1] if flips[i] else crop)
+  assert out.shape == x.shape and out.dtype == x.dtype
+  # Every padded pixel is black: -1 under (x - 0.5) / 0.5, never CIFAR's 0.
+  assert np.any(out == -1.0) and not np.any(out == 0.0)
+
+
+def test_reference_mnist_augment_fill_per_channel_and_bad_fill():
+  x = np.zeros((8, 6, 6, 2), np.float32) + 5
+  fill = np.asarray([-1.0, -2.0], np.float32)
+  out = augment.reference_mnist_augment(x, np.random.default_rng(1), fill=fill)
+  values = {tuple(v) for v in out.reshape(-1, 2).tolist()}
+  assert values <= {(5.0, 5.0), (-1.0, -2.0)} and (-1.0, -2.0) in values
+  with pytest.raises(ValueError, match="one value per channel"):
+    augment.reference_mnist_augment(x, np.random.default_rng(1), fill=[1.0, 2.0, 3.0])
+
+
+def test_legacy_bn_scale_init_is_uniform_on_the_unit_interval():
+  draws = np.asarray(layers.legacy_torch_bn_scale_init(jax.random.key(0), (100_000,)))
+  assert draws.min() >= 0.0 and draws.max() < 1.0
+  assert draws.min() < 0.01 and draws.max() > 0.99
+  assert abs(draws.mean() - 0.5) < 0.01 and abs(draws.var() - 1 / 12) < 0.002
+
+
+def test_legacy_bn_scale_init_as_the_norm_layers_scale_init():
+  norm = GhostBatchNorm(use_running_average=False, scale_init=layers.legacy_torch_bn_scale_init)
+  variables = norm.init(jax.random.key(1), jnp.ones((4, 512)))
+  scale = np.asarray(variables["params"]["scale"])
+  assert scale.shape == (512,) and scale.min() >= 0 and scale.max() < 1 and scale.std() > 0.2

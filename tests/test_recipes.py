@@ -1,0 +1,71 @@
+"""The large-batch recipes of issue 14 against their closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bigbatch_jax import regimes
+
+F1 = regimes.Regime(
+  lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=50, drop_epochs=(10, 20, 30), batch_size=128
+)
+
+
+def test_gradual_warmup_ramps_from_the_base_to_the_scaled_lr():
+  # Goyal et al. 2.2: lr(t) = lr (1 + (k - 1) t / T) for t <= T, then k lr (the regime).
+  scale, warmup = 32.0, 5 * 15  # five epochs of F1 at 4096 on MNIST (~15 updates each)
+  factor = jax.jit(regimes.gradual_warmup(scale, warmup))
+  base = F1.schedule(1000.0)  # a regime schedule whose first drop (10,000) is after the warmup
+  for t in (0, 1, 10, 37, 74, 75, 76, 500):
+    expected = 0.1 * (1 + (scale - 1) * min(t, warmup) / warmup)
+    np.testing.assert_allclose(float(base(t) * scale * factor(t)), expected, rtol=1e-6)
+
+
+def test_gradual_warmup_off_and_bad_input():
+  assert float(regimes.gradual_warmup(8.0, 0)(0)) == 1.0
+  with pytest.raises(ValueError, match="scale must be > 0"):
+    regimes.gradual_warmup(0.0, 10)
+  with pytest.raises(ValueError, match="whole number"):
+    regimes.gradual_warmup(2.0, 2.5)
+
+
+def test_lars_trust_ratio_on_a_two_layer_example_by_hand():
+  regime = regimes.Regime(lr=1.0, momentum=0.9, weight_decay=0.01, epochs=1, batch_size=8)
+  params = {"layer1": jnp.asarray([[3.0, 4.0]]), "layer2": jnp.asarray([1.0, 2.0, 2.0])}
+  grads = {"layer1": jnp.asarray([[0.0, 1.0]]), "layer2": jnp.asarray([0.5, 0.0, 0.0])}
+  lr, eta = 0.5, 0.001
+  tx = regimes.lars_for_regime(regime, lr, trust_coefficient=eta)
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  # Layer 1: ||w|| = 5, d = g + 0.01 w = (0.03, 1.04), ||d|| = sqrt(0.03^2 + 1.04^2).
+  d1 = np.asarray([[0.03, 1.04]])
+  ratio1 = eta * 5.0 / np.sqrt(0.03**2 + 1.04**2)
+  # Layer 2: ||w|| = 3, d = (0.51, 0.02, 0.02).
+  d2 = np.asarray([0.51, 0.02, 0.02])
+  ratio2 = eta * 3.0 / np.linalg.norm(d2)
+  np.testing.assert_allclose(updates["layer1"], -lr * ratio1 * d1, rtol=1e-5)
+  np.testing.assert_allclose(updates["layer2"], -lr * ratio2 * d2, rtol=1e-5)
+  assert ratio1 != pytest.approx(ratio2)  # a per-layer, not a global, ratio
+  # Second step: momentum m = 0.9 on the lr-scaled steps (Algorithm 1's v).
+  updates2, _ = jax.jit(tx.update)(grads, state, params)
+  np.testing.assert_allclose(updates2["layer1"], 1.9 * updates["layer1"], rtol=1e-5)
+
+
+def test_lamb_maps_momentum_and_decoupled_weight_decay():
+  regime = regimes.Regime(lr=1.0, momentum=0.8, weight_decay=0.1, epochs=1, batch_size=8)
+  params = {"a": jnp.asarray([3.0, 4.0])}
+  grads = {"a": jnp.asarray([2.0, -1.0])}
+  tx = regimes.lamb_for_regime(regime, 0.01, eps=0.0)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  # The first bias-corrected Adam step is sign(g); LAMB scales r + lambda w by
+  # ||w|| / ||r + lambda w||.
+  r = np.sign([2.0, -1.0]) + 0.1 * np.asarray([3.0, 4.0])
+  expected = -0.01 * 5.0 / np.linalg.norm(r) * r
+  np.testing.assert_allclose(updates["a"], expected, rtol=1e-5)
+  # b1 is the regime's momentum: a second, opposite gradient moves m by 0.8 / 0.2.
+  state = tx.init(params)
+  _, state = tx.update(grads, state, params)
+  mu = jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, optax.ScaleByAdamState))[0].mu["a"]
+  np.testing.assert_allclose(mu, 0.2 * np.asarray([2.0, -1.0]), rtol=1e-6)

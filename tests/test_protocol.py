@@ -12,6 +12,7 @@ from bigbatch_jax import regimes
 from bigbatch_jax.data import augment
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
 from bigbatch_jax.models import layers
+from bigbatch_jax.training import protocol as protocol_lib
 from bigbatch_jax.transforms import restart_momentum_at
 
 LR, MOMENTUM, WD = 0.1, 0.9, 1e-2
@@ -168,3 +169,42 @@ def test_legacy_bn_scale_init_as_the_norm_layers_scale_init():
   variables = norm.init(jax.random.key(1), jnp.ones((4, 512)))
   scale = np.asarray(variables["params"]["scale"])
   assert scale.shape == (512,) and scale.min() >= 0 and scale.max() < 1 and scale.std() > 0.2
+
+
+def _protocol_config(protocol="clean", **keys):
+  import ml_collections
+
+  config = ml_collections.ConfigDict(
+    {"protocol": protocol, **{k: None for k in protocol_lib._ARTEFACT_DEFAULTS}}
+  )
+  config.update(keys)
+  return config
+
+
+def test_protocols_switch_their_artefacts():
+  clean = protocol_lib.resolve_protocol(_protocol_config("clean"))
+  assert not (clean.momentum_restart or clean.reference_mnist_augment or clean.main_normal_lr)
+  reference = protocol_lib.resolve_protocol(_protocol_config("reference"))
+  assert reference.momentum_restart and reference.reference_mnist_augment
+  assert reference.main_normal_lr and not reference.bn_scale_uniform
+  assert not reference.mnist_augment_explicit
+  # Each artefact alone, on either protocol.
+  alone = protocol_lib.resolve_protocol(_protocol_config("clean", bn_scale_uniform=True))
+  assert alone.bn_scale_uniform and not alone.momentum_restart
+  off = protocol_lib.resolve_protocol(_protocol_config("reference", momentum_restart=False))
+  assert not off.momentum_restart and off.main_normal_lr
+
+
+def test_main_normal_lr_base_and_stretch():
+  clean = protocol_lib.resolve_protocol(_protocol_config("clean"))
+  reference = protocol_lib.resolve_protocol(_protocol_config("reference"))
+  assert clean.lr_base_batch_size(128) == 128 and reference.lr_base_batch_size(128) == 256
+  assert clean.regime_stretch(4096, 128) == 32.0
+  assert reference.regime_stretch(4096, 128) == 16.0 and reference.regime_stretch(300, 128) == 2.0
+
+
+def test_protocol_rejects_bad_values():
+  with pytest.raises(ValueError, match=r"config.protocol='paper'; valid: \('clean', 'reference'\)"):
+    protocol_lib.resolve_protocol(_protocol_config("paper"))
+  with pytest.raises(ValueError, match=r"config\.momentum_restart must be True, False or None"):
+    protocol_lib.resolve_protocol(_protocol_config(momentum_restart="yes"))

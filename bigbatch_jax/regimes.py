@@ -439,3 +439,41 @@ def lamb_for_regime(
   return optax.lamb(
     learning_rate, b1=regime.momentum, b2=b2, eps=eps, weight_decay=regime.weight_decay
   )
+
+
+OPTIMIZERS = ("sgd", "lars", "lamb")
+
+
+def regime_optimizer_parts(
+  regime: Regime,
+  learning_rate: optax.ScalarOrSchedule,
+  optimizer: str = "sgd",
+  *,
+  trust_coefficient: float = 0.001,
+) -> list[optax.GradientTransformation]:
+  """The transforms that descend along a regime, to splat into an ``optax.chain``.
+
+  ``"sgd"`` is the bigBatch reference's ``torch.optim.SGD``: weight decay added
+  to the gradient, then heavy-ball momentum on the scheduled rate. ``"lars"``
+  and ``"lamb"`` map the regime onto :func:`lars_for_regime` and
+  :func:`lamb_for_regime`. A list rather than a chain, so that a caller
+  chaining more parts keeps a flat optimizer state.
+
+  Args:
+    regime: the regime (momentum, weight decay, Nesterov).
+    learning_rate: the rate, usually ``regime.schedule(steps_per_epoch)``.
+    optimizer: ``"sgd"``, ``"lars"`` or ``"lamb"``.
+    trust_coefficient: LARS's eta.
+
+  Returns:
+    A list of ``optax.GradientTransformation``.
+  """
+  if optimizer == "sgd":
+    parts = [optax.add_decayed_weights(regime.weight_decay)] if regime.weight_decay else []
+    sgd = optax.sgd(learning_rate, momentum=regime.momentum or None, nesterov=regime.nesterov)
+    return [*parts, sgd]
+  if optimizer == "lars":
+    return [lars_for_regime(regime, learning_rate, trust_coefficient=trust_coefficient)]
+  if optimizer == "lamb":
+    return [lamb_for_regime(regime, learning_rate)]
+  raise ValueError(f"unknown optimizer {optimizer!r}; valid: {OPTIMIZERS}")

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from bigbatch_jax import regimes
+from bigbatch_jax.training import variants
 
 F1 = regimes.Regime(
   lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=50, drop_epochs=(10, 20, 30), batch_size=128
@@ -69,3 +70,57 @@ def test_lamb_maps_momentum_and_decoupled_weight_decay():
   _, state = tx.update(grads, state, params)
   mu = jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, optax.ScaleByAdamState))[0].mu["a"]
   np.testing.assert_allclose(mu, 0.2 * np.asarray([2.0, -1.0]), rtol=1e-6)
+
+
+def _run_chain(tx, steps=3):
+  params = {"w": jnp.asarray([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.asarray([0.1, 0.2])}
+  grads = {"w": jnp.asarray([[0.3, 0.1], [-0.2, 0.4]]), "b": jnp.asarray([1.0, -1.0])}
+  state, out = tx.init(params), []
+  for _ in range(steps):
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    out.append(updates)
+  return out
+
+
+@pytest.mark.parametrize(
+  ("optimizer", "reference"),
+  [
+    ("sgd", lambda lr: optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(lr, momentum=0.9))),
+    ("lars", lambda lr: optax.lars(lr, weight_decay=1e-4, momentum=0.9)),
+    ("lamb", lambda lr: optax.lamb(lr, b1=0.9, weight_decay=1e-4)),
+  ],
+)
+def test_regime_optimizer_parts_are_the_mapped_optax_optimizers(optimizer, reference):
+  schedule = F1.schedule(1.0)  # drops at updates 10, 20, 30
+  ours = optax.chain(*regimes.regime_optimizer_parts(F1, schedule, optimizer))
+  for a, b in zip(_run_chain(ours), _run_chain(reference(schedule)), strict=True):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
+    regimes.regime_optimizer_parts(F1, 0.1, "adam")
+
+
+@pytest.mark.parametrize(
+  ("name", "warmup", "optimizer", "lr_rule"),
+  [
+    ("lb+linear+warmup", True, "sgd", "linear"),
+    ("lb+lars", False, "lars", "none"),
+    ("sb+lamb", False, "lamb", "none"),
+    ("lb+lr+gbn+grow", False, "sgd", "sqrt"),
+  ],
+)
+def test_recipe_variant_parts(name, warmup, optimizer, lr_rule):
+  variant = variants.parse_variant(name)
+  assert (variant.warmup, variant.optimizer, variant.lr_rule) == (warmup, optimizer, lr_rule)
+
+
+@pytest.mark.parametrize(
+  ("name", "message"),
+  [
+    ("lb+lars+lamb", "'lars' and 'lamb'"),
+    ("lb+warmup", "add a scaling rule"),
+    ("sb+linear+warmup", "no effect at the base batch size"),
+  ],
+)
+def test_recipe_variant_parts_reject_contradictions(name, message):
+  with pytest.raises(ValueError, match=message):
+    variants.parse_variant(name)

@@ -208,3 +208,32 @@ def test_protocol_rejects_bad_values():
     protocol_lib.resolve_protocol(_protocol_config("paper"))
   with pytest.raises(ValueError, match=r"config\.momentum_restart must be True, False or None"):
     protocol_lib.resolve_protocol(_protocol_config(momentum_restart="yes"))
+
+
+class _Images:
+  name = "tfds:mnist"
+  input_shape = (28, 28, 1)
+  mean, std = np.asarray([0.1307], np.float32), np.asarray([0.3081], np.float32)
+
+
+class _Vectors:
+  name = "mnist1d"
+  input_shape = (40,)
+  mean = std = None
+
+
+def test_reference_mnist_augmentation_applies_to_images_only():
+  reference = protocol_lib.resolve_protocol(_protocol_config("reference"))
+  fn = protocol_lib.reference_mnist_augmentation(reference, _Images(), "none")
+  x = np.full((4, 28, 28, 1), 3.0, np.float32)
+  out = fn(x, np.random.default_rng(0))
+  black = np.float32(-0.1307) / np.float32(0.3081)
+  assert set(np.unique(out).tolist()) == {3.0, float(black)}
+  assert protocol_lib.reference_mnist_augmentation(reference, _Vectors(), "none") is None
+  clean = protocol_lib.resolve_protocol(_protocol_config("clean"))
+  assert protocol_lib.reference_mnist_augmentation(clean, _Images(), "none") is None
+  explicit = protocol_lib.resolve_protocol(_protocol_config(reference_mnist_augment=True))
+  with pytest.raises(ValueError, match=r"mnist1d has examples of shape \(40,\)"):
+    protocol_lib.reference_mnist_augmentation(explicit, _Vectors(), "none")
+  with pytest.raises(ValueError, match=r"config\.augment='cifar' and the reference MNIST"):
+    protocol_lib.reference_mnist_augmentation(reference, _Images(), "cifar")

@@ -22,9 +22,12 @@ set (``None``: the protocol's).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import ml_collections
+
+from bigbatch_jax.data import augment as augment_lib
 
 PROTOCOLS = ("clean", "reference")
 MAIN_NORMAL_BATCH_SIZE = 256  # main_normal.py's lr base and stretch unit
@@ -95,3 +98,43 @@ def resolve_protocol(config: ml_collections.ConfigDict) -> Protocol:
     mnist_augment_explicit=config.reference_mnist_augment is not None,
     **values,
   )
+
+
+def reference_mnist_augmentation(protocol: Protocol, dataset, augment: str):
+  """The reference MNIST augmentation for ``dataset``, or None where it does not apply.
+
+  It applies to in-memory images (examples (H, W, C) stored as uint8 with
+  their normalisation): the padding is the black pixel in the dataset's
+  normalised units (:func:`bigbatch_jax.data.augment.black_pixel`). The
+  "reference" protocol skips other data (MNIST-1D, synthetic vectors); asking
+  for it explicitly there, or together with another ``config.augment``, is an
+  error.
+
+  Args:
+    protocol: the run's protocol.
+    dataset: the training data (``mean``, ``std`` and ``input_shape`` are read).
+    augment: ``config.augment``.
+
+  Returns:
+    A batch augmentation ``(x, rng) -> x``, or None.
+  """
+  if not protocol.reference_mnist_augment:
+    return None
+  mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
+  shape = tuple(getattr(dataset, "input_shape", ()))
+  applies = mean is not None and std is not None and len(shape) == 3
+  if not applies:
+    if protocol.mnist_augment_explicit:
+      raise ValueError(
+        f"config.reference_mnist_augment pads images with black; {dataset.name} has examples "
+        f"of shape {shape} without a pixel normalisation (use in-memory image data such as "
+        "tfds:mnist)"
+      )
+    return None
+  if augment != "none":
+    raise ValueError(
+      f"config.augment={augment!r} and the reference MNIST augmentation both augment the "
+      "training batch; set config.augment='none' or config.reference_mnist_augment=False"
+    )
+  fill = augment_lib.black_pixel(mean, std)
+  return functools.partial(augment_lib.reference_mnist_augment, fill=fill)

@@ -224,12 +224,28 @@ def clip_by_global_norm_during(max_norm: float, steps: int) -> optax.GradientTra
   )
 
 
+def squared_distance(a, b) -> jax.Array:
+  """||a - b||**2 over all leaves of two pytrees of the same structure, each leaf reduced once."""
+  pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  return sum(jnp.sum(jnp.square(x - y)) for x, y in pairs)
+
+
+def tree_distance(a, b) -> jax.Array:
+  """||a - b||, the Euclidean distance of two pytrees (e.g. ||w - w0||, Hoffer eq. 4)."""
+  return jnp.sqrt(squared_distance(a, b))
+
+
 class DistanceDropsState(NamedTuple):
   """State of :func:`scale_by_distance_drops`."""
 
   initial_params: optax.Params  # w0, the parameters at init
   num_drops: jax.Array  # int32 scalar: targets reached so far
   drop_factor: jax.Array  # float32 scalar: the multiplier per drop
+
+  @property
+  def scale(self) -> jax.Array:
+    """factor**drops: the multiplier the transform applies now (float32 scalar)."""
+    return self.drop_factor**self.num_drops
 
 
 def scale_by_distance_drops(
@@ -276,12 +292,11 @@ def scale_by_distance_drops(
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("scale_by_distance_drops needs params: call update(updates, state, params)")
-    distance = optax.global_norm(jax.tree.map(jnp.subtract, params, state.initial_params))
+    distance = tree_distance(params, state.initial_params)
     reached = jnp.sum(distance >= target_array).astype(jnp.int32)
-    num_drops = jnp.maximum(state.num_drops, reached)
-    scale = state.drop_factor**num_drops
-    updates = jax.tree.map(lambda u: (scale * u).astype(u.dtype), updates)
-    return updates, state._replace(num_drops=num_drops)
+    state = state._replace(num_drops=jnp.maximum(state.num_drops, reached))
+    updates = jax.tree.map(lambda u: (state.scale * u).astype(u.dtype), updates)
+    return updates, state
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -80,6 +80,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bigbatch_jax.data import load_data
 from bigbatch_jax.training import (
   fit_log_growth,
   make_plan,
@@ -87,7 +88,7 @@ from bigbatch_jax.training import (
   retain_freed_host_memory,
   train_and_evaluate,
 )
-from bigbatch_jax.training.loop import RESUMABLE_KEYS, load_data
+from bigbatch_jax.training.workdir import RESUMABLE_KEYS
 
 # Hoffer Table 1's columns, then the noise remedies (Hoffer sec. 4; Jaiswal & Taura).
 LABELS = {

@@ -16,12 +16,12 @@ TINY = [
   "--batch=256",
   "--hidden=32",
   "--rounds=1",
-  "--peak-size=256",
-  "--epoch-steps=2",
-  "--epoch-repeats=1",
-  "--memory-batches=256",
+  "--peak_size=256",
+  "--epoch_steps=2",
+  "--epoch_repeats=1",
+  "--memory_batches=256",
   "--devices=1,2",
-  "--profile-steps=1",
+  "--profile_steps=1",
 ]
 
 

@@ -15,7 +15,6 @@ import tensorflow_datasets as tfds
 
 from bigbatch_jax import data as data_lib
 from bigbatch_jax import models, training
-from bigbatch_jax.training import loop
 from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training.variants import parse_variant
 
@@ -63,7 +62,7 @@ def test_every_variant_of_every_row_makes_a_valid_plan(name):
       config = module.get_config(variant + option)
       assert config.variant == variant
       assert config.model in models.MODELS
-      assert config.augment in loop.AUGMENTATIONS
+      assert config.augment in data_lib.AUGMENTATIONS
       num_train = NUM_TRAIN[config.dataset]
       plan = plan_lib.make_plan(config, num_train, num_devices=1)
       sb = plan_lib.make_plan(module.get_config("sb" + option), num_train, num_devices=1)
@@ -129,29 +128,29 @@ def test_the_rows_regimes_and_sizes():
 def test_input_pipelines_match_the_datasets():
   cifar = data_lib.load_dataset("synthetic", input_shape=(8, 8, 3))
   config = _module("c1").get_config("sb")
-  pipeline = loop.input_pipeline(config, cifar)
+  pipeline = data_lib.input_pipeline(config, cifar)
   assert pipeline.augment is data_lib.cifar_augment and pipeline.train_transform is None
   config.augment = "imagenet"
   with pytest.raises(ValueError, match="streamed"):
-    loop.input_pipeline(config, cifar)
+    data_lib.input_pipeline(config, cifar)
   config.augment = "flip"
   with pytest.raises(ValueError, match="valid: none, cifar, imagenet"):
-    loop.input_pipeline(config, cifar)
+    data_lib.input_pipeline(config, cifar)
   flat = data_lib.load_dataset("synthetic")
   config.augment = "cifar"
   with pytest.raises(ValueError, match=r"\(H, W, C\)"):
-    loop.input_pipeline(config, flat)
+    data_lib.input_pipeline(config, flat)
 
 
 def test_imagenet_is_streamed_and_cropped():
   config = _module("alexnet").get_config("sb")
   config.image_size = 64
   with tfds.testing.mock_data(num_examples=16):
-    dataset = loop.load_data(config)
-    assert isinstance(dataset, loop.StreamedDataset)
+    dataset = data_lib.load_data(config)
+    assert isinstance(dataset, data_lib.StreamedDataset)
     assert (dataset.num_train, dataset.num_test, dataset.num_classes) == (16, 16, 1000)
     assert dataset.input_shape == (64, 64, 3)
-    pipeline = loop.input_pipeline(config, dataset)
+    pipeline = data_lib.input_pipeline(config, dataset)
     assert pipeline.augment is None
     # Mock images have random sizes: both transforms crop them to 64x64.
     rng = np.random.default_rng(0)
@@ -160,10 +159,10 @@ def test_imagenet_is_streamed_and_cropped():
       assert pipeline.train_transform(image, rng).shape == (64, 64, 3)
       assert pipeline.eval_transform(image, rng).shape == (64, 64, 3)
     config.augment = "none"  # still cropped: the images differ in size
-    assert loop.input_pipeline(config, dataset).train_transform is not None
+    assert data_lib.input_pipeline(config, dataset).train_transform is not None
     config.augment = "cifar"
     with pytest.raises(ValueError, match="streamed"):
-      loop.input_pipeline(config, dataset)
+      data_lib.input_pipeline(config, dataset)
 
 
 # --- smoke runs under mock data -----------------------------------------------------
@@ -249,3 +248,31 @@ def test_every_row_is_smoke_tested():
   for name in CONFIG_NAMES:
     tested = {v for n, v in SMOKE + SLOW_SMOKE if n == name}
     assert "sb" in tested and ({"lb+lr+gbn+ra", "lb+linear+white"} & tested), name
+
+
+@pytest.mark.parametrize("arg", ["lb+lr+gbn+ra,quick", "sb,table1", "lb+lr,table1"])
+def test_an_epochs_override_moves_the_drops_of_shrunk_regimes(arg):
+  # get_config declares the drops as fractions of training; the plan derives
+  # the drop epochs, so --config.regime.epochs=... keeps the regime's shape.
+  from experiments.configs import f1
+
+  config = f1.get_config(arg)
+  before = plan_lib.make_plan(config, 8000, num_devices=1).regime
+  config.regime.epochs = 2 * config.regime.epochs
+  after = plan_lib.make_plan(config, 8000, num_devices=1).regime
+  assert after.epochs == pytest.approx(2 * before.epochs)
+  assert len(after.drop_epochs) == 3
+  assert after.drop_epochs == pytest.approx(tuple(2 * e for e in before.drop_epochs))
+  assert tuple(e / after.epochs for e in after.drop_epochs) == pytest.approx((0.2, 0.4, 0.6))
+
+
+def test_declared_drop_epochs_take_precedence_over_fractions():
+  from experiments.configs import f1
+
+  config = f1.get_config("sb,table1")
+  config.regime.drop_epochs = (5.0,)
+  assert plan_lib.make_plan(config, 8000, num_devices=1).regime.drop_epochs == (5.0,)
+  config.regime.drop_epochs = ()
+  config.regime.drop_fractions = (0.5, 1.5)
+  with pytest.raises(ValueError, match=r"drop_fractions must lie in \(0, 1\), got \(0.5, 1.5\)"):
+    plan_lib.make_plan(config, 8000, num_devices=1)

@@ -458,3 +458,28 @@ def test_imagenet_transforms():
   assert small.shape == (224, 224, 3)
   with pytest.raises(ValueError, match="expected a uint8 image"):
     data.imagenet_eval_transform(np.zeros((8, 8, 3), np.float32))
+
+
+def test_the_batch_schedule_is_one_definition_for_plan_and_iterator():
+  # The phases of a growing-batch run: the closed-form offsets equal the sum
+  # of the sizes before each step, and the iterator reads the same examples
+  # from a BatchSchedule as from the equivalent step -> size function.
+  schedule = data.BatchSchedule(((0, 4), (3, 8), (5, 12)))
+  sizes = [schedule(s) for s in range(8)]
+  assert sizes == [4, 4, 4, 8, 8, 12, 12, 12] and schedule.sizes == (4, 8, 12)
+  for step in range(9):
+    assert schedule.offset_at(step) == sum(sizes[:step])
+    assert data.offset_at_step(schedule, step) == sum(sizes[:step])
+  ds = _indexed_dataset(30)
+  with (
+    data.BatchIterator(ds, schedule, seed=3, start_step=4) as a,
+    data.BatchIterator(ds, lambda s: sizes[s], seed=3, start_step=4) as b,
+  ):
+    for _ in range(3):
+      np.testing.assert_array_equal(next(a)["x"], next(b)["x"])
+  with pytest.raises(ValueError, match="phases must start at step 0"):
+    data.BatchSchedule(((1, 4),))
+  with pytest.raises(ValueError, match="in step order"):
+    data.BatchSchedule(((0, 4), (5, 8), (3, 16)))
+  # A phase of no step (two drops in one step) is skipped over.
+  assert data.BatchSchedule(((0, 4), (2, 8), (2, 16))).offset_at(3) == 4 + 4 + 16

@@ -168,11 +168,11 @@ def test_four_devices_equal_one_device(variant, tmp_path):
 def test_pmap_and_shard_map_give_the_same_step():
   config = tiny_config("lb+lr+gbn+mult")
   plan = plan_lib.make_plan(config, num_train=512, num_devices=4)
-  norm = plan_lib.norm_layer(plan, config, axis_name=step_lib.AXIS)
+  norm = training.norm_layer(plan, config, axis_name=step_lib.AXIS)
   from bigbatch_jax import models
 
   model = models.get_model("f1", 4, norm=norm, hidden=32, depth=2)
-  tx = plan_lib.make_optimizer(plan, jax.random.key(1))
+  tx = training.make_optimizer(plan, jax.random.key(1))
   state = training.create_train_state(model, tx, jnp.zeros((1, 16)), jax.random.key(0))
   rng = np.random.default_rng(0)
   batch = {
@@ -295,11 +295,11 @@ def test_divergence_stops_with_the_step_lr_and_quantity_keeping_the_last_good_ch
 def _tiny_step(skip_nonfinite):
   config = tiny_config("lb+lr+gbn")
   plan = plan_lib.make_plan(config, num_train=512, num_devices=1)
-  norm = plan_lib.norm_layer(plan, config, axis_name=step_lib.AXIS)
+  norm = training.norm_layer(plan, config, axis_name=step_lib.AXIS)
   from bigbatch_jax import models
 
   model = models.get_model("f1", 4, norm=norm, hidden=32, depth=2)
-  tx = plan_lib.make_optimizer(plan, jax.random.key(1))
+  tx = training.make_optimizer(plan, jax.random.key(1))
   state = training.create_train_state(model, tx, jnp.zeros((1, 16)), jax.random.key(0))
   mesh = parallel.make_mesh(1)
   step = parallel.shard_train_step(
@@ -428,7 +428,7 @@ def test_every_optional_key_can_be_set_from_the_command_line(monkeypatch):
 def test_distance_triggered_drops_follow_the_weight_distance(tmp_path):
   reference = tmp_path / "reference"
   training.train_and_evaluate(tiny_config("sb", log_every_steps=1), str(reference))
-  targets = plan_lib.distances_at_drops(str(reference))
+  targets = training.metrics.distances_at_drops(str(reference))
   assert len(targets) == 1  # the regime drops once, after epoch 1
   config = tiny_config("lb+lr+dist", log_every_steps=1, drop_distances_from=str(reference))
   config.regime.epochs = 6.0
@@ -509,3 +509,60 @@ def optax_rel_error(a, b):
   diff = np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
   norm = np.sqrt(sum(np.sum(x**2) for x in jax.tree.leaves(a)))
   return diff / norm
+
+
+def test_one_loss_with_optional_per_example_weights():
+  from bigbatch_jax.training.loss import correct, cross_entropy
+
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
+  labels = jnp.asarray([0, 1, 2, 3, 0, 1])
+  weights = jnp.asarray([1.0, 0.5, 2.0, 0.0, 1.0, 1.5])
+  log_p = jax.nn.log_softmax(logits)
+  losses = -np.asarray(log_p)[np.arange(6), np.asarray(labels)]
+  np.testing.assert_allclose(cross_entropy(logits, labels), losses.mean(), rtol=1e-6)
+  np.testing.assert_allclose(
+    cross_entropy(logits, labels, weights), (np.asarray(weights) * losses).mean(), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    cross_entropy(logits, labels, weights, reduction="sum"),
+    (np.asarray(weights) * losses).sum(),
+    rtol=1e-6,
+  )
+  assert list(correct(logits, labels)) == list(np.argmax(logits, -1) == np.asarray(labels))
+  with pytest.raises(ValueError, match="reduction='max'; valid: \\('mean', 'sum'\\)"):
+    cross_entropy(logits, labels, reduction="max")
+
+
+def test_one_weight_distance_for_the_step_the_transform_and_the_diagnostics():
+  from bigbatch_jax import diagnostics, transforms
+
+  rng = np.random.default_rng(1)
+  w0 = {
+    "a": {"k": jnp.asarray(rng.normal(size=(3, 2)))},
+    "b": {"k": jnp.asarray(rng.normal(size=4))},
+  }
+  w = jax.tree.map(lambda x: x + 0.5, w0)
+  expected = np.sqrt(0.25 * 10)
+  np.testing.assert_allclose(transforms.tree_distance(w, w0), expected, rtol=1e-6)
+  np.testing.assert_allclose(diagnostics.weight_distance(w, w0), expected, rtol=1e-6)
+  per_layer = step_lib.weight_distances(w, w0)
+  np.testing.assert_allclose(per_layer["weight_distance"], expected, rtol=1e-6)
+  np.testing.assert_allclose(per_layer["weight_distance/a"], np.sqrt(0.25 * 6), rtol=1e-6)
+  # The distance-drop transform exposes its current factor on the learning rate.
+  tx = transforms.scale_by_distance_drops((1.0, 2.0), factor=0.5)
+  state = tx.init(w0)
+  assert float(state.scale) == 1.0
+  _, state = tx.update(w, state, w)
+  assert int(state.num_drops) == 1 and float(state.scale) == 0.5
+
+
+def test_the_workdir_check_names_each_changed_key(tmp_path):
+  config = tiny_config("sb")
+  assert training.config_changes(config, str(tmp_path)) == []  # no saved config yet
+  training.check_and_save_config(config, str(tmp_path))
+  assert training.config_changes(config, str(tmp_path)) == []
+  changed = tiny_config("sb", seed=3, progress_bar=True)  # progress_bar may change on resume
+  assert training.config_changes(changed, str(tmp_path)) == ["seed: 0 -> 3"]
+  with pytest.raises(ValueError, match=r"different config \(seed: 0 -> 3\)"):
+    training.check_and_save_config(changed, str(tmp_path))

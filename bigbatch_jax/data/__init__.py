@@ -9,6 +9,7 @@ Typical use::
         batch = next(batches)  # {"x": (256, 40) float32, "y": (256,) int32}
 """
 
+from bigbatch_jax.data.arrays import ArrayDataset
 from bigbatch_jax.data.augment import (
   IMAGENET_MEAN,
   IMAGENET_STD,
@@ -20,19 +21,19 @@ from bigbatch_jax.data.augment import (
   random_flip_left_right,
   resize_image,
 )
-from bigbatch_jax.data.pipeline import (
-  BatchIterator,
-  BatchSize,
-  RandomAccessSource,
-  batch_size_at,
-  eval_batches,
-  offset_at_step,
-  shard_for_process,
-  stream_indices,
+from bigbatch_jax.data.gather import RandomAccessSource
+from bigbatch_jax.data.pipeline import BatchIterator, eval_batches
+from bigbatch_jax.data.run_data import (
+  AUGMENTATIONS,
+  InputPipeline,
+  StreamedDataset,
+  input_pipeline,
+  load_data,
+  split_source,
 )
+from bigbatch_jax.data.schedule import BatchSchedule, BatchSize, batch_size_at, offset_at_step
 from bigbatch_jax.data.sources import (
   DATASET_SPECS,
-  ArrayDataset,
   cache_dir,
   image_statistics,
   load_dataset,
@@ -41,20 +42,25 @@ from bigbatch_jax.data.sources import (
   make_synthetic,
   mnist1d_cache_path,
 )
+from bigbatch_jax.data.stream import shard_for_process, stream_indices
 from bigbatch_jax.data.tfds_sources import (
   TFDS_DATASETS,
   TfdsStreamSource,
 )
 
 __all__ = [
+  "AUGMENTATIONS",
   "DATASET_SPECS",
   "IMAGENET_MEAN",
   "IMAGENET_STD",
   "TFDS_DATASETS",
   "ArrayDataset",
   "BatchIterator",
+  "BatchSchedule",
   "BatchSize",
+  "InputPipeline",
   "RandomAccessSource",
+  "StreamedDataset",
   "TfdsStreamSource",
   "batch_size_at",
   "cache_dir",
@@ -63,6 +69,8 @@ __all__ = [
   "image_statistics",
   "imagenet_eval_transform",
   "imagenet_train_transform",
+  "input_pipeline",
+  "load_data",
   "load_dataset",
   "load_mnist1d",
   "load_npz",
@@ -74,5 +82,6 @@ __all__ = [
   "random_flip_left_right",
   "resize_image",
   "shard_for_process",
+  "split_source",
   "stream_indices",
 ]

@@ -21,253 +21,32 @@ and process sharding are easier to state here than as grain transforms.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from bigbatch_jax.data.sources import (
-  SEED_TAG_AUGMENT,
-  SEED_TAG_PERMUTATION,
-  SEED_TAG_TRANSFORM,
-  ArrayDataset,
+from bigbatch_jax.data.arrays import SEED_TAG_AUGMENT, ArrayDataset
+from bigbatch_jax.data.gather import (
+  RandomAccessSource,
+  Transform,
+  check_data,
+  load_examples,
 )
-
-BatchSize = int | Callable[[int], int]
-"""A fixed batch size, or a function from step to batch size (growing batches)."""
+from bigbatch_jax.data.schedule import (
+  BatchSize,
+  batch_size_at,
+  check_int,
+  offset_at_step,
+  step_at_offset,
+)
+from bigbatch_jax.data.stream import check_process, stream_indices
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 """Batch augmentation: (float32 batch of inputs, rng) -> augmented batch of the same length."""
-
-Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-"""Per-example transform: (one input, rng) -> one float32 input of a fixed shape."""
-
-
-class RandomAccessSource(Protocol):
-  """What a streaming source provides: `len(source)` and `source[i] -> (x, label)`."""
-
-  def __len__(self) -> int: ...
-
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int]: ...
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-  return int(value)
-
-
-# --- the index stream ---------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
-  # A batch touches at most two epochs; a few cached permutations make
-  # consecutive batches slices of arrays already built.
-  rng = np.random.default_rng([SEED_TAG_PERMUTATION, seed, epoch])
-  perm = rng.permutation(num_examples)
-  perm.flags.writeable = False
-  return perm
-
-
-def stream_indices(seed: int, num_examples: int, start: int, count: int) -> np.ndarray:
-  """Example indices at stream positions [start, start + count).
-
-  Position p lies in epoch p // num_examples, whose permutation of
-  range(num_examples) is drawn from (seed, epoch) alone, so any window of
-  the stream is computed without the ones before it.
-
-  Args:
-    seed: non-negative int.
-    num_examples: size N of the dataset.
-    start: first stream position (examples since the start of training).
-    count: number of positions.
-
-  Returns:
-    int64 array of shape (count,) with values in [0, num_examples).
-  """
-  seed = _check_int("seed", seed, 0)
-  num_examples = _check_int("num_examples", num_examples, 1)
-  start = _check_int("start", start, 0)
-  count = _check_int("count", count, 0)
-  out = np.empty(count, np.int64)
-  filled = 0
-  while filled < count:
-    epoch, offset = divmod(start + filled, num_examples)
-    take = min(count - filled, num_examples - offset)
-    out[filled : filled + take] = _epoch_permutation(seed, num_examples, epoch)[
-      offset : offset + take
-    ]
-    filled += take
-  return out
-
-
-def batch_size_at(batch_size: BatchSize, step: int) -> int:
-  """The (validated) global batch size of `step`."""
-  value = batch_size(step) if callable(batch_size) else batch_size
-  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-    raise ValueError(f"batch size at step {step} must be a positive int, got {value!r}")
-  return int(value)
-
-
-def offset_at_step(batch_size: BatchSize, step: int) -> int:
-  """Stream position of the first example of `step`: the sum of earlier batch sizes."""
-  step = _check_int("step", step, 0)
-  if not callable(batch_size):
-    return batch_size_at(batch_size, 0) * step
-  return sum(batch_size_at(batch_size, s) for s in range(step))
-
-
-def _step_at_offset(batch_size: BatchSize, offset: int) -> int:
-  if not callable(batch_size):
-    size = batch_size_at(batch_size, 0)
-    if offset % size:
-      raise ValueError(
-        f"start={offset} is not a batch boundary of batch size {size}; "
-        f"use a multiple of {size} or pass start_step"
-      )
-    return offset // size
-  step, position = 0, 0
-  while position < offset:
-    position += batch_size_at(batch_size, step)
-    step += 1
-  if position != offset:
-    raise ValueError(
-      f"start={offset} falls inside batch {step - 1} of the batch-size schedule "
-      f"(that batch ends at {position}); pass start_step, or a batch boundary"
-    )
-  return step
-
-
-def shard_for_process(
-  batch: Mapping[str, np.ndarray], process_index: int, process_count: int
-) -> dict[str, np.ndarray]:
-  """The contiguous slice of a global batch that process `process_index` loads.
-
-  Process p of P holds examples [p * B / P, (p + 1) * B / P) of every array.
-
-  Args:
-    batch: dict of arrays sharing the leading (batch) dimension B.
-    process_index: this process, in [0, process_count).
-    process_count: number of processes; must divide B.
-
-  Returns:
-    Dict of the same keys holding this process's slices.
-  """
-  process_count = _check_int("process_count", process_count, 1)
-  process_index = _check_int("process_index", process_index, 0)
-  if process_index >= process_count:
-    raise ValueError(
-      f"process_index={process_index} must be in [0, {process_count}) "
-      f"for process_count={process_count}"
-    )
-  sizes = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in batch.items()}
-  if not sizes or len(set(sizes.values())) != 1 or None in sizes.values():
-    raise ValueError(f"batch arrays must share a leading batch dimension; got sizes {sizes}")
-  size = next(iter(sizes.values()))
-  if size % process_count:
-    raise ValueError(
-      f"batch size {size} is not divisible by process_count={process_count}; "
-      f"use a global batch size that is a multiple of {process_count}"
-    )
-  local = size // process_count
-  lo = process_index * local
-  return {k: v[lo : lo + local] for k, v in batch.items()}
-
-
-# --- gathering examples -----------------------------------------------------------
-
-
-def _check_data(data: Any) -> None:
-  if isinstance(data, ArrayDataset):
-    return
-  if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
-    raise ValueError(
-      "data must be an ArrayDataset or a random-access source with __len__ and "
-      f"__getitem__ returning (x, label); got {type(data).__name__}"
-    )
-  if len(data) < 1:
-    raise ValueError(f"data source {data!r} is empty")
-
-
-def _example_rng(seed: int, position: int) -> np.random.Generator:
-  return np.random.default_rng([SEED_TAG_TRANSFORM, seed, position])
-
-
-def _stack(examples: Sequence[np.ndarray], what: str) -> np.ndarray:
-  shapes = {np.shape(e) for e in examples}
-  if len(shapes) > 1:
-    raise ValueError(
-      f"{what} have different shapes {sorted(shapes)}; pass a transform that maps "
-      "every example to one shape (e.g. imagenet_train_transform)"
-    )
-  return np.stack(examples)
-
-
-def _load_examples(
-  data: ArrayDataset | RandomAccessSource,
-  split: str,
-  indices: np.ndarray,
-  positions: np.ndarray,
-  seed: int,
-  transform: Transform | None,
-  executor: concurrent.futures.Executor | None,
-) -> tuple[np.ndarray, np.ndarray]:
-  """Gathers examples by index: (float32 inputs, int32 labels)."""
-  if isinstance(data, ArrayDataset):
-    x = data.normalize(getattr(data, f"x_{split}")[indices])
-    y = getattr(data, f"y_{split}")[indices]
-    if transform is not None:
-      x = _stack(
-        [transform(xi, _example_rng(seed, p)) for xi, p in zip(x, positions)],
-        "transformed examples",
-      )
-    return np.asarray(x, np.float32), y
-
-  def load_chunk(chunk: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, int]]:
-    chunk_indices, chunk_positions = chunk
-    items = _read_items(data, chunk_indices)
-    if transform is not None:
-      items = [
-        (transform(x, _example_rng(seed, int(p))), label)
-        for (x, label), p in zip(items, chunk_positions, strict=True)
-      ]
-    return items
-
-  # A task per chunk of examples, not per example: per-example futures cost
-  # more than reading an in-memory record (experiments/benchmarks, pipeline).
-  num_chunks = 1 if executor is None else max(1, min(len(indices) // _MIN_CHUNK, _MAX_CHUNKS))
-  chunks = list(zip(np.array_split(indices, num_chunks), np.array_split(positions, num_chunks)))
-  if executor is None or num_chunks == 1:
-    items = [item for chunk in chunks for item in load_chunk(chunk)]
-  else:
-    items = [item for part in executor.map(load_chunk, chunks) for item in part]
-  x = _stack([item[0] for item in items], "examples")
-  y = np.fromiter((item[1] for item in items), np.int32, count=len(items))
-  return np.asarray(x, np.float32), y
-
-
-# Chunks of a batch read by the thread pool: enough to keep a few reader
-# threads busy (PIL decoding and ArrayRecord reads release the GIL), few
-# enough that the per-task overhead stays small next to the reads.
-_MIN_CHUNK = 64
-_MAX_CHUNKS = 16
-
-
-def _read_items(data: RandomAccessSource, indices: np.ndarray) -> list[tuple[np.ndarray, int]]:
-  """Reads examples by index, in one ``__getitems__`` call where the source has one."""
-  if hasattr(data, "__getitems__"):
-    items = data.__getitems__([int(i) for i in indices])
-    if len(items) != len(indices):
-      raise ValueError(
-        f"{data!r}.__getitems__ returned {len(items)} examples for {len(indices)} indices"
-      )
-    return list(items)
-  return [data[int(i)] for i in indices]
 
 
 class _BatchPlan:
@@ -295,7 +74,7 @@ class _BatchPlan:
     lo = offset + self.process_index * local
     indices = stream_indices(self.seed, self.num_examples, lo, local)
     positions = np.arange(lo, lo + local)
-    x, y = _load_examples(
+    x, y = load_examples(
       self.data, "train", indices, positions, self.seed, self.transform, executor
     )
     if self.augment is not None:
@@ -407,18 +186,12 @@ class BatchIterator:
     prefetch: int = 2,
     num_threads: int | None = None,
   ):
-    _check_data(data)
-    seed = _check_int("seed", seed, 0)
-    process_count = _check_int("process_count", process_count, 1)
-    process_index = _check_int("process_index", process_index, 0)
-    if process_index >= process_count:
-      raise ValueError(
-        f"process_index={process_index} must be in [0, {process_count}) "
-        f"for process_count={process_count}"
-      )
-    prefetch = _check_int("prefetch", prefetch, 0)
+    check_data(data)
+    seed = check_int("seed", seed, 0)
+    process_index, process_count = check_process(process_index, process_count)
+    prefetch = check_int("prefetch", prefetch, 0)
     if num_threads is not None:
-      num_threads = _check_int("num_threads", num_threads, 1)
+      num_threads = check_int("num_threads", num_threads, 1)
     if not (callable(batch_size) or isinstance(batch_size, int | np.integer)) or isinstance(
       batch_size, bool
     ):
@@ -429,14 +202,14 @@ class BatchIterator:
       if fn is not None and not callable(fn):
         raise ValueError(f"{name} must be callable (x, rng) -> x or None, got {fn!r}")
     if start_step is not None:
-      start_step = _check_int("start_step", start_step, 0)
+      start_step = check_int("start_step", start_step, 0)
     if start is not None:
-      start = _check_int("start", start, 0)
+      start = check_int("start", start, 0)
     if start is None:
       start_step = start_step or 0
       start = offset_at_step(batch_size, start_step)
     elif start_step is None:
-      start_step = _step_at_offset(batch_size, start)
+      start_step = step_at_offset(batch_size, start)
     elif offset_at_step(batch_size, start_step) != start:
       raise ValueError(
         f"start={start} does not match start_step={start_step}: the batch-size "
@@ -542,15 +315,9 @@ def eval_batches(
   Yields:
     Batch dicts with `batch_size // process_count` rows.
   """
-  _check_data(data)
-  batch_size = _check_int("batch_size", batch_size, 1)
-  process_count = _check_int("process_count", process_count, 1)
-  process_index = _check_int("process_index", process_index, 0)
-  if process_index >= process_count:
-    raise ValueError(
-      f"process_index={process_index} must be in [0, {process_count}) "
-      f"for process_count={process_count}"
-    )
+  check_data(data)
+  batch_size = check_int("batch_size", batch_size, 1)
+  process_index, process_count = check_process(process_index, process_count)
   if batch_size % process_count:
     raise ValueError(f"batch_size {batch_size} is not divisible by process_count={process_count}")
   if split not in ("train", "test"):
@@ -569,14 +336,14 @@ def eval_batches(
     for batch_start in range(0, n, batch_size):
       lo = batch_start + process_index * local
       positions = np.arange(lo, min(lo + local, n))
-      x, y = _load_examples(data, split, positions, positions, 0, transform, executor)
+      x, y = load_examples(data, split, positions, positions, 0, transform, executor)
       mask = np.zeros(local, bool)
       mask[: len(positions)] = True
       if len(positions) < local:
         pad = local - len(positions)
         if len(positions) == 0:
           # Whole slice is padding: take the example shape from item 0.
-          x0, _ = _load_examples(
+          x0, _ = load_examples(
             data,
             split,
             np.zeros(1, np.int64),

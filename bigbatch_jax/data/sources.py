@@ -14,7 +14,6 @@ are born as floats (MNIST-1D, synthetic) are stored normalised already.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import random
@@ -24,14 +23,9 @@ from typing import Any
 
 import numpy as np
 
-# Leading words of the numpy seed keys used in this package. A SeedSequence
-# ignores trailing zeros ([s, 0] seeds like [s]), so every key has a fixed
-# length and a distinct leading tag: no two uses of one seed can collide.
-SEED_TAG_PERMUTATION = 0
-SEED_TAG_AUGMENT = 1
-SEED_TAG_TRANSFORM = 2
-SEED_TAG_SPLIT = 3
-SEED_TAG_SYNTHETIC = 4
+from bigbatch_jax.data.arrays import SEED_TAG_SYNTHETIC, ArrayDataset
+from bigbatch_jax.data.schedule import check_int
+from bigbatch_jax.data.tfds_sources import load_tfds_arrays
 
 _MNIST1D_CANONICAL_SEED = 42  # mnist1d.data.get_dataset_args() default.
 _CACHE_ENV = "BIGBATCH_JAX_CACHE"
@@ -45,123 +39,6 @@ DATASET_SPECS = (
   "tfds:cifar100",
   "tfds:caltech101",
 )
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ArrayDataset:
-  """A classification dataset held in memory as numpy arrays.
-
-  Attributes:
-    name: the spec it was loaded from, e.g. "mnist1d" or "tfds:cifar10".
-    x_train: (N, ...) inputs: float32 (already normalised) or uint8 images.
-    y_train: (N,) int32 labels in [0, num_classes).
-    x_test: (M, ...) inputs with the same example shape and dtype as x_train.
-    y_test: (M,) int32 labels.
-    num_classes: number of classes.
-    mean: for uint8 inputs, the per-channel mean in [0, 1] pixel units
-      (shape () or (C,)); None for float inputs.
-    std: for uint8 inputs, the per-channel standard deviation; None for
-      float inputs.
-  """
-
-  name: str
-  x_train: np.ndarray
-  y_train: np.ndarray
-  x_test: np.ndarray
-  y_test: np.ndarray
-  num_classes: int
-  mean: np.ndarray | None = None
-  std: np.ndarray | None = None
-
-  def __post_init__(self):
-    for split in ("train", "test"):
-      x = getattr(self, f"x_{split}")
-      y = getattr(self, f"y_{split}")
-      if not isinstance(x, np.ndarray) or x.dtype not in (np.uint8, np.float32):
-        raise ValueError(
-          f"{self.name}: x_{split} must be a uint8 or float32 numpy array, "
-          f"got {getattr(x, 'dtype', type(x).__name__)}"
-        )
-      if x.ndim < 2:
-        raise ValueError(f"{self.name}: x_{split} must have shape (N, ...), got {x.shape}")
-      if not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.ndim != 1:
-        raise ValueError(
-          f"{self.name}: y_{split} must be a 1-D int32 numpy array, got "
-          f"{getattr(y, 'dtype', type(y).__name__)} "
-          f"of shape {getattr(y, 'shape', None)}"
-        )
-      if len(x) != len(y):
-        raise ValueError(f"{self.name}: x_{split} has {len(x)} examples but y_{split} has {len(y)}")
-    if len(self.x_train) == 0:
-      raise ValueError(f"{self.name}: the training split is empty")
-    if self.x_train.dtype != self.x_test.dtype:
-      raise ValueError(
-        f"{self.name}: x_train is {self.x_train.dtype} but x_test is "
-        f"{self.x_test.dtype}; both splits must share a dtype"
-      )
-    if self.x_train.shape[1:] != self.x_test.shape[1:]:
-      raise ValueError(
-        f"{self.name}: train examples have shape {self.x_train.shape[1:]} but test "
-        f"examples have shape {self.x_test.shape[1:]}"
-      )
-    if not isinstance(self.num_classes, int) or self.num_classes < 1:
-      raise ValueError(f"{self.name}: num_classes must be a positive int, got {self.num_classes!r}")
-    for split in ("train", "test"):
-      y = getattr(self, f"y_{split}")
-      if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
-        bad = y.min() if y.min() < 0 else y.max()
-        raise ValueError(
-          f"{self.name}: y_{split} holds label {bad}, outside "
-          f"[0, {self.num_classes}) for num_classes={self.num_classes}"
-        )
-    is_uint8 = self.x_train.dtype == np.uint8
-    if is_uint8 != (self.mean is not None and self.std is not None):
-      raise ValueError(
-        f"{self.name}: uint8 inputs need mean and std (their normalisation) and "
-        f"float inputs need neither; got dtype {self.x_train.dtype} with "
-        f"mean={self.mean}, std={self.std}"
-      )
-    if is_uint8:
-      channels = self.x_train.shape[-1]
-      for field in ("mean", "std"):
-        value = np.asarray(getattr(self, field), np.float32)
-        if value.shape not in ((), (1,), (channels,)):
-          raise ValueError(
-            f"{self.name}: {field} must have shape () or ({channels},) to match "
-            f"the last input axis; got {value.shape}"
-          )
-        object.__setattr__(self, field, value)
-      if np.any(self.std <= 0):
-        raise ValueError(f"{self.name}: std must be positive, got {self.std}")
-
-  @property
-  def input_shape(self) -> tuple[int, ...]:
-    """Shape of one example (without the batch axis)."""
-    return tuple(self.x_train.shape[1:])
-
-  @property
-  def num_train(self) -> int:
-    """Number of training examples."""
-    return len(self.x_train)
-
-  @property
-  def num_test(self) -> int:
-    """Number of test examples."""
-    return len(self.x_test)
-
-  def normalize(self, x: np.ndarray) -> np.ndarray:
-    """Returns a float32 copy of gathered inputs, normalised for uint8 images.
-
-    uint8 images become `(x / 255 - mean) / std`; float inputs are stored
-    normalised already and are returned as float32.
-    """
-    if self.mean is None:
-      return np.asarray(x, np.float32)
-    if x.dtype != np.uint8:
-      raise ValueError(f"{self.name}: normalize expects uint8 images like x_train, got {x.dtype}")
-    scale = 1.0 / (255.0 * self.std)
-    shift = self.mean / self.std
-    return x.astype(np.float32) * scale - shift
 
 
 def load_dataset(spec: str, *, seed: int | None = None, **options: Any) -> ArrayDataset:
@@ -220,14 +97,12 @@ def load_dataset(spec: str, *, seed: int | None = None, **options: Any) -> Array
       raise ValueError(f"npz spec needs a path after 'npz:', e.g. 'npz:/data/x.npz'; got {spec!r}")
     return load_npz(path, **options)
   if spec.startswith("tfds:"):
-    from bigbatch_jax.data import tfds_sources
-
     name = spec[len("tfds:") :]
     allowed = ["data_dir", "download"]
     if name == "caltech101":
       allowed += ["image_size", "train_fraction"]
     _check_options(spec, options, tuple(allowed))
-    return tfds_sources.load_tfds_arrays(name, seed=0 if seed is None else seed, **options)
+    return load_tfds_arrays(name, seed=0 if seed is None else seed, **options)
   raise ValueError(f"unknown dataset spec {spec!r}; valid specs: {', '.join(DATASET_SPECS)}")
 
 
@@ -236,12 +111,6 @@ def _check_options(spec: str, options: Mapping[str, Any], allowed: tuple[str, ..
   if unknown:
     valid = ", ".join(allowed) if allowed else "none"
     raise ValueError(f"unknown option(s) {unknown} for dataset {spec!r}; valid options: {valid}")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-  return int(value)
 
 
 # --- MNIST-1D -------------------------------------------------------------------
@@ -322,7 +191,7 @@ def _mnist1d_pool(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def load_mnist1d(*, seed: int, num_samples: int = 5000, train_split: float = 0.8) -> ArrayDataset:
   """MNIST-1D generated locally (never downloaded) and cached; see `load_dataset`."""
-  num_samples = _check_int("mnist1d num_samples", num_samples, 10)
+  num_samples = check_int("mnist1d num_samples", num_samples, 10)
   if num_samples % 10:
     raise ValueError(
       f"mnist1d num_samples must be a multiple of 10 (equal examples per digit), got {num_samples}"
@@ -365,9 +234,9 @@ def make_synthetic(
   Class c has centroid mu_c ~ N(0, class_sep^2 I); an example is mu_y + N(0, I)
   with balanced labels, so nearest-centroid classification beats chance.
   """
-  num_train = _check_int("synthetic num_train", num_train, 1)
-  num_test = _check_int("synthetic num_test", num_test, 0)
-  num_classes = _check_int("synthetic num_classes", num_classes, 2)
+  num_train = check_int("synthetic num_train", num_train, 1)
+  num_test = check_int("synthetic num_test", num_test, 0)
+  num_classes = check_int("synthetic num_classes", num_classes, 2)
   shape = tuple(input_shape) if isinstance(input_shape, tuple | list) else None
   if not shape or any(
     isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1 for d in shape
@@ -474,7 +343,7 @@ def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Arra
       raise ValueError(f"{name}: label {labels.max()} does not fit in int32")
     num_classes = int(labels.max()) + 1
   else:
-    num_classes = _check_int("npz num_classes", num_classes, 1)
+    num_classes = check_int("npz num_classes", num_classes, 1)
     if labels.max() >= num_classes:
       raise ValueError(
         f"{name}: label {labels.max()} is out of range [0, {num_classes}) "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bigbatch_jax.data import augment
-from bigbatch_jax.data.sources import SEED_TAG_SPLIT, ArrayDataset
+from bigbatch_jax.data.arrays import SEED_TAG_SPLIT, ArrayDataset
 
 TFDS_IN_MEMORY = ("mnist", "cifar10", "cifar100", "caltech101")
 TFDS_STREAMED = ("imagenet2012",)

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import jax
 
-from bigbatch_jax.training.metrics import MetricsLog, fit_log_growth
-from bigbatch_jax.training.step import tree_distance, weight_distances
+from bigbatch_jax.training.metrics import fit_log_growth, read_metrics
+from bigbatch_jax.training.step import weight_distances
+from bigbatch_jax.transforms import tree_distance
 
 __all__ = [
   "fit_log_growth",
@@ -53,12 +54,8 @@ def weight_distance_series(path: str, key: str = "weight_distance") -> tuple[lis
   Returns:
     ``(steps, distances)`` as lists of floats.
   """
-  if os.path.isdir(path):
-    path = os.path.join(path, "metrics.jsonl")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no metrics file at {path}")
   steps, distances = [], []
-  for record in MetricsLog(path).read():
+  for record in read_metrics(path):
     value = record.get(key)
     if isinstance(value, int | float) and math.isfinite(value) and record["step"] > 0:
       steps.append(float(record["step"]))

@@ -24,14 +24,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax import lax
 
 from bigbatch_jax import data as data_lib
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
-from bigbatch_jax.training import loop
 from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training.checkpoint import Checkpointer
+from bigbatch_jax.training.loss import correct, cross_entropy, eval_logits
+from bigbatch_jax.training.setup import build_model, norm_layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +123,9 @@ def load_run(
     A :class:`Run`.
   """
   config = read_config(workdir, defaults)
-  dataset = loop.load_data(config) if dataset is None else dataset
+  dataset = data_lib.load_data(config) if dataset is None else dataset
   plan = plan_lib.make_plan(config, dataset.num_train, num_devices=1)
-  model = loop.build_model(config, dataset.num_classes, plan_lib.norm_layer(plan, config, None))
+  model = build_model(config, dataset.num_classes, norm_layer(plan, config, None))
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
     steps = checkpointer.all_steps()
@@ -209,8 +209,7 @@ def eval_loss_fn(model, batch_stats, batches: dict[str, jax.Array]):
 
   def loss_fn(params):
     def one(batch):
-      logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["x"], train=False)
-      return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]))
+      return cross_entropy(eval_logits(model, params, batch_stats, batch["x"]), batch["y"])
 
     return jnp.mean(lax.map(one, batches))
 
@@ -221,8 +220,7 @@ def eval_grad_fn(model, batch_stats):
   """(params, batch) -> gradient of the batch-mean loss, batch norm in evaluation mode."""
 
   def loss(params, batch):
-    logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["x"], train=False)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]))
+    return cross_entropy(eval_logits(model, params, batch_stats, batch["x"]), batch["y"])
 
   return jax.grad(loss)
 
@@ -238,7 +236,7 @@ def batch_stats_fn(run: Run):
   norm = functools.partial(
     GhostBatchNorm, ghost_batch_size=None, momentum=0.0, epsilon=run.config.bn_epsilon
   )
-  model = loop.build_model(run.config, run.dataset.num_classes, norm)
+  model = build_model(run.config, run.dataset.num_classes, norm)
 
   def stats(params, x):
     _, updates = model.apply(
@@ -257,9 +255,8 @@ def classification_metrics(model, params, batch_stats, batches) -> dict[str, jax
   """Mean loss and accuracy over stacked batches in evaluation mode (jittable)."""
 
   def one(batch):
-    logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["x"], train=False)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
-    return jnp.mean(losses), jnp.mean(jnp.argmax(logits, -1) == batch["y"])
+    logits = eval_logits(model, params, batch_stats, batch["x"])
+    return cross_entropy(logits, batch["y"]), jnp.mean(correct(logits, batch["y"]))
 
   losses, accuracies = lax.map(one, batches)
   return {"loss": jnp.mean(losses), "accuracy": jnp.mean(accuracies)}

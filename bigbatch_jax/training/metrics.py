@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -42,10 +43,35 @@ class MetricsLog:
       f.write(json.dumps(_plain(record)) + "\n")
 
   def read(self) -> list[dict]:
-    if not os.path.exists(self.path):
-      return []
-    with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    return read_metrics(self.path) if os.path.exists(self.path) else []
+
+
+def read_metrics(path: str) -> list[dict]:
+  """The records of a run's ``metrics.jsonl`` (``path`` is the file or the run's workdir)."""
+  if os.path.isdir(path):
+    path = os.path.join(path, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no metrics file at {path}")
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def distances_at_drops(workdir: str) -> tuple[float, ...]:
+  """||w - w0|| of a finished run at each of its learning-rate drops (Hoffer section 5).
+
+  Reads ``metrics.jsonl`` and takes the weight distance logged last before
+  each drop of the logged learning rate (finer logging gives closer values).
+  """
+  if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    raise FileNotFoundError(f"config.drop_distances_from: no metrics.jsonl in {workdir}")
+  records = [r for r in read_metrics(workdir) if "lr" in r and "weight_distance" in r]
+  distances = []
+  for before, after in itertools.pairwise(records):
+    if after["lr"] < before["lr"] * (1 - 1e-6):
+      distances.append(float(before["weight_distance"]))
+  if not distances:
+    raise ValueError(f"the run in {workdir} logged no learning-rate drop to take distances from")
+  return tuple(distances)
 
 
 def _plain(record: dict) -> dict:

@@ -17,18 +17,10 @@ from jax import lax
 
 from bigbatch_jax import transforms
 from bigbatch_jax.noise import multiplicative_noise_weights
+from bigbatch_jax.training.loss import correct, cross_entropy, eval_logits
 from bigbatch_jax.training.state import TrainState
 
 AXIS = "batch"
-
-
-def tree_distance(a, b) -> jax.Array:
-  """The Euclidean norm of a - b over all leaves."""
-  return optax.global_norm(jax.tree.map(jnp.subtract, a, b))
-
-
-def _squared_distance(a, b) -> jax.Array:
-  return sum(jnp.sum(jnp.square(x - y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def weight_distances(params, initial_params) -> dict[str, jax.Array]:
@@ -39,22 +31,14 @@ def weight_distances(params, initial_params) -> dict[str, jax.Array]:
   optimizer, measured by experiments/benchmarks).
   """
   if not isinstance(params, dict):
-    return {"weight_distance": tree_distance(params, initial_params)}
-  squared = {name: _squared_distance(params[name], initial_params[name]) for name in params}
+    return {"weight_distance": transforms.tree_distance(params, initial_params)}
+  squared = {
+    name: transforms.squared_distance(params[name], initial_params[name]) for name in params
+  }
   distances = {"weight_distance": jnp.sqrt(sum(squared.values()))}
   for name, value in squared.items():
     distances[f"weight_distance/{name}"] = jnp.sqrt(value)
   return distances
-
-
-def _distance_drop_scale(opt_state) -> jax.Array:
-  """factor**drops of a scale_by_distance_drops in the optimizer, else 1 (for logging)."""
-  for state in jax.tree.leaves(
-    opt_state, is_leaf=lambda x: isinstance(x, transforms.DistanceDropsState)
-  ):
-    if isinstance(state, transforms.DistanceDropsState):
-      return state.drop_factor**state.num_drops
-  return jnp.ones([], jnp.float32)
 
 
 def _local_noise_weights(key, local_batch: int, num_replicas: int, variance: float):
@@ -68,6 +52,32 @@ def _local_noise_weights(key, local_batch: int, num_replicas: int, variance: flo
   return lax.dynamic_slice_in_dim(weights, start, local_batch)
 
 
+def apply_nonfinite_policy(state: TrainState, new: TrainState, loss, grad_norm, skip: bool):
+  """``new`` with the run's policy for a non-finite loss or gradient applied.
+
+  With ``skip`` a non-finite update keeps ``state``'s parameters, statistics
+  and optimizer state and counts the skip; otherwise the update stands and
+  the first such step and what was not finite (1 loss, 2 gradient, 3 both)
+  are recorded for the loop to stop at.
+  """
+  loss_ok, grad_ok = jnp.isfinite(loss), jnp.isfinite(grad_norm)
+  finite = loss_ok & grad_ok
+  if skip:
+    keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)  # noqa: E731
+    return new.replace(
+      params=keep(new.params, state.params),
+      batch_stats=keep(new.batch_stats, state.batch_stats),
+      opt_state=keep(new.opt_state, state.opt_state),
+      skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+    )
+  first = (state.nonfinite_step < 0) & ~finite
+  kind = jnp.where(loss_ok, 0, 1) + jnp.where(grad_ok, 0, 2)
+  return new.replace(
+    nonfinite_step=jnp.where(first, state.step, state.nonfinite_step),
+    nonfinite_kind=jnp.where(first, kind, state.nonfinite_kind),
+  )
+
+
 def train_step(
   state: TrainState,
   batch: dict[str, jax.Array],
@@ -78,6 +88,7 @@ def train_step(
   num_replicas: int,
   noise_variance: float = 0.0,
   skip_nonfinite: bool = False,
+  lr_scale: Callable[[optax.OptState], jax.Array] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update on one device's shard of the global batch.
 
@@ -89,10 +100,9 @@ def train_step(
     learning_rate: the effective learning-rate schedule, for logging.
     num_replicas: devices along the "batch" axis (static).
     noise_variance: multiplicative noise sigma**2 (Hoffer section 4); 0: off.
-    skip_nonfinite: on a non-finite loss or gradient, keep the previous
-      parameters, statistics and optimizer state and count the skip; without
-      it the step is applied and the first such step is recorded (the loop
-      stops there).
+    skip_nonfinite: see :func:`apply_nonfinite_policy`.
+    lr_scale: opt_state -> a further factor on the logged learning rate (the
+      "dist" drops, ``optimizer.distance_drop_scale``), or None.
 
   Returns:
     The new state and replicated scalar metrics.
@@ -101,7 +111,9 @@ def train_step(
   noise_key, dropout_key = jax.random.split(step_key)
   dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(AXIS))
   x, y = batch["x"], batch["y"]
-  local_batch = y.shape[0]
+  weights = None
+  if noise_variance:
+    weights = _local_noise_weights(noise_key, y.shape[0], num_replicas, noise_variance)
 
   def loss_fn(params):
     logits, updates = model.apply(
@@ -111,13 +123,8 @@ def train_step(
       mutable=["batch_stats"],
       rngs={"dropout": dropout_key},
     )
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    if noise_variance:
-      weights = _local_noise_weights(noise_key, local_batch, num_replicas, noise_variance)
-      objective = jnp.mean(weights * losses)
-    else:
-      objective = jnp.mean(losses)
-    return objective, (jnp.mean(losses), logits, updates["batch_stats"])
+    objective = cross_entropy(logits, y, weights)
+    return objective, (cross_entropy(logits, y), logits, updates["batch_stats"])
 
   grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = lax.pmean(grads, AXIS)
@@ -126,43 +133,22 @@ def train_step(
   batch_stats = lax.pmean(batch_stats, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-  loss, accuracy = lax.pmean((loss, accuracy), AXIS)
+  loss, accuracy = lax.pmean((loss, jnp.mean(correct(logits, y))), AXIS)
   grad_norm = optax.global_norm(grads)
-  loss_ok, grad_ok = jnp.isfinite(loss), jnp.isfinite(grad_norm)
-  finite = loss_ok & grad_ok
-  skipped_steps = state.skipped_steps
-  if skip_nonfinite:
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    params = keep(params, state.params)
-    batch_stats = keep(batch_stats, state.batch_stats)
-    opt_state = keep(opt_state, state.opt_state)
-    skipped_steps = skipped_steps + (~finite).astype(jnp.int32)
-    nonfinite_step, nonfinite_kind = state.nonfinite_step, state.nonfinite_kind
-  else:
-    first = (state.nonfinite_step < 0) & ~finite
-    kind = jnp.where(loss_ok, 0, 1) + jnp.where(grad_ok, 0, 2)
-    nonfinite_step = jnp.where(first, state.step, state.nonfinite_step)
-    nonfinite_kind = jnp.where(first, kind, state.nonfinite_kind)
+  new_state = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+  new_state = apply_nonfinite_policy(state, new_state, loss, grad_norm, skip_nonfinite)
+  lr = learning_rate(state.step)
+  if lr_scale is not None:
+    lr = lr * lr_scale(new_state.opt_state)
   metrics = {
     "loss": loss,
     "train_batch_accuracy": accuracy,
     "grad_norm": grad_norm,
-    "lr": learning_rate(state.step) * _distance_drop_scale(opt_state),
-    "skipped_steps": skipped_steps,
-    **weight_distances(params, state.initial_params),
+    "lr": lr,
+    "skipped_steps": new_state.skipped_steps,
+    **weight_distances(new_state.params, state.initial_params),
   }
-  new_state = state.replace(
-    step=state.step + 1,
-    params=params,
-    batch_stats=batch_stats,
-    opt_state=opt_state,
-    nonfinite_step=nonfinite_step,
-    nonfinite_kind=nonfinite_kind,
-    skipped_steps=skipped_steps,
-  )
-  return new_state, metrics
+  return new_state.replace(step=state.step + 1), metrics
 
 
 def train_steps(state: TrainState, batches: dict[str, jax.Array], **kwargs):
@@ -176,15 +162,11 @@ def train_steps(state: TrainState, batches: dict[str, jax.Array], **kwargs):
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model) -> dict[str, jax.Array]:
   """Summed loss, correct predictions and count on one shard, with running statistics."""
-  logits = model.apply(
-    {"params": state.params, "batch_stats": state.batch_stats}, batch["x"], train=False
-  )
+  logits = eval_logits(model, state.params, state.batch_stats, batch["x"])
   mask = batch["mask"].astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
-  correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
   sums = {
-    "loss_sum": jnp.sum(losses * mask),
-    "correct": jnp.sum(correct * mask),
+    "loss_sum": cross_entropy(logits, batch["y"], mask, reduction="sum"),
+    "correct": jnp.sum(correct(logits, batch["y"]).astype(jnp.float32) * mask),
     "count": jnp.sum(mask),
   }
   return lax.psum(sums, AXIS)

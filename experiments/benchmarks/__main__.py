@@ -4,6 +4,8 @@
   python -m experiments.benchmarks --quick               # smaller sizes
   python -m experiments.benchmarks --parts=step,overheads --rounds=15
 
+Flags are absl flags, as in the other entry points (--helpfull lists them).
+
 Parts: step (throughput vs BatchNorm, the chunked reference and the jnp.dot
 peak, with a profile), overheads (optional parts vs the plain step), pipeline
 (epoch vs steps x step), compile_memory (compilations, peak RSS), scaling
@@ -13,13 +15,14 @@ as medians and ratios; the machine's load is recorded with them.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
 import time
+import types
 
 import jax
+from absl import app, flags
 
 from bigbatch_jax.training.host_memory import retain_freed_host_memory
 from experiments.benchmarks import (
@@ -62,46 +65,52 @@ QUICK = {
 }
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog="python -m experiments.benchmarks", description=__doc__.split("\n\n")[0]
+_PARTS = flags.DEFINE_list("parts", list(PARTS), f"parts to run, of {list(PARTS)}")
+flags.DEFINE_bool("quick", False, "smaller sizes")
+flags.DEFINE_integer("batch", None, "global batch (4096; --quick 1024)")
+flags.DEFINE_integer("hidden", 512, "F1's width (512 in the paper)")
+flags.DEFINE_integer("rounds", None, "interleaved timing rounds")
+flags.DEFINE_integer("peak_size", None, "N of the N x N jnp.dot peak probe")
+flags.DEFINE_integer("epoch_steps", None, "steps of a pipeline/compile epoch")
+flags.DEFINE_integer("epoch_repeats", None, "alternating (epoch, pure) repeats")
+flags.DEFINE_list("memory_batches", None, "batches of the memory table, e.g. 1024,4096")
+flags.DEFINE_list("devices", ["1", "2", "4"], "simulated device counts of the scaling table")
+flags.DEFINE_integer(
+  "inner",
+  None,
+  "calls per timing, averaged (1 on the CPU; 50 on an accelerator, whose steps are short "
+  "enough for dispatch to matter)",
+)
+flags.DEFINE_integer(
+  "profile", None, "profile the GBN step (CPU): 0 or 1", lower_bound=0, upper_bound=1
+)
+flags.DEFINE_integer("profile_steps", 3, "steps of the profile")
+flags.DEFINE_string("output", RESULTS, "the markdown results file")
+FLAGS = flags.FLAGS
+
+
+def options() -> types.SimpleNamespace:
+  """The flags as the parts read them (``args.batch``, ...), the preset filling unset sizes."""
+  args = types.SimpleNamespace(
+    **{name: FLAGS[name].value for name in (*FULL, "hidden", "inner", "profile_steps", "output")}
   )
-  parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {list(PARTS)}")
-  parser.add_argument("--quick", action="store_true", help="smaller sizes")
-  parser.add_argument("--batch", type=int, help="global batch (4096; --quick 1024)")
-  parser.add_argument("--hidden", type=int, default=512, help="F1's width (512 in the paper)")
-  parser.add_argument("--rounds", type=int, help="interleaved timing rounds")
-  parser.add_argument("--peak-size", type=int, help="N of the N x N jnp.dot peak probe")
-  parser.add_argument("--epoch-steps", type=int, help="steps of a pipeline/compile epoch")
-  parser.add_argument("--epoch-repeats", type=int, help="alternating (epoch, pure) repeats")
-  parser.add_argument(
-    "--memory-batches", type=lambda s: [int(x) for x in s.split(",")], help="e.g. 1024,4096"
-  )
-  parser.add_argument("--devices", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
-  parser.add_argument(
-    "--inner",
-    type=int,
-    help="calls per timing, averaged (1 on the CPU; 50 on an accelerator, whose steps are "
-    "short enough for dispatch to matter)",
-  )
-  parser.add_argument("--profile", type=int, choices=[0, 1], help="profile the GBN step (CPU)")
-  parser.add_argument("--profile-steps", type=int, default=3)
-  parser.add_argument("--output", default=RESULTS, help="the markdown results file")
-  args = parser.parse_args(argv)
-  defaults = QUICK if args.quick else FULL
+  defaults = QUICK if FLAGS.quick else FULL
   for key, value in defaults.items():
     if getattr(args, key) is None:
       setattr(args, key, value)
-  args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+  args.memory_batches = [int(b) for b in args.memory_batches]
+  args.devices = [int(d) for d in FLAGS.devices]
+  args.parts = [p.strip() for p in _PARTS.value if p.strip()]
   unknown = sorted(set(args.parts) - set(PARTS))
   if unknown:
-    parser.error(f"unknown parts {unknown}; valid: {list(PARTS)}")
+    raise app.UsageError(f"unknown parts {unknown}; valid: {list(PARTS)}")
   return args
 
 
-def main(argv: list[str] | None = None) -> None:
-  argv = sys.argv[1:] if argv is None else argv
-  args = parse_args(argv)
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  args = options()
   # As the launch scripts do (bigbatch_jax/training/host_memory.py); the step
   # part also times a fresh process without it.
   retained = retain_freed_host_memory()
@@ -126,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[{name}] {time.perf_counter() - part_start:.0f} s", flush=True)
   machine["load average at end"] = timing.load_average()
   machine["benchmark wall time"] = f"{time.perf_counter() - start:.0f} s"
-  command = "python -m experiments.benchmarks " + shlex.join(argv)
+  command = "python -m experiments.benchmarks " + shlex.join(sys.argv[1:])
   preface = (
     "The machine is shared: absolute times move with its load (recorded below), so "
     "every comparison is a ratio of candidates timed interleaved in the same rounds. "
@@ -137,4 +146,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

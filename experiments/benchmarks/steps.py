@@ -1,9 +1,10 @@
 """The train steps the benchmarks time, built through the library as a run builds them.
 
-``build_step`` goes config -> ``make_plan`` -> ``norm_layer`` / F1 /
-``make_optimizer`` -> ``shard_train_step(train_step)``: what
-``train_and_evaluate`` runs. ``chunked_reference_step`` is the bigBatch
-``main_gbn.py`` algorithm in JAX, and ``step_flops`` counts the dots.
+``build_step`` goes config -> ``make_plan`` -> ``set_up_run`` (the run
+set-up ``train_and_evaluate`` uses: model, keys, optimizer, state, step
+arguments) -> ``shard_train_step(train_step)``: what the loop runs.
+``chunked_reference_step`` is the bigBatch ``main_gbn.py`` algorithm in JAX,
+and ``step_flops`` counts the dots.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import numpy as np
 import optax
 from jax import lax
 
-from bigbatch_jax import models, training
+from bigbatch_jax import training
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.training import setup as setup_lib
 from bigbatch_jax.training import step as step_lib
+from bigbatch_jax.training.loss import cross_entropy
 from experiments.configs import f1
 
 INPUT_DIM = 784
@@ -66,6 +69,15 @@ def f1_config(variant: str = "lb+lr+gbn", batch_size: int = 4096, **overrides):
     for part in path:
       target = target[part]
     target[leaf] = value
+  return config
+
+
+def _with_f1_model(config, hidden: int, depth: int):
+  """A copy of ``config`` building F1 of ``hidden`` x ``depth`` (the benchmarks' model)."""
+  config = config.copy_and_resolve_references()
+  config.model = "f1"
+  config.model_options.hidden = hidden
+  config.model_options.depth = depth
   return config
 
 
@@ -130,27 +142,9 @@ def build_step(
     raise ValueError(f"outputs={outputs!r}; valid: {OUTPUTS}")
   mesh = parallel.make_mesh(num_devices)
   plan = plan_lib.make_plan(config, NUM_TRAIN, mesh.size)
-  if norm is None:
-    norm = plan_lib.norm_layer(plan, config, axis_name=step_lib.AXIS)
-  options = {"hidden": hidden, "depth": depth}
-  if config.compute_dtype != "float32":
-    options["dtype"] = jnp.dtype(config.compute_dtype)  # as train_and_evaluate's build_model
-  model = models.get_model("f1", NUM_CLASSES, norm=norm, **options)
-  state_key, noise_key = jax.random.split(jax.random.key(seed))
-  tx = plan_lib.make_optimizer(plan, noise_key, (config.noise_alpha, config.noise_gamma))
-  example = jnp.zeros((1, *input_shape), jnp.float32)
-  init = jax.jit(
-    lambda key: training.create_train_state(model, tx, example, key),
-    out_shardings=parallel.replicated(mesh),
-  )
-  state = init(state_key)
-  static = {
-    "model": model,
-    "tx": tx,
-    "learning_rate": plan_lib.lr_schedule(plan),
-    "noise_variance": plan.noise_variance,
-    "skip_nonfinite": config.nonfinite_policy == "skip",
-  }
+  config = _with_f1_model(config, hidden, depth)
+  run = training.set_up_run(config, plan, mesh, NUM_CLASSES, input_shape, norm=norm, seed=seed)
+  state, static = run.state, run.step_args
   step_fn = _outputs_only(outputs)
   if steps_per_call > 1:
     fn = parallel.shard_train_step(step_lib.train_steps, mesh, stacked=True, **static)
@@ -213,9 +207,9 @@ def chunked_reference_step(config, *, seed: int = 0) -> Built:
   ghost = plan.ghost_batch_size or plan.base_batch_size
   num_chunks = plan.batch_size // ghost
   norm = flax_batch_norm(config, axis_name=None)
-  model = models.get_model("f1", NUM_CLASSES, norm=norm, hidden=512, depth=5)
-  state_key, noise_key = jax.random.split(jax.random.key(seed))
-  tx = plan_lib.make_optimizer(plan, noise_key, (config.noise_alpha, config.noise_gamma))
+  model = setup_lib.build_model(_with_f1_model(config, 512, 5), NUM_CLASSES, norm)
+  state_key, noise_key = setup_lib.run_keys(seed)
+  tx = setup_lib.run_optimizer(plan, config, noise_key)
   example = jnp.zeros((1, INPUT_DIM), jnp.float32)
 
   @jax.jit
@@ -229,8 +223,7 @@ def chunked_reference_step(config, *, seed: int = 0) -> Built:
       logits, updates = model.apply(
         {"params": p, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
       )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      return loss, (logits, updates["batch_stats"])
+      return cross_entropy(logits, y), (logits, updates["batch_stats"])
 
     return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -243,7 +236,7 @@ def chunked_reference_step(config, *, seed: int = 0) -> Built:
       grads_sum, batch_stats, loss_sum, correct = carry
       x, y = chunk
       grads, (logits, batch_stats) = chunk_grads(state["params"], batch_stats, x, y)
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      loss = cross_entropy(logits, y)
       grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
       correct = correct + jnp.mean(jnp.argmax(logits, -1) == y)
       return (grads_sum, batch_stats, loss_sum + loss, correct), None

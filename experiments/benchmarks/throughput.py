@@ -34,9 +34,9 @@ def _fraction_of_peak(
   return updates * flops / peak_flops * t.ratio("jnp.dot peak", name)
 
 
-def run(args) -> list[Section]:
+def _candidates(args, config) -> tuple[dict, dict[str, int], dict[str, steps.Built]]:
+  """(name -> zero-argument call, updates per call, the profiled steps) of the step table."""
   batch = args.batch
-  config = steps.f1_config("lb+lr+gbn", batch)
   gbn = steps.build_step(config, hidden=args.hidden)
   bn = steps.build_step(config, norm=steps.flax_batch_norm(config), hidden=args.hidden)
   two_pass = steps.build_step(
@@ -61,13 +61,13 @@ def run(args) -> list[Section]:
     candidates[f"dots only, {batch // ghost} chunks of {ghost}"] = steps.step_dots(
       batch, args.hidden, chunk=ghost
     )
-  t = timing.interleaved(candidates, rounds=args.rounds, inner=args.inner)
+  return candidates, per_call, {"GhostBatchNorm step": gbn, TWO_PASS: two_pass}
 
-  flops = steps.step_flops(batch, args.hidden)
-  peak_flops = steps.matmul_flops(args.peak_size)
-  peak_rate = peak_flops / t.median("jnp.dot peak")
+
+def _rows(t: timing.Timings, names, per_call, batch: int, flops: int, peak_flops: int):
+  """One table row per candidate: per-update time, spread, rates, fraction of peak, vs GBN."""
   rows = []
-  for name in candidates:
+  for name in names:
     k = per_call.get(name, 1)
     seconds = t.median(name) / k
     lo, hi = (x / k for x in t.spread(name))
@@ -85,6 +85,11 @@ def run(args) -> list[Section]:
         "" if name == "jnp.dot peak" else f"{t.ratio(name, 'GhostBatchNorm step') / k:.3f}",
       ]
     )
+  return rows
+
+
+def _targets(t: timing.Timings, flops: int, peak_flops: int) -> list[Target]:
+  """The step's targets: GBN vs BatchNorm, the chunked reference's speed-up, fraction of peak."""
   gbn_vs_bn = t.ratio("GhostBatchNorm step", "flax BatchNorm step")
   fraction = _fraction_of_peak(t, "GhostBatchNorm step", flops, peak_flops)
   dots_fraction = _fraction_of_peak(t, "dots only", flops, peak_flops)
@@ -109,7 +114,7 @@ def run(args) -> list[Section]:
       f"{two_pass_fraction:.3f}; see 'Host memory' and the profile below",
     ),
   ]
-  if "chunked reference" in candidates:
+  if "chunked reference" in t.seconds:
     speedup = t.ratio("chunked reference", "GhostBatchNorm step")
     targets.insert(
       1,
@@ -121,6 +126,17 @@ def run(args) -> list[Section]:
         "see 'Reading the step numbers'",
       ),
     )
+  return targets
+
+
+def run(args) -> list[Section]:
+  batch = args.batch
+  config = steps.f1_config("lb+lr+gbn", batch)
+  candidates, per_call, profiled = _candidates(args, config)
+  t = timing.interleaved(candidates, rounds=args.rounds, inner=args.inner)
+  flops = steps.step_flops(batch, args.hidden)
+  peak_flops = steps.matmul_flops(args.peak_size)
+  peak_rate = peak_flops / t.median("jnp.dot peak")
   text = (
     f"F1 (784-{args.hidden}x5-10) at batch {batch}, {args.rounds} interleaved rounds; "
     f"median ms and the 25-75% range over rounds. FLOPs counted from the dots: "
@@ -137,20 +153,19 @@ def run(args) -> list[Section]:
     Section(
       f"Train-step throughput (batch {batch})",
       ["step", "ms", "IQR ms", "examples/s", "GFLOP/s", "fraction of peak", "vs GBN"],
-      rows,
+      _rows(t, candidates, per_call, batch, flops, peak_flops),
       text,
-      targets,
+      _targets(t, flops, peak_flops),
     )
   ]
   if jax.default_backend() == "cpu":
     sections.append(_host_memory_section(args))
-  if jax.default_backend() == "cpu":
     sections.append(Section("Reading the step numbers", [], [], ANALYSIS))
   else:
     sections.append(Section("Reading the step numbers", [], [], _accelerator_notes(t, batch)))
   if args.profile:
-    sections += _profile_sections(gbn, "GhostBatchNorm step", args)
-    sections += _profile_sections(two_pass, TWO_PASS, args)
+    for name, built in profiled.items():
+      sections += _profile_sections(built, name, args)
   return sections
 
 
@@ -226,7 +241,7 @@ def _host_memory_section(args) -> Section:
         "host_memory",
         f"--batch={args.batch}",
         f"--hidden={args.hidden}",
-        f"--peak-size={args.peak_size}",
+        f"--peak_size={args.peak_size}",
         f"--steps={args.rounds}",
         f"--retain={retain}",
       ]

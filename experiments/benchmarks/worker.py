@@ -14,11 +14,12 @@ unless ``--retain=0``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
 import time
+
+from absl import app, flags
 
 from bigbatch_jax.training.host_memory import retain_freed_host_memory
 
@@ -129,25 +130,25 @@ def host_memory(args) -> dict:
   }
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("what", choices=["memory", "scaling", "host_memory"])
-  parser.add_argument("--batch", type=int, required=True)
-  parser.add_argument("--hidden", type=int, default=512)
-  parser.add_argument("--donate", type=int, default=1)
-  parser.add_argument("--devices", type=int, default=1)
-  parser.add_argument("--steps", type=int, default=3)
-  parser.add_argument("--ghost", type=int, default=128, help="ghost batch size (scaling)")
-  parser.add_argument("--peak-size", type=int, default=4096, help="N of the jnp.dot peak probe")
-  parser.add_argument(
-    "--retain", type=int, default=1, help="retain_freed_host_memory, as the launch scripts do"
-  )
-  args = parser.parse_args()
+flags.DEFINE_integer("batch", None, "global batch", required=True)
+flags.DEFINE_integer("hidden", 512, "F1's width")
+flags.DEFINE_integer("donate", 1, "donate the state to the step (memory)")
+flags.DEFINE_integer("devices", 1, "devices of the mesh (scaling)")
+flags.DEFINE_integer("steps", 3, "updates or timing rounds")
+flags.DEFINE_integer("ghost", 128, "ghost batch size (scaling)")
+flags.DEFINE_integer("peak_size", 4096, "N of the jnp.dot peak probe (host_memory)")
+flags.DEFINE_integer("retain", 1, "retain_freed_host_memory, as the launch scripts do")
+MEASUREMENTS = {"memory": memory, "scaling": scaling, "host_memory": host_memory}
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2 or argv[1] not in MEASUREMENTS:
+    raise app.UsageError(f"give one measurement of {list(MEASUREMENTS)}, got {argv[1:]}")
+  args = flags.FLAGS
   if args.retain:
     retain_freed_host_memory()  # before JAX starts
-  result = {"memory": memory, "scaling": scaling, "host_memory": host_memory}[args.what](args)
-  print("RESULT " + json.dumps(result))
+  print("RESULT " + json.dumps(MEASUREMENTS[argv[1]](args)))
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -57,8 +57,13 @@ def paper_row(
 
 
 def shrink_to_quick(config: ml_collections.ConfigDict, epochs: float = 3.0) -> None:
-  """The same regime shape over ``epochs`` epochs (times r with "ra"): a smoke run."""
-  scale = epochs / config.regime.epochs
-  config.regime.drop_epochs = tuple(round(e * scale, 6) for e in config.regime.drop_epochs)
+  """The same regime shape over ``epochs`` epochs (times r with "ra"): a smoke run.
+
+  The drops become fractions of training, so a later ``--config.regime.epochs``
+  moves them along (the plan derives the drop epochs).
+  """
+  declared = config.regime.epochs
+  config.regime.drop_fractions = tuple(e / declared for e in config.regime.drop_epochs)
+  config.regime.drop_epochs = ()
   config.regime.epochs = epochs
   config.log_every_steps = 10

@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.regime.weight_decay = 0.0
   config.regime.epochs = 10.0
   config.regime.drop_epochs = ()  # epochs at which lr *= drop_factor
+  # Or the drops as fractions of regime.epochs (used when drop_epochs is empty):
+  # they follow a later --config.regime.epochs override.
+  config.regime.drop_fractions = ()
   config.regime.drop_factor = 0.1
   config.regime.nesterov = False
   config.num_epochs = placeholder(

@@ -1,0 +1,131 @@
+"""A run's data from its config: the dataset (in memory or streamed) and its preprocessing."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import ml_collections
+
+from bigbatch_jax.data.arrays import ArrayDataset
+from bigbatch_jax.data.augment import (
+  cifar_augment,
+  imagenet_eval_transform,
+  imagenet_train_transform,
+)
+from bigbatch_jax.data.gather import RandomAccessSource
+from bigbatch_jax.data.sources import load_dataset
+from bigbatch_jax.data.tfds_sources import TFDS_STREAMED, TfdsStreamSource
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedDataset:
+  """A dataset too large for memory (ImageNet): two splits decoded on demand.
+
+  It has the attributes of ``ArrayDataset`` that the training loop and the
+  plan read (``num_train``, ``num_test``, ``num_classes``, ``input_shape``);
+  the examples come from ``train`` and ``test``, random-access sources of
+  decoded images of any size, which the config's transforms crop to
+  ``input_shape``.
+  """
+
+  name: str
+  train: RandomAccessSource
+  test: RandomAccessSource
+  num_classes: int
+  input_shape: tuple[int, ...]
+
+  @property
+  def num_train(self) -> int:
+    return len(self.train)
+
+  @property
+  def num_test(self) -> int:
+    return len(self.test)
+
+
+AUGMENTATIONS = ("none", "cifar", "imagenet")
+
+
+def _streamed_tfds_name(spec: str) -> str | None:
+  """The tfds name when ``spec`` is a streamed tfds dataset ("tfds:imagenet2012"), else None."""
+  name = spec[len("tfds:") :] if spec.startswith("tfds:") else None
+  return name if name in TFDS_STREAMED else None
+
+
+def load_data(config: ml_collections.ConfigDict) -> ArrayDataset | StreamedDataset:
+  """The config's dataset: in memory, or streamed for tfds:imagenet2012."""
+  streamed = _streamed_tfds_name(config.dataset)
+  if streamed is not None:
+    # ImageNet does not fit in memory: open the splits, decode per example.
+    splits = [
+      TfdsStreamSource(streamed, split, data_dir=config.tfds_data_dir)
+      for split in (config.tfds_train_split, config.tfds_eval_split)
+    ]
+    size = config.image_size
+    return StreamedDataset(config.dataset, *splits, splits[0].num_classes, (size, size, 3))
+  options = {}
+  if config.dataset == "mnist1d":
+    options["num_samples"] = config.mnist1d_num_samples
+  if config.dataset.startswith("tfds:"):
+    if config.tfds_data_dir is not None:
+      options["data_dir"] = config.tfds_data_dir
+    if config.dataset == "tfds:caltech101":
+      options["image_size"] = config.image_size
+  return load_dataset(config.dataset, seed=config.data_seed, **options)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputPipeline:
+  """The config's preprocessing: a batch augmentation and per-example transforms."""
+
+  augment: Any  # (x, rng) -> x on the float32 training batch, or None
+  train_transform: Any  # (example, rng) -> x for each training example, or None
+  eval_transform: Any  # (example, rng) -> x for each evaluated example, or None
+
+
+def input_pipeline(config: ml_collections.ConfigDict, dataset) -> InputPipeline:
+  """The augmentation and transforms ``config.augment`` asks for, checked against the dataset."""
+  kind = config.augment
+  if kind not in AUGMENTATIONS:
+    raise ValueError(f"config.augment={kind!r}; valid: {', '.join(AUGMENTATIONS)}")
+  if isinstance(dataset, StreamedDataset):
+    if kind == "cifar":
+      raise ValueError(
+        f"config.augment='cifar' needs an in-memory image dataset; {dataset.name} is streamed "
+        "(use 'imagenet')"
+      )
+    size = config.image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+      raise ValueError(f"config.image_size must be a positive int, got {size!r}")
+    # The reference evaluates on Scale(256) + CenterCrop(224): keep that ratio.
+    eval_transform = functools.partial(
+      imagenet_eval_transform, size=size, resize=round(size * 256 / 224)
+    )
+    # Streamed images differ in size, so even "none" needs the eval crop.
+    train_transform = (
+      functools.partial(imagenet_train_transform, size=size)
+      if kind == "imagenet"
+      else eval_transform
+    )
+    return InputPipeline(None, train_transform, eval_transform)
+  if kind == "imagenet":
+    raise ValueError(
+      f"config.augment='imagenet' crops decoded images of any size, which only a streamed "
+      f"dataset (tfds:imagenet2012) provides; {dataset.name} is held in memory (use 'cifar' "
+      "or 'none')"
+    )
+  if kind == "cifar" and len(dataset.input_shape) != 3:
+    raise ValueError(
+      f"config.augment='cifar' crops (H, W, C) images; {dataset.name} has examples of shape "
+      f"{dataset.input_shape}"
+    )
+  return InputPipeline(cifar_augment if kind == "cifar" else None, None, None)
+
+
+def split_source(dataset: ArrayDataset | StreamedDataset, split: str):
+  """What the pipeline reads for ``split``: the in-memory dataset, or a streamed split."""
+  if not isinstance(dataset, StreamedDataset):
+    return dataset
+  return dataset.train if split == "train" else dataset.test

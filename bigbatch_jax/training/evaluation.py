@@ -1,0 +1,50 @@
+"""Evaluation over whole splits with the running statistics, logged as one record."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from bigbatch_jax import data as data_lib
+from bigbatch_jax.data.run_data import split_source
+from bigbatch_jax.training import parallel
+from bigbatch_jax.training.state import TrainState
+
+
+def evaluate(
+  eval_fn, state: TrainState, dataset, config: ml_collections.ConfigDict, mesh: Mesh, split: str
+) -> dict[str, float]:
+  """Loss, accuracy and error over a whole split, with the running statistics."""
+  totals = None
+  transform = None
+  if isinstance(dataset, data_lib.StreamedDataset):
+    transform = data_lib.input_pipeline(config, dataset).eval_transform
+  batches = data_lib.eval_batches(
+    split_source(dataset, split),
+    config.eval_batch_size,
+    split=split,
+    transform=transform,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  for batch in batches:
+    sums = eval_fn(state, parallel.put_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  accuracy = float(totals["correct"] / totals["count"])
+  return {
+    f"{split}_loss": float(totals["loss_sum"] / totals["count"]),
+    f"{split}_accuracy": accuracy,
+    f"{split}_error": 1.0 - accuracy,
+  }
+
+
+def evaluation_record(eval_fn, state, dataset, config, mesh, plan, step: int) -> dict:
+  """The record of an evaluation at ``step``: test split, and train with ``eval_on_train``."""
+  record = {"step": step, "epoch": plan.epoch_at(step)}
+  record.update(evaluate(eval_fn, state, dataset, config, mesh, "test"))
+  if config.eval_on_train:
+    record.update(evaluate(eval_fn, state, dataset, config, mesh, "train"))
+  return record

@@ -1,0 +1,121 @@
+"""One run set-up: model, keys, optimizer, initial state and the step's arguments.
+
+The training loop, the benchmarks and the diagnostics build a run from a
+config and its plan through these functions, so they train and measure the
+same program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from bigbatch_jax import models
+from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
+from bigbatch_jax.training import parallel
+from bigbatch_jax.training.optimizer import distance_drop_scale, make_optimizer
+from bigbatch_jax.training.plan import RunPlan, lr_schedule
+from bigbatch_jax.training.state import TrainState, create_train_state
+from bigbatch_jax.training.step import AXIS
+
+
+def norm_layer(plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str | None):
+  """The GhostBatchNorm constructor the model is built with.
+
+  Every variant uses GhostBatchNorm so that all variants share one parameter
+  tree (interpolating SB and LB parameters needs that); without ``gbn`` its
+  ghost size is None, which is flax BatchNorm over the whole (global) batch.
+  """
+  return functools.partial(
+    GhostBatchNorm,
+    ghost_batch_size=plan.ghost_batch_size,
+    stats_update=config.ghost_stats_update,
+    momentum=config.bn_momentum,
+    epsilon=config.bn_epsilon,
+    axis_name=axis_name,
+  )
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int, norm):
+  """The config's model; with compute_dtype bfloat16 it computes in bf16, params stay f32."""
+  options = dict(config.model_options)
+  if config.compute_dtype != "float32":
+    options.setdefault("dtype", jnp.dtype(config.compute_dtype))
+  return models.get_model(config.model, num_classes, norm=norm, **options)
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(state key, white-noise key): parameters, dropout and mult noise; the optimizer's noise."""
+  state_key, noise_key = jax.random.split(jax.random.key(seed))
+  return state_key, noise_key
+
+
+def run_optimizer(plan: RunPlan, config: ml_collections.ConfigDict, noise_key: jax.Array):
+  """The plan's optimizer chain with the config's white-noise (alpha, gamma)."""
+  return make_optimizer(plan, noise_key, (config.noise_alpha, config.noise_gamma))
+
+
+def step_arguments(plan: RunPlan, config: ml_collections.ConfigDict, model, tx) -> dict[str, Any]:
+  """The static keyword arguments of ``step.train_step`` for this run."""
+  return {
+    "model": model,
+    "tx": tx,
+    "learning_rate": lr_schedule(plan),
+    "noise_variance": plan.noise_variance,
+    "skip_nonfinite": config.nonfinite_policy == "skip",
+    "lr_scale": distance_drop_scale(plan),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+  """What a run trains: its model, optimizer, initial state and step arguments."""
+
+  model: Any
+  tx: optax.GradientTransformation
+  state: TrainState  # replicated on the mesh
+  step_args: dict[str, Any]  # static keyword arguments of step.train_step
+
+
+def set_up_run(
+  config: ml_collections.ConfigDict,
+  plan: RunPlan,
+  mesh: Mesh,
+  num_classes: int,
+  input_shape: tuple[int, ...],
+  *,
+  norm: Callable | None = None,
+  seed: int | None = None,
+) -> RunSetup:
+  """Builds the model (norm layer: the plan's, unless given), optimizer and initial state.
+
+  Args:
+    config: the run config.
+    plan: its plan.
+    mesh: the data-parallel mesh; the state is replicated on it.
+    num_classes: classes of the dataset.
+    input_shape: one example's shape.
+    norm: a norm-layer constructor replacing the plan's GhostBatchNorm.
+    seed: the run's seed (None: ``config.seed``).
+
+  Returns:
+    A :class:`RunSetup`.
+  """
+  norm = norm_layer(plan, config, axis_name=AXIS) if norm is None else norm
+  model = build_model(config, num_classes, norm)
+  state_key, noise_key = run_keys(config.seed if seed is None else seed)
+  tx = run_optimizer(plan, config, noise_key)
+  example = jnp.zeros((1, *input_shape), jnp.float32)
+  init = jax.jit(
+    lambda key: create_train_state(model, tx, example, key),
+    out_shardings=parallel.replicated(mesh),
+  )
+  return RunSetup(model, tx, init(state_key), step_arguments(plan, config, model, tx))

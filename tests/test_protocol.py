@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
+from bigbatch_jax import protocol as protocol_lib
 from bigbatch_jax import regimes
 from bigbatch_jax.data import augment
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
 from bigbatch_jax.models import layers
-from bigbatch_jax.training import protocol as protocol_lib
 from bigbatch_jax.transforms import restart_momentum_at
 
 LR, MOMENTUM, WD = 0.1, 0.9, 1e-2

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from bigbatch_jax import models
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
+from bigbatch_jax.models.layers import legacy_torch_bn_scale_init
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training.optimizer import distance_drop_scale, make_optimizer
 from bigbatch_jax.training.plan import RunPlan, lr_schedule
@@ -34,8 +35,11 @@ def norm_layer(plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str 
   tree (interpolating SB and LB parameters needs that); without ``gbn`` its
   ghost size is None, which is flax BatchNorm over the whole (global) batch.
   """
+  # PyTorch < 1.0's U(0, 1) scales (issue 17, item 3); flax's ones otherwise.
+  scale_init = {"scale_init": legacy_torch_bn_scale_init} if plan.bn_scale_uniform else {}
   return functools.partial(
     GhostBatchNorm,
+    **scale_init,
     ghost_batch_size=plan.ghost_batch_size,
     stats_update=config.ghost_stats_update,
     momentum=config.bn_momentum,

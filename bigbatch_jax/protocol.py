@@ -27,8 +27,6 @@ import math
 
 import ml_collections
 
-from bigbatch_jax.data import augment as augment_lib
-
 PROTOCOLS = ("clean", "reference")
 MAIN_NORMAL_BATCH_SIZE = 256  # main_normal.py's lr base and stretch unit
 
@@ -118,6 +116,9 @@ def reference_mnist_augmentation(protocol: Protocol, dataset, augment: str):
   Returns:
     A batch augmentation ``(x, rng) -> x``, or None.
   """
+  # Imported here: bigbatch_jax.data's run_data imports this module.
+  from bigbatch_jax.data import augment as augment_lib
+
   if not protocol.reference_mnist_augment:
     return None
   mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)

@@ -328,9 +328,9 @@ def growing_batch_phases(
     elif size > limit:
       what = "the training set" if max_batch_size is None else "max_batch_size"
       raise ValueError(
-        f"the growing batch reaches {size} at epoch {begin}, larger than {what} "
-        f"({limit}); set a max_batch_size (the hybrid schedule), a smaller growth factor "
-        "or fewer drops"
+        f"the growing batch reaches {size} at epoch {begin:g}, larger than {what} "
+        f"({limit}); set a max_batch_size (config.batch_growth_max: from it on the lr "
+        "drops instead, Smith et al.'s hybrid), a smaller growth factor or fewer drops"
       )
     elif size % multiple_of:
       raise ValueError(
@@ -342,8 +342,8 @@ def growing_batch_phases(
     steps = epochs_to_steps(end - begin, num_examples, phases[-1][1])
     if steps < 1:
       raise ValueError(
-        f"the phase from epoch {begin} to {end} at batch {phases[-1][1]} has no update "
-        f"({end - begin} epochs of {num_examples} examples)"
+        f"the phase from epoch {begin:g} to {end:g} at batch {phases[-1][1]} has no update "
+        f"({end - begin:g} epochs of {num_examples} examples)"
       )
     step += steps
     size = int(round(phases[-1][1] * factor))

@@ -8,12 +8,16 @@ import numpy as np
 import optax
 import pytest
 
+from bigbatch_jax import data, regimes, training
 from bigbatch_jax import protocol as protocol_lib
-from bigbatch_jax import regimes
 from bigbatch_jax.data import augment
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
 from bigbatch_jax.models import layers
-from bigbatch_jax.transforms import restart_momentum_at
+from bigbatch_jax.training import optimizer, setup
+from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.transforms import restart_momentum_at, scale_by_batch_size
+from experiments.configs import f1
+from tests.test_training import _final_params, tiny_config
 
 LR, MOMENTUM, WD = 0.1, 0.9, 1e-2
 
@@ -237,3 +241,114 @@ def test_reference_mnist_augmentation_applies_to_images_only():
     protocol_lib.reference_mnist_augmentation(explicit, _Vectors(), "none")
   with pytest.raises(ValueError, match=r"config\.augment='cifar' and the reference MNIST"):
     protocol_lib.reference_mnist_augmentation(reference, _Images(), "cifar")
+
+
+# --- the protocol in the training system ----------------------------------------
+
+
+def test_clean_protocol_optimizer_is_todays_chain_bit_for_bit():
+
+  plan = plan_lib.make_plan(tiny_config("lb+lr+gbn"), num_train=512, num_devices=1)
+  ours = optimizer.make_optimizer(plan, jax.random.key(0))
+  today = optax.chain(  # make_optimizer before the protocol and the recipes
+    optax.add_decayed_weights(1e-4),
+    optax.sgd(plan.regime.schedule(plan.steps_per_epoch), momentum=0.9),
+    scale_by_batch_size(64, 16, "sqrt"),
+  )
+  assert jax.tree.structure(ours.init(PARAMS)) == jax.tree.structure(today.init(PARAMS))
+  grads = _grads(12)
+  for a, b in zip(_run(ours, grads, PARAMS)[0], _run(today, grads, PARAMS)[0], strict=True):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert plan.momentum_restart_steps == () and not plan.bn_scale_uniform
+
+
+def test_reference_protocol_plan_on_the_papers_f1():
+
+  config = f1.get_config("lb+lr+gbn+ra")
+  config.protocol = "reference"
+  plan = plan_lib.make_plan(config, num_train=60_000, num_devices=1)
+  # main_normal.py: lr x sqrt(4096 / 256) = 4, regime stretched by ceil(4096 / 256) = 16.
+  assert plan.lr_scale == pytest.approx(4.0) and plan.lr_base == 256
+  assert plan.regime.epochs == 800 and plan.regime.drop_epochs == (160, 320, 480)
+  # The momentum restarts at the first update of each of the 800 epochs.
+  steps = plan.momentum_restart_steps
+  assert len(steps) == 800 and steps[:3] == (0, 15, 30)
+  config.momentum_restart = False
+  assert plan_lib.make_plan(config, num_train=60_000, num_devices=1).momentum_restart_steps == ()
+
+
+def test_reference_plans_optimizer_restarts_the_momentum_at_each_epoch():
+
+  config = tiny_config("lb+lr", protocol="reference", **{"regime.drop_epochs": ()})
+  plan = plan_lib.make_plan(config, num_train=512, num_devices=1)
+  assert plan.momentum_restart_steps == (0, 8)
+  grads = _grads(10)
+  outputs, _ = _run(optimizer.make_optimizer(plan, jax.random.key(0)), grads, PARAMS)
+  lr = 0.05 * np.sqrt(64 / 256)  # main_normal.py's rule: (B / 256)**0.5
+  for t in (0, 8):  # PyTorch's first step: -lr (g + wd w)
+    expected = -lr * (grads[t]["w"] + 1e-4 * PARAMS["w"])
+    np.testing.assert_allclose(outputs[t]["w"], expected, rtol=1e-5)
+  assert not np.allclose(outputs[7]["w"], -lr * (grads[7]["w"] + 1e-4 * PARAMS["w"]))
+
+
+def test_momentum_restart_rejects_a_run_without_momentum():
+
+  with pytest.raises(ValueError, match=r"config\.momentum_restart zeroes the SGD"):
+    plan_lib.make_plan(tiny_config("lb+lamb", momentum_restart=True), 512, 1)
+
+
+@pytest.mark.slow  # five tiny runs, ~70 s on two cores
+def test_reference_protocol_run_resumes_exactly_and_four_devices_equal_one(tmp_path):
+
+  config = tiny_config("lb+lr+gbn", protocol="reference", num_epochs=2.0)
+  plan = training.make_plan(config, num_train=512, num_devices=1)
+  assert plan.momentum_restart_steps == (0, 8)  # 512 examples at batch 64
+  straight = str(tmp_path / "straight")
+  training.train_and_evaluate(config, straight)
+  resumed = str(tmp_path / "resumed")
+  config.stop_after_steps = 5
+  training.train_and_evaluate(config, resumed)
+  config.stop_after_steps = None
+  training.train_and_evaluate(config, resumed)
+  jax.tree.map(np.testing.assert_array_equal, _final_params(straight), _final_params(resumed))
+  config.num_devices = 4
+  four = str(tmp_path / "four")
+  training.train_and_evaluate(config, four)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+    _final_params(straight),
+    _final_params(four),
+  )
+  # The restart changes the run: without it the parameters differ.
+  config.num_devices, config.momentum_restart = None, False
+  plain = str(tmp_path / "plain")
+  training.train_and_evaluate(config, plain)
+  assert not np.allclose(
+    _final_params(straight)[0]["fc1"]["kernel"], _final_params(plain)[0]["fc1"]["kernel"]
+  )
+
+
+def test_bn_scale_uniform_reaches_the_models_norm_layers():
+
+  config = tiny_config("lb+lr+gbn", bn_scale_uniform=True)
+  plan = training.make_plan(config, num_train=512, num_devices=1)
+  model = setup.build_model(config, 10, setup.norm_layer(plan, config, axis_name=None))
+  variables = model.init(jax.random.key(0), jnp.ones((8, 784)), train=False)
+  scales = [
+    np.asarray(leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+    if "scale" in jax.tree_util.keystr(path)
+  ]
+  assert scales and all(s.min() >= 0 and s.max() < 1 and s.std() > 0.1 for s in scales)
+
+
+def test_reference_protocol_augments_mnist_images_in_the_input_pipeline():
+
+  x = np.zeros((4, 28, 28, 1), np.uint8)
+  y = np.zeros(4, np.int32)
+  images = data.ArrayDataset("tfds:mnist", x, y, x, y, 10, np.float32([0.5]), np.float32([0.5]))
+  pipeline = data.input_pipeline(tiny_config("sb", protocol="reference"), images)
+  batch = images.normalize(x)
+  out = pipeline.augment(batch, np.random.default_rng(0))
+  assert set(np.unique(out).tolist()) <= {-1.0} and out.shape == batch.shape
+  assert data.input_pipeline(tiny_config("sb"), images).augment is None

@@ -1,13 +1,17 @@
 """The large-batch recipes of issue 14 against their closed forms."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from bigbatch_jax import regimes
-from bigbatch_jax.training import variants
+from bigbatch_jax import regimes, training
+from bigbatch_jax.training import optimizer, variants
+from bigbatch_jax.training import plan as plan_lib
+from tests.test_training import tiny_config
 
 F1 = regimes.Regime(
   lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=50, drop_epochs=(10, 20, 30), batch_size=128
@@ -124,3 +128,44 @@ def test_recipe_variant_parts(name, warmup, optimizer, lr_rule):
 def test_recipe_variant_parts_reject_contradictions(name, message):
   with pytest.raises(ValueError, match=message):
     variants.parse_variant(name)
+
+
+# --- the recipes in the training system -----------------------------------------
+
+
+def test_warmup_run_logs_goyals_ramp(tmp_path):
+  config = tiny_config("lb+linear+warmup", log_every_steps=1, warmup_epochs=1.0)
+  plan = plan_lib.make_plan(config, num_train=512, num_devices=1)
+  assert plan.warmup_steps == 8 and plan.lr_scale == pytest.approx(4.0)  # 64 / 16
+  training.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
+  # Record s holds update s - 1: 0.05 (1 + 3 t / 8) up to t = 8, where the
+  # regime's drop (epoch 1 = update 8) takes over: 0.2 * 0.1.
+  for t in range(8):
+    assert lrs[t + 1] == pytest.approx(0.05 * (1 + 3 * t / 8), rel=1e-5)
+  assert lrs[9] == pytest.approx(0.02, rel=1e-5) and lrs[16] == pytest.approx(0.02, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+  ("variant", "reference"),
+  [
+    ("lb+lars", lambda lr: optax.lars(lr, weight_decay=1e-4, trust_coefficient=0.01)),
+    ("lb+lamb", lambda lr: optax.lamb(lr, b1=0.9, weight_decay=1e-4)),
+  ],
+)
+def test_lars_and_lamb_variants_build_the_mapped_optimizer(variant, reference):
+  config = tiny_config(variant, lars_trust_coefficient=0.01)
+  plan = plan_lib.make_plan(config, num_train=512, num_devices=1)
+  ours = optimizer.make_optimizer(plan, jax.random.key(0))
+  theirs = optax.chain(reference(plan.regime.schedule(plan.steps_per_epoch)))
+  for a, b in zip(_run_chain(ours, steps=10), _run_chain(theirs, steps=10), strict=True):
+    jax.tree.map(np.testing.assert_array_equal, a, b)  # "lb": no lr scaling
+
+
+@pytest.mark.slow  # two tiny runs, ~25 s
+@pytest.mark.parametrize("variant", ["lb+lars", "lb+lamb"])
+def test_lars_and_lamb_variants_train(variant, tmp_path):
+  summary = training.train_and_evaluate(tiny_config(variant), str(tmp_path))
+  assert summary["updates"] == 16 and 0 <= summary["test_accuracy"] <= 1
+  assert summary["weight_distance"] > 0

@@ -468,7 +468,7 @@ def test_growing_batch_lr_follows_the_batch_as_an_option():
 
 def test_growing_batch_past_the_training_set_errors_or_decays_the_lr():
   config = tiny_config("lb+lr+grow", **{"regime.epochs": 3.0, "regime.drop_epochs": (1.0, 2.0)})
-  with pytest.raises(ValueError, match=r"reaches 6400 at epoch 2.0, larger than the training"):
+  with pytest.raises(ValueError, match=r"reaches 6400 at epoch 2, larger than the training set"):
     plan_lib.make_plan(config, num_train=1000, num_devices=1)
   config.batch_growth_max = 1000
   plan = plan_lib.make_plan(config, num_train=1000, num_devices=1)

@@ -147,6 +147,19 @@ def test_warmup_run_logs_goyals_ramp(tmp_path):
   assert lrs[9] == pytest.approx(0.02, rel=1e-5) and lrs[16] == pytest.approx(0.02, rel=1e-5)
 
 
+def test_warmup_scales_the_optimizers_steps():
+  config = tiny_config("lb+linear+warmup", warmup_epochs=1.0, **{"regime.momentum": 0.0})
+  plan = plan_lib.make_plan(config, num_train=512, num_devices=1)
+  params = {"w": jnp.asarray([1.0, -2.0])}
+  grads = {"w": jnp.asarray([0.5, 0.25])}
+  tx = optimizer.make_optimizer(plan, jax.random.key(0))
+  state, update = tx.init(params), jax.jit(tx.update)
+  for t in range(10):
+    updates, state = update(grads, state, params)
+    lr = 0.05 * (1 + 3 * min(t, 8) / 8) * (0.1 if t >= 8 else 1.0)  # drop at update 8
+    np.testing.assert_allclose(updates["w"], -lr * (grads["w"] + 1e-4 * params["w"]), rtol=1e-5)
+
+
 @pytest.mark.parametrize(
   ("variant", "reference"),
   [

@@ -24,7 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-BatchSize = int | Callable[[jax.Array], jax.Array | int]
+# A fixed batch size or a jittable step -> batch size (traced on device). The
+# host-side schedule of a run is bigbatch_jax.data.BatchSize / BatchSchedule;
+# RunPlan.batch_size_schedule() turns it into this.
+JittableBatchSize = int | Callable[[jax.Array], jax.Array | int]
 
 LR_RULE_EXPONENTS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
 
@@ -61,7 +64,7 @@ def _check_positive_size(name: str, value) -> None:
 
 
 def batch_size_scale_schedule(
-  batch_size: BatchSize, base_batch_size: int, rule: str | float = "sqrt"
+  batch_size: JittableBatchSize, base_batch_size: int, rule: str | float = "sqrt"
 ) -> optax.Schedule:
   """The factor (batch_size / base_batch_size)**p as a function of the step.
 
@@ -91,7 +94,7 @@ def batch_size_scale_schedule(
 
 
 def scale_by_batch_size(
-  batch_size: BatchSize, base_batch_size: int, rule: str | float = "sqrt"
+  batch_size: JittableBatchSize, base_batch_size: int, rule: str | float = "sqrt"
 ) -> optax.GradientTransformation:
   """Scales updates by (batch_size / base_batch_size)**p.
 

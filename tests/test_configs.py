@@ -17,6 +17,7 @@ from bigbatch_jax import data as data_lib
 from bigbatch_jax import models, training
 from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training.variants import parse_variant
+from experiments.configs import common
 
 CONFIG_NAMES = ("f1", "c1", "c3", "resnet44", "vgg", "wrn16_4", "alexnet", "resnet50")
 # Training-set sizes of the rows' paper datasets (caltech101: 3/4 of 9144).
@@ -188,12 +189,7 @@ def _smoke_config(name, variant, **overrides):
     # Mock data ignores split slicing: quick's "train[:1%]" is the whole mock split.
     config.tfds_train_split = "train"
     config.tfds_eval_split = "validation"
-  for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    target = config
-    for part in path:
-      target = target[part]
-    target[leaf] = value
+  common.override(config, overrides)
   return config
 
 

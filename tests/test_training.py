@@ -17,7 +17,7 @@ from bigbatch_jax import training
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training import step as step_lib
-from experiments.configs import default, f1
+from experiments.configs import common, default, f1
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,12 +41,7 @@ def tiny_config(variant="lb+lr+gbn", **overrides):
   config.eval_batch_size = 64
   config.checkpoint_every_steps = 8
   config.progress_bar = False
-  for key, value in overrides.items():
-    target = config
-    *path, leaf = key.split(".")
-    for part in path:
-      target = target[part]
-    target[leaf] = value
+  common.override(config, overrides)
   return config
 
 

@@ -28,17 +28,20 @@ from bigbatch_jax.training.state import TrainState, create_train_state
 from bigbatch_jax.training.step import AXIS
 
 
-def norm_layer(plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str | None):
+def norm_layer(
+  plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str | None, layer=GhostBatchNorm
+):
   """The GhostBatchNorm constructor the model is built with.
 
   Every variant uses GhostBatchNorm so that all variants share one parameter
   tree (interpolating SB and LB parameters needs that); without ``gbn`` its
   ghost size is None, which is flax BatchNorm over the whole (global) batch.
+  ``layer`` replaces the class (same arguments), e.g. for a benchmark.
   """
   # PyTorch < 1.0's U(0, 1) scales (issue 17, item 3); flax's ones otherwise.
   scale_init = {"scale_init": legacy_torch_bn_scale_init} if plan.bn_scale_uniform else {}
   return functools.partial(
-    GhostBatchNorm,
+    layer,
     **scale_init,
     ghost_batch_size=plan.ghost_batch_size,
     stats_update=config.ghost_stats_update,

@@ -28,7 +28,7 @@ from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training import setup as setup_lib
 from bigbatch_jax.training import step as step_lib
 from bigbatch_jax.training.loss import cross_entropy
-from experiments.configs import f1
+from experiments.configs import common, f1
 
 INPUT_DIM = 784
 NUM_CLASSES = 10
@@ -63,12 +63,7 @@ def f1_config(variant: str = "lb+lr+gbn", batch_size: int = 4096, **overrides):
   config.batch_size = batch_size
   config.large_batch_size = max(batch_size, config.base_batch_size * 2)
   config.ghost_batch_size = min(config.ghost_batch_size, batch_size)
-  for key, value in overrides.items():
-    target = config
-    *path, leaf = key.split(".")
-    for part in path:
-      target = target[part]
-    target[leaf] = value
+  common.override(config, overrides)
   return config
 
 
@@ -180,14 +175,8 @@ def two_pass_ghost_batch_norm(config) -> Callable:
   """The plan's GhostBatchNorm with flax's two-pass normalization (the code before; two_pass.py)."""
   from experiments.benchmarks.two_pass import TwoPassGhostBatchNorm
 
-  return functools.partial(
-    TwoPassGhostBatchNorm,
-    ghost_batch_size=config.ghost_batch_size,
-    stats_update=config.ghost_stats_update,
-    momentum=config.bn_momentum,
-    epsilon=config.bn_epsilon,
-    axis_name=step_lib.AXIS,
-  )
+  plan = plan_lib.make_plan(config, NUM_TRAIN, 1)
+  return setup_lib.norm_layer(plan, config, step_lib.AXIS, layer=TwoPassGhostBatchNorm)
 
 
 def chunked_reference_step(config, *, seed: int = 0) -> Built:

@@ -67,3 +67,13 @@ def shrink_to_quick(config: ml_collections.ConfigDict, epochs: float = 3.0) -> N
   config.regime.drop_epochs = ()
   config.regime.epochs = epochs
   config.log_every_steps = 10
+
+
+def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+  """Sets dotted keys, e.g. ``{"model_options.hidden": 8}``, as ``--config.KEY=VALUE`` would."""
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    target = config
+    for part in path:
+      target = target[part]
+    target[leaf] = value

@@ -52,6 +52,9 @@ class Protocol:
     bn_scale_uniform: batch-norm scales start U(0, 1).
     main_normal_lr: lr scaled by (B / 256)**p, regime stretched by ceil(B / 256).
     mnist_augment_explicit: ``reference_mnist_augment`` was set in the config.
+    momentum_restart_explicit: ``momentum_restart`` was set in the config (the
+      "reference" protocol skips runs without SGD momentum, e.g. LAMB; asking
+      for it explicitly there is an error).
   """
 
   name: str
@@ -60,6 +63,7 @@ class Protocol:
   bn_scale_uniform: bool
   main_normal_lr: bool
   mnist_augment_explicit: bool = False
+  momentum_restart_explicit: bool = False
 
   def lr_base_batch_size(self, base_batch_size: int) -> int:
     """The batch size the learning-rate rule divides by: B_S, or 256 (main_normal.py)."""
@@ -94,6 +98,7 @@ def resolve_protocol(config: ml_collections.ConfigDict) -> Protocol:
   return Protocol(
     name=name,
     mnist_augment_explicit=config.reference_mnist_augment is not None,
+    momentum_restart_explicit=config.momentum_restart is not None,
     **values,
   )
 

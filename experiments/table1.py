@@ -81,6 +81,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bigbatch_jax.data import load_data
+from bigbatch_jax.protocol import PROTOCOLS
 from bigbatch_jax.training import (
   fit_log_growth,
   make_plan,
@@ -101,6 +102,28 @@ LABELS = {
   "lb+linear+white": "linear+white",
 }
 DEFAULT_VARIANTS = tuple(LABELS)
+# The large-batch recipes compared at B_L with SB's epochs (issue 14): Hoffer's
+# +LR+GBN, Goyal's linear scaling and warmup, LARS, LAMB, Jaiswal's
+# linear+white and Smith's growing batch.
+LABELS |= {
+  "lb+linear+warmup": "Goyal warmup",
+  "lb+lars": "LARS",
+  "lb+lamb": "LAMB",
+  "lb+grow": "Smith grow",
+}
+VARIANT_SETS = {
+  "table1": DEFAULT_VARIANTS,
+  "recipes": (
+    "sb",
+    "lb",
+    "lb+lr+gbn",
+    "lb+linear+warmup",
+    "lb+lars",
+    "lb+lamb",
+    "lb+linear+white",
+    "lb+grow",
+  ),
+}
 PRESETS = ("auto", "quick", "full")
 # The config-module option each preset asks for (None: the config as the paper has it).
 PRESET_OPTIONS = {"quick": "table1", "full": None}
@@ -146,7 +169,18 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", "runs/table1", "Output directory (resumable).")
 flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds, e.g. 0,1,2.")
-flags.DEFINE_string("variants", ",".join(DEFAULT_VARIANTS), "Comma-separated variants.")
+flags.DEFINE_string(
+  "variants",
+  ",".join(DEFAULT_VARIANTS),
+  f"Comma-separated variants, or a named set: {', '.join(VARIANT_SETS)}.",
+)
+flags.DEFINE_enum(
+  "protocol",
+  None,
+  PROTOCOLS,
+  "The protocol of every run (bigbatch_jax.protocol): clean, or the bigBatch reference "
+  "code's; same as --config.protocol.",
+)
 flags.DEFINE_bool("hessian", True, "Measure each run's top Hessian eigenvalue (the λ_max column).")
 flags.DEFINE_string(
   "preset",
@@ -168,7 +202,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_variants(text: str) -> list[str]:
-  """``"sb,lb+lr"`` -> ``["sb", "lb+lr"]``, each checked by ``parse_variant``."""
+  """``"sb,lb+lr"`` -> ``["sb", "lb+lr"]``, each checked by ``parse_variant``; or a named set."""
+  text = ",".join(VARIANT_SETS.get(text.strip(), (text,)))
   variants = [v.strip() for v in text.split(",") if v.strip()]
   if not variants:
     raise ValueError(f"--variants={text!r}: expected variants like {','.join(DEFAULT_VARIANTS)}")
@@ -753,12 +788,22 @@ def setup_from_flags() -> Setup:
     )
   module = load_config_module(path)
   overrides = config_flags.get_override_values(FLAGS["config"])
+  if FLAGS.protocol is not None:
+    if overrides.get("protocol", FLAGS.protocol) != FLAGS.protocol:
+      raise ValueError(
+        f"--protocol={FLAGS.protocol} and --config.protocol={overrides['protocol']} disagree"
+      )
+    overrides = {**overrides, "protocol": FLAGS.protocol}
   paper_dataset = getattr(module, "PAPER_DATASET", None)
   preset = resolve_preset(FLAGS.preset, FLAGS.config.dataset, paper_dataset)
   variants = parse_variants(FLAGS.variants)
   configs = {v: variant_config(module, v, preset, overrides) for v in variants}
   num_train = load_data(next(iter(configs.values()))).num_train
   for config in configs.values():
+    if parse_variant(config.variant).grow_batch and "batch_growth_max" not in overrides:
+      # A growing batch stops at the training set and the lr drops from there
+      # on (Smith et al.'s hybrid), so that "grow" runs on small data sets.
+      config.batch_growth_max = num_train
     schedule_records(config, num_train, overrides)
   return Setup(configs, preset, getattr(module, "PAPER_ACCURACY", None), paper_dataset)
 

@@ -295,6 +295,9 @@ def test_momentum_restart_rejects_a_run_without_momentum():
 
   with pytest.raises(ValueError, match=r"config\.momentum_restart zeroes the SGD"):
     plan_lib.make_plan(tiny_config("lb+lamb", momentum_restart=True), 512, 1)
+  # The reference protocol's default skips a run with no momentum to restart.
+  lamb = plan_lib.make_plan(tiny_config("lb+lamb", protocol="reference"), 512, 1)
+  assert lamb.momentum_restart_steps == ()
 
 
 @pytest.mark.slow  # five tiny runs, ~70 s on two cores

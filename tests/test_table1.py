@@ -182,3 +182,17 @@ def test_command_line_applies_overrides_to_every_variant(tmp_path):
     cwd=REPO, capture_output=True, text=True, timeout=300,
   )  # fmt: skip
   assert bad.returncode != 0 and "unknown part 'xx'" in bad.stderr
+
+
+def test_recipes_set_builds_a_plan_for_every_recipe_in_both_protocols():
+  variants = table1.parse_variants("recipes")
+  assert variants == list(table1.VARIANT_SETS["recipes"]) and "lb+lars" in variants
+  for protocol in ("clean", "reference"):
+    for variant in variants:
+      config = table1.variant_config(f1, variant, "quick", {"protocol": protocol})
+      config.batch_growth_max = 16000  # what the driver sets for "grow"
+      plan = training.make_plan(config, num_train=16000, num_devices=1)
+      assert plan.batch_size == (64 if variant == "sb" else 1024)
+      restarts = protocol == "reference" and "lamb" not in variant
+      assert bool(plan.momentum_restart_steps) == restarts
+  assert table1.LABELS["lb+lars"] == "LARS" and "lb+lars" not in table1.DEFAULT_VARIANTS

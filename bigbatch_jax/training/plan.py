@@ -190,6 +190,8 @@ def _momentum_restart_steps(protocol: Protocol, variant, regime, num_train, phas
   if not protocol.momentum_restart:
     return ()
   if variant.optimizer == "lamb" or not regime.momentum:
+    if not protocol.momentum_restart_explicit:
+      return ()  # the reference protocol's default: nothing to restart
     raise ValueError(
       "config.momentum_restart zeroes the SGD (or LARS) momentum every epoch, but this run has "
       f"none (optimizer {variant.optimizer!r}, momentum {regime.momentum}); set "

@@ -111,7 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   dataset = data_lib.load_data(config)
   mesh = parallel.make_mesh(config.num_devices)
   plan = make_plan(config, dataset.num_train, mesh.size, jax.process_count())
-  pipeline = data_lib.input_pipeline(config, dataset)
+  data_lib.input_pipeline(config, dataset)  # checks config.augment before any compute
   if config.eval_batch_size % mesh.size:
     raise ValueError(
       f"config.eval_batch_size={config.eval_batch_size} is not divisible by {mesh.size} devices"
@@ -137,26 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.stop_after_steps is not None:
     end_step = min(end_step, config.stop_after_steps)
 
-  batches = data_lib.BatchIterator(
-    data_lib.split_source(dataset, "train"),
-    plan.batch_schedule,
-    seed=config.seed,
-    start_step=start_step,
-    augment=pipeline.augment,
-    transform=pipeline.train_transform,
-    prefetch=config.prefetch_batches,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-  from tqdm.auto import tqdm
-
-  bar = tqdm(
-    total=plan.num_steps,
-    initial=start_step,
-    desc=plan.variant.name,
-    disable=not config.progress_bar or jax.process_index() != 0,
-    dynamic_ncols=True,
-  )
+  batches = _train_batches(config, dataset, plan, start_step)
+  bar = _progress_bar(config, plan, start_step)
   loop = _Loop(
     config,
     plan,
@@ -191,6 +173,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   write_outputs(summary, records, workdir, title=plan.variant.name)
   checkpoints.close()
   return summary
+
+
+def _train_batches(config, dataset, plan: RunPlan, start_step: int) -> data_lib.BatchIterator:
+  """The training batches from ``start_step`` on, on the plan's batch schedule."""
+  pipeline = data_lib.input_pipeline(config, dataset)
+  return data_lib.BatchIterator(
+    data_lib.split_source(dataset, "train"),
+    plan.batch_schedule,
+    seed=config.seed,
+    start_step=start_step,
+    augment=pipeline.augment,
+    transform=pipeline.train_transform,
+    prefetch=config.prefetch_batches,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+
+
+def _progress_bar(config, plan: RunPlan, start_step: int):
+  from tqdm.auto import tqdm
+
+  return tqdm(
+    total=plan.num_steps,
+    initial=start_step,
+    desc=plan.variant.name,
+    disable=not config.progress_bar or jax.process_index() != 0,
+    dynamic_ncols=True,
+  )
 
 
 def _after_call(loop: _Loop, state: TrainState, metrics, step: int, length: int, end_step: int):

@@ -14,7 +14,9 @@ small-batch regime exactly, as Hoffer et al. section 5 intends.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import numbers
+from collections.abc import Sequence
 
 import optax
 
@@ -161,3 +163,317 @@ def adapt_regime(
     drop_epochs=tuple(e * stretch for e in regime.drop_epochs),
     batch_size=batch_size,
   )
+
+
+def epoch_first_steps(
+  num_examples: int, batch_phases: int | Sequence[tuple[int, int]], num_steps: int
+) -> tuple[int, ...]:
+  """The first update of every epoch: where the reference code restarts its momentum.
+
+  The training data is a stream of per-epoch permutations read in batches that
+  may cross epoch boundaries. The first update of epoch k is the first update
+  that starts at or after example k * num_examples of the stream, i.e. the
+  update after the one that read the epoch's last example. Computed on the host
+  with Python integers (no overflow at any run length).
+
+  Args:
+    num_examples: the size of the training set.
+    batch_phases: the batch size, or ``(first step, batch size)`` phases sorted
+      by step, the first at step 0 (a growing-batch run).
+    num_steps: the run's number of updates; steps from it on are not listed.
+
+  Returns:
+    The increasing update counts, starting with 0.
+  """
+  phases = [(0, batch_phases)] if isinstance(batch_phases, numbers.Integral) else batch_phases
+  phases = [(int(start), int(size)) for start, size in phases]
+  if num_examples <= 0 or not phases or phases[0][0] != 0 or any(s <= 0 for _, s in phases):
+    raise ValueError(
+      f"need num_examples > 0 and batch phases starting at step 0 with positive sizes, "
+      f"got num_examples={num_examples}, batch_phases={batch_phases!r}"
+    )
+  firsts, examples_before, epoch = {0}, 0, 1  # epoch: the next boundary not yet crossed
+  ends = [start for start, _ in phases[1:]] + [num_steps]
+  for (start, size), end in zip(phases, ends, strict=True):
+    # Update t of this phase starts at example examples_before + (t - start) * size.
+    stop = min(end, num_steps)
+    while True:
+      t = start + max(0, -(-(epoch * num_examples - examples_before) // size))
+      if t >= stop:
+        break
+      firsts.add(t)
+      epoch = (examples_before + (t - start) * size) // num_examples + 1
+    examples_before += (end - start) * size
+  return tuple(sorted(firsts))
+
+
+def gradual_warmup(scale: float, warmup_steps: int) -> optax.Schedule:
+  """The factor on the scaled learning rate during Goyal et al.'s gradual warmup.
+
+  With linear scaling the large batch's rate is scale * lr. Goyal et al.
+  (section 2.2) start from lr and raise it by a constant amount each update
+  until it reaches scale * lr after the warmup (5 epochs), then follow the
+  regime. Multiplying the scaled rate by this factor gives exactly that:
+  lr(t) = lr * (1 + (scale - 1) * min(t, T) / T), T = ``warmup_steps``.
+
+  Args:
+    scale: the learning-rate multiplier of the large batch, r**p (> 0).
+    warmup_steps: T, the updates of the warmup; 0 turns it off.
+
+  Returns:
+    An ``optax.Schedule``: 1 / scale at update 0, rising linearly to 1 at T.
+
+  Example:
+    >>> factor = gradual_warmup(32.0, 100)
+    >>> [round(float(factor(t)) * 32, 2) for t in (0, 50, 100, 200)]
+    [1.0, 16.5, 32.0, 32.0]
+
+  References:
+    Goyal et al. 2017, "Accurate, Large Minibatch SGD: Training ImageNet in
+    1 Hour", section 2.2 (gradual warmup).
+  """
+  if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale > 0:
+    raise ValueError(f"the warmup's learning-rate scale must be > 0, got {scale!r}")
+  if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral):
+    raise ValueError(f"warmup_steps must be a whole number of updates, got {warmup_steps!r}")
+  if warmup_steps < 0:
+    raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+  if warmup_steps == 0:
+    return optax.constant_schedule(1.0)
+  return optax.linear_schedule(1.0 / scale, 1.0, int(warmup_steps))
+
+
+@dataclasses.dataclass(frozen=True)
+class GrowingBatch:
+  """The phases of a growing-batch run (Smith et al. 2018).
+
+  Attributes:
+    phases: ``(first step, batch size)`` of each phase, the first at step 0.
+    num_steps: the run's total updates.
+    lr_drop_steps: updates at which the learning rate still drops by the
+      regime's factor (the hybrid schedule, once the batch has reached its
+      maximum); empty when the batch grows at every drop.
+  """
+
+  phases: tuple[tuple[int, int], ...]
+  num_steps: int
+  lr_drop_steps: tuple[int, ...] = ()
+
+  def phase_lrs(
+    self, lr: float, base_batch_size: int, rule: str | float, lr_follows_batch: bool = False
+  ) -> tuple[float, ...]:
+    """The learning rate at the start of each phase.
+
+    By default the rate stays at its starting value lr * (B_0 / B_base)**p, as
+    Smith et al. do; with ``lr_follows_batch`` the scaling rule is applied to
+    each phase's batch, so the rate grows with the batch.
+    """
+    exponent = lr_scaling_exponent(rule)
+    first = self.phases[0][1]
+    sizes = [size if lr_follows_batch else first for _, size in self.phases]
+    return tuple(lr * (size / base_batch_size) ** exponent for size in sizes)
+
+
+def growing_batch_phases(
+  regime: Regime,
+  num_examples: int,
+  *,
+  growth_factor: float | None = None,
+  max_batch_size: int | None = None,
+  multiple_of: int = 1,
+) -> GrowingBatch:
+  """Replaces a regime's learning-rate drops by batch-size increases.
+
+  Smith et al. (2018) show that multiplying the batch by 1 / drop_factor where
+  the regime would divide the learning rate by it follows the same training
+  curve with fewer updates. The batch starts at ``regime.batch_size``; each
+  phase lasts the epochs between two drops. With ``max_batch_size`` the batch
+  stops growing there and the remaining drops decay the learning rate instead
+  (Smith et al.'s "hybrid" schedule); without it a batch larger than the
+  training set is an error.
+
+  Args:
+    regime: the regime; its ``batch_size`` is the starting batch.
+    num_examples: the size of the training set.
+    growth_factor: the batch multiplier at each drop; default 1 / drop_factor.
+    max_batch_size: the largest batch (<= num_examples); None for no hybrid.
+    multiple_of: every batch size must be a multiple of it (devices times the
+      ghost batch size).
+
+  Returns:
+    A :class:`GrowingBatch`.
+
+  References:
+    Smith, Kindermans, Ying, Le 2018, "Don't Decay the Learning Rate, Increase
+    the Batch Size", sections 2 and 5.
+  """
+  factor = 1.0 / regime.drop_factor if growth_factor is None else growth_factor
+  if not factor > 1:
+    raise ValueError(f"the batch growth factor must be > 1, got {factor!r}")
+  limit = num_examples if max_batch_size is None else max_batch_size
+  if not 0 < limit <= num_examples:
+    raise ValueError(
+      f"max_batch_size={max_batch_size} must be in [1, {num_examples}] (the training set)"
+    )
+  bounds = [0.0, *(e for e in regime.drop_epochs if e < regime.epochs), regime.epochs]
+  if len(bounds) < 3:
+    raise ValueError(
+      f"a growing batch needs drop epochs inside the run: the batch grows at them; "
+      f"got drop_epochs={regime.drop_epochs} for {regime.epochs} epochs"
+    )
+  phases, lr_drops, step, size, capped = [], [], 0, regime.batch_size, False
+  for begin, end in itertools.pairwise(bounds):
+    if capped:
+      lr_drops.append(step)  # the batch has stopped growing: drop the rate instead
+    elif size > limit:
+      what = "the training set" if max_batch_size is None else "max_batch_size"
+      raise ValueError(
+        f"the growing batch reaches {size} at epoch {begin:g}, larger than {what} "
+        f"({limit}); set a max_batch_size (config.batch_growth_max: from it on the lr "
+        "drops instead, Smith et al.'s hybrid), a smaller growth factor or fewer drops"
+      )
+    elif size % multiple_of:
+      raise ValueError(
+        f"the growing batch reaches {size}, not a multiple of {multiple_of} (devices x ghost "
+        "batch size); choose a growth factor that keeps every size divisible"
+      )
+    else:
+      phases.append((step, size))
+    steps = epochs_to_steps(end - begin, num_examples, phases[-1][1])
+    if steps < 1:
+      raise ValueError(
+        f"the phase from epoch {begin:g} to {end:g} at batch {phases[-1][1]} has no update "
+        f"({end - begin:g} epochs of {num_examples} examples)"
+      )
+    step += steps
+    size = int(round(phases[-1][1] * factor))
+    capped = max_batch_size is not None and size > max_batch_size
+  return GrowingBatch(phases=tuple(phases), num_steps=step, lr_drop_steps=tuple(lr_drops))
+
+
+def lars_for_regime(
+  regime: Regime,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  trust_coefficient: float = 0.001,
+  eps: float = 0.0,
+) -> optax.GradientTransformation:
+  """``optax.lars`` with a regime's weight decay and momentum.
+
+  LARS (You et al. 2017, Algorithm 1) updates layer l with the local rate
+  lambda_l = eta * ||w_l|| / ||g_l + beta w_l|| times the global rate gamma:
+  v <- m v + gamma lambda_l (g_l + beta w_l), w <- w - v. The mapping from a
+  momentum-SGD regime:
+
+  * beta, m: the regime's weight decay and momentum (the paper's 5e-4 / 0.9
+    are such a regime's); Nesterov as the regime says.
+  * gamma: ``learning_rate``, the regime's schedule times the batch-size
+    scale. A choice: the paper tunes gamma per batch size with polynomial
+    decay and warmup; here LARS runs on the same schedule as the SGD it is
+    compared with.
+  * eta: ``trust_coefficient`` (the paper's 0.001).
+  * "Layer": every parameter array (kernels, biases and norm scales each get
+    their own ratio), as optax does; the paper's denominator
+    ||g|| + beta ||w|| is optax's ||g + beta w||, which equals it when g and w
+    are parallel and is never larger. Both are choices the paper leaves open.
+
+  Args:
+    regime: the regime whose weight decay, momentum and Nesterov flag are used.
+    learning_rate: gamma, a number or a schedule of the update count.
+    trust_coefficient: eta.
+    eps: added to the trust ratio's denominator.
+
+  Returns:
+    An ``optax.GradientTransformation`` (its update needs ``params``).
+
+  References:
+    You, Gitman, Ginsburg 2017, "Large Batch Training of Convolutional
+    Networks", section 3, Algorithm 1.
+  """
+  return optax.lars(
+    learning_rate,
+    weight_decay=regime.weight_decay,
+    trust_coefficient=trust_coefficient,
+    eps=eps,
+    momentum=regime.momentum,
+    nesterov=regime.nesterov,
+  )
+
+
+def lamb_for_regime(
+  regime: Regime,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  b2: float = 0.999,
+  eps: float = 1e-6,
+) -> optax.GradientTransformation:
+  """``optax.lamb`` with a regime's weight decay and momentum.
+
+  LAMB (You et al. 2019, Algorithm 2) normalizes the Adam step r_t plus
+  decoupled weight decay lambda w per layer: w <- w - gamma ||w|| /
+  ||r_t + lambda w|| (r_t + lambda w). The mapping from a momentum-SGD regime:
+
+  * beta_1: the regime's momentum (both are 0.9 in the papers); beta_2 and
+    eps the paper's 0.999 and 1e-6.
+  * lambda: the regime's weight decay, applied decoupled as LAMB does (the
+    regime's SGD adds it to the gradient): a choice, equal strength per unit
+    of the normalized step.
+  * gamma: ``learning_rate``, the regime's schedule times the batch-size
+    scale (the paper uses square-root scaling and warmup). A choice: LAMB's
+    step is ||w|| * gamma per layer, so an SGD rate tuned for the base batch
+    is not LAMB's tuned rate.
+
+  Args:
+    regime: the regime whose momentum and weight decay are used.
+    learning_rate: gamma, a number or a schedule of the update count.
+    b2: Adam's second-moment decay.
+    eps: Adam's epsilon.
+
+  Returns:
+    An ``optax.GradientTransformation`` (its update needs ``params``).
+
+  References:
+    You et al. 2019, "Large Batch Optimization for Deep Learning: Training
+    BERT in 76 minutes", section 3, Algorithm 2.
+  """
+  return optax.lamb(
+    learning_rate, b1=regime.momentum, b2=b2, eps=eps, weight_decay=regime.weight_decay
+  )
+
+
+OPTIMIZERS = ("sgd", "lars", "lamb")
+
+
+def regime_optimizer_parts(
+  regime: Regime,
+  learning_rate: optax.ScalarOrSchedule,
+  optimizer: str = "sgd",
+  *,
+  trust_coefficient: float = 0.001,
+) -> list[optax.GradientTransformation]:
+  """The transforms that descend along a regime, to splat into an ``optax.chain``.
+
+  ``"sgd"`` is the bigBatch reference's ``torch.optim.SGD``: weight decay added
+  to the gradient, then heavy-ball momentum on the scheduled rate. ``"lars"``
+  and ``"lamb"`` map the regime onto :func:`lars_for_regime` and
+  :func:`lamb_for_regime`. A list rather than a chain, so that a caller
+  chaining more parts keeps a flat optimizer state.
+
+  Args:
+    regime: the regime (momentum, weight decay, Nesterov).
+    learning_rate: the rate, usually ``regime.schedule(steps_per_epoch)``.
+    optimizer: ``"sgd"``, ``"lars"`` or ``"lamb"``.
+    trust_coefficient: LARS's eta.
+
+  Returns:
+    A list of ``optax.GradientTransformation``.
+  """
+  if optimizer == "sgd":
+    parts = [optax.add_decayed_weights(regime.weight_decay)] if regime.weight_decay else []
+    sgd = optax.sgd(learning_rate, momentum=regime.momentum or None, nesterov=regime.nesterov)
+    return [*parts, sgd]
+  if optimizer == "lars":
+    return [lars_for_regime(regime, learning_rate, trust_coefficient=trust_coefficient)]
+  if optimizer == "lamb":
+    return [lamb_for_regime(regime, learning_rate)]
+  raise ValueError(f"unknown optimizer {optimizer!r}; valid: {OPTIMIZERS}")

@@ -302,3 +302,89 @@ def scale_by_distance_drops(
     return updates, state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+class MomentumRestartState(NamedTuple):
+  """State of :func:`restart_momentum_at`."""
+
+  inner_state: optax.OptState  # the wrapped transform's state
+  count: jax.Array  # int32 scalar: updates so far
+
+
+def _zero_traces(state: optax.OptState, restart: jax.Array) -> optax.OptState:
+  """Zeroes every ``optax.TraceState.trace`` in ``state`` where ``restart`` holds."""
+
+  def reset(node):
+    if not isinstance(node, optax.TraceState):
+      return node
+    return node._replace(
+      trace=jax.tree.map(lambda t: jnp.where(restart, jnp.zeros_like(t), t), node.trace)
+    )
+
+  return jax.tree.map(reset, state, is_leaf=lambda node: isinstance(node, optax.TraceState))
+
+
+def _has_trace(state: optax.OptState) -> bool:
+  nodes = jax.tree.leaves(state, is_leaf=lambda node: isinstance(node, optax.TraceState))
+  return any(isinstance(node, optax.TraceState) for node in nodes)
+
+
+def restart_momentum_at(
+  inner: optax.GradientTransformation, steps: Sequence[int]
+) -> optax.GradientTransformation:
+  """Zeroes the momentum trace of ``inner`` before the updates numbered ``steps``.
+
+  The bigBatch reference code builds a new ``torch.optim.SGD`` at every epoch
+  (``adjust_optimizer`` replays the regime, whose epoch-0 entry names the
+  optimizer), so its momentum buffer restarts empty each epoch; PyTorch's first
+  step then sets the buffer to the bare gradient. Zeroing optax's
+  ``TraceState`` before the update gives exactly that: the trace becomes
+  ``g + momentum * 0``, so the first update after a restart of
+  ``chain(add_decayed_weights(wd), sgd(lr, momentum))`` is ``-lr * (g + wd * w)``
+  (with Nesterov too). Every other state of ``inner`` (schedule counts, noise
+  keys) runs on, as the reference's learning-rate regime does.
+
+  Use :func:`bigbatch_jax.regimes.epoch_first_steps` for the steps of an
+  epoch-wise restart.
+
+  Args:
+    inner: a transform whose state holds at least one ``optax.TraceState``
+      (``optax.sgd`` with momentum, ``optax.trace``, ``optax.lars``).
+    steps: update counts (0 = the first update) before which the trace is zeroed.
+
+  Returns:
+    An ``optax.GradientTransformation`` with a :class:`MomentumRestartState`.
+
+  Example:
+    >>> import optax, bigbatch_jax
+    >>> tx = bigbatch_jax.restart_momentum_at(optax.sgd(0.1, momentum=0.9), [0, 15, 30])
+
+  References:
+    Hoffer, Hubara, Soudry 2017, reference code github.com/eladhoffer/bigBatch
+    (commit 0c69f28: main_normal.py, utils.adjust_optimizer, models/mnist_f1.py);
+    torch.optim.SGD's momentum buffer initialization.
+  """
+  restart_steps = sorted({int(s) for s in steps})
+  if any(s < 0 for s in restart_steps):
+    raise ValueError(f"restart steps must be update counts >= 0, got {list(steps)!r}")
+  restart_array = jnp.asarray(restart_steps, jnp.int32)
+
+  def init_fn(params):
+    inner_state = inner.init(params)
+    if not _has_trace(inner_state):
+      raise ValueError(
+        "restart_momentum_at found no momentum trace (optax.TraceState) in the wrapped "
+        "transform's state; wrap a chain that contains optax.sgd(..., momentum=m) or optax.trace"
+      )
+    return MomentumRestartState(inner_state=inner_state, count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    restart = jnp.any(restart_array == state.count) if restart_steps else jnp.asarray(False)
+    inner_state = _zero_traces(state.inner_state, restart)
+    updates, inner_state = optax.with_extra_args_support(inner).update(
+      updates, inner_state, params, **extra_args
+    )
+    count = optax.safe_increment(state.count)
+    return updates, MomentumRestartState(inner_state=inner_state, count=count)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

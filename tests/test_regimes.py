@@ -1,9 +1,11 @@
 """Regimes in epochs and their adaptation to large batches (bigBatch F1 regime)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from bigbatch_jax import Regime, adapt_regime, epochs_to_steps
+from bigbatch_jax import Regime, adapt_regime, epochs_to_steps, regimes
 
 F1 = Regime(
   lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=50, drop_epochs=(10, 20, 30), batch_size=128
@@ -76,3 +78,51 @@ def test_adapt_rejects_bad_batch_and_rule():
     adapt_regime(F1, 0)
   with pytest.raises(ValueError, match="unknown learning-rate rule 'square'"):
     adapt_regime(F1, 4096, lr_rule="square")
+
+
+def test_growing_batch_phases_replace_drops_by_batch_growth():
+  # Smith et al. 2018: x5 at each of F1's drops (epochs 10, 20, 30 of 50).
+  grow = regimes.growing_batch_phases(F1, MNIST_TRAIN, growth_factor=5.0)
+  # Phase k lasts its epochs at its batch: round(10 * 60000 / B) updates.
+  assert grow.phases == ((0, 128), (4688, 640), (5626, 3200), (5814, 16000))
+  assert grow.num_steps == 5814 + 75 and grow.lr_drop_steps == ()
+  # The lr stays at its starting value (the default) ...
+  assert grow.phase_lrs(0.1, 128, "sqrt") == (0.1,) * 4
+  # ... or follows the batch by the rule (the option).
+  np.testing.assert_allclose(
+    grow.phase_lrs(0.1, 128, "sqrt", lr_follows_batch=True),
+    [0.1, 0.1 * np.sqrt(5), 0.5, 0.1 * np.sqrt(125)],
+  )
+
+
+def test_growing_batch_default_factor_is_the_drop_factors_inverse():
+  lb = dataclasses.replace(F1, batch_size=4096, drop_epochs=(10,), epochs=20)
+  grow = regimes.growing_batch_phases(lb, MNIST_TRAIN)
+  assert grow.phases == ((0, 4096), (146, 40960))  # 10 epochs: round(146.48), then x10
+  assert grow.num_steps == 146 + 15
+  lrs = grow.phase_lrs(0.1, 128, "sqrt")
+  np.testing.assert_allclose(lrs, [0.1 * np.sqrt(32)] * 2)
+
+
+def test_growing_batch_past_the_training_set_is_an_error_or_the_hybrid():
+  lb = dataclasses.replace(F1, batch_size=4096)
+  with pytest.raises(ValueError, match=r"reaches 409600 at epoch 20.*training set \(60000\)"):
+    regimes.growing_batch_phases(lb, MNIST_TRAIN)
+  # Hybrid: the batch stops at its maximum and the remaining drops decay the lr.
+  hybrid = regimes.growing_batch_phases(lb, MNIST_TRAIN, max_batch_size=MNIST_TRAIN)
+  assert hybrid.phases == ((0, 4096), (146, 40960))
+  assert hybrid.lr_drop_steps == (146 + 15, 146 + 30) and hybrid.num_steps == 146 + 15 * 2 + 29
+  with pytest.raises(ValueError, match="max_batch_size=70000 must be in"):
+    regimes.growing_batch_phases(lb, MNIST_TRAIN, max_batch_size=70_000)
+
+
+def test_growing_batch_rejects_empty_phases_and_indivisible_sizes():
+  short = dataclasses.replace(F1, batch_size=4096, drop_epochs=(10, 10.01), epochs=12)
+  with pytest.raises(ValueError, match=r"epoch 10 to 10.01 at batch 40960 has no update"):
+    regimes.growing_batch_phases(short, MNIST_TRAIN)
+  with pytest.raises(ValueError, match="reaches 192, not a multiple of 128"):
+    regimes.growing_batch_phases(F1, MNIST_TRAIN, growth_factor=1.5, multiple_of=128)
+  with pytest.raises(ValueError, match="needs drop epochs"):
+    regimes.growing_batch_phases(dataclasses.replace(F1, drop_epochs=()), MNIST_TRAIN)
+  with pytest.raises(ValueError, match="must be > 1"):
+    regimes.growing_batch_phases(F1, MNIST_TRAIN, growth_factor=1.0)

@@ -443,7 +443,7 @@ def test_distance_triggered_drops_follow_the_weight_distance(tmp_path):
     assert (record["lr"] < lrs[0] * 0.5) == (before["weight_distance"] >= targets[0])
 
 
-def test_growing_batch_compiles_each_size_once_and_scales_the_lr(tmp_path, caplog):
+def test_growing_batch_compiles_each_size_once_and_keeps_the_lr(tmp_path, caplog):
   config = tiny_config("lb+lr+gbn+grow", log_every_steps=1, batch_growth_factor=2.0)
   plan = plan_lib.make_plan(config, num_train=512, num_devices=4)
   # 64 for epoch 1 (8 updates), then 128 for epoch 2 (4 updates); ghost 8 throughout.
@@ -456,10 +456,29 @@ def test_growing_batch_compiles_each_size_once_and_scales_the_lr(tmp_path, caplo
   assert summary["updates"] == 12 and summary["final_batch_size"] == 128
   records = [r for r in _records(tmp_path / "grow") if "lr" in r]
   assert [r["batch_size"] for r in records] == [64] * 8 + [128] * 4
-  # sqrt rule through the schedule: 0.05 * sqrt(64 / 16), then 0.05 * sqrt(128 / 16).
-  assert records[0]["lr"] == pytest.approx(0.1) and records[-1]["lr"] == pytest.approx(
-    0.05 * 8**0.5
-  )
+  # Smith et al.: the lr stays at its start, 0.05 * sqrt(64 / 16), no drop at epoch 1.
+  assert [r["lr"] for r in records] == pytest.approx([0.1] * 12)
+
+
+def test_growing_batch_lr_follows_the_batch_as_an_option():
+  config = tiny_config("lb+lr+gbn+grow", batch_growth_factor=2.0, grow_lr_follows_batch=True)
+  plan = plan_lib.make_plan(config, num_train=512, num_devices=4)
+  lr = plan_lib.lr_schedule(plan)
+  # The sqrt rule on each phase's batch: 0.05 * sqrt(64 / 16), then 0.05 * sqrt(128 / 16).
+  assert float(lr(7)) == pytest.approx(0.1) and float(lr(8)) == pytest.approx(0.05 * 8**0.5)
+
+
+def test_growing_batch_past_the_training_set_errors_or_decays_the_lr():
+  config = tiny_config("lb+lr+grow", **{"regime.epochs": 3.0, "regime.drop_epochs": (1.0, 2.0)})
+  with pytest.raises(ValueError, match=r"reaches 6400 at epoch 2, larger than the training set"):
+    plan_lib.make_plan(config, num_train=1000, num_devices=1)
+  config.batch_growth_max = 1000
+  plan = plan_lib.make_plan(config, num_train=1000, num_devices=1)
+  # 64 for epoch 1 (16 updates), 640 for epochs 2 and 3 (2 updates each); the
+  # second drop decays the lr instead (Smith et al.'s hybrid).
+  assert plan.batch_phases == ((0, 64), (16, 640)) and plan.num_steps == 20
+  lr = plan_lib.lr_schedule(plan)
+  assert [float(lr(s)) for s in (0, 17, 18)] == pytest.approx([0.1, 0.1, 0.01])
 
 
 def test_grow_and_dist_reject_bad_settings():
@@ -467,7 +486,7 @@ def test_grow_and_dist_reject_bad_settings():
     plan_lib.make_plan(tiny_config("lb+grow+dist"), 512, 1)
   with pytest.raises(ValueError, match="needs the \\|\\|w - w0\\|\\| targets"):
     plan_lib.make_plan(tiny_config("lb+dist"), 512, 1)
-  with pytest.raises(ValueError, match="does not split into 4 device"):
+  with pytest.raises(ValueError, match="reaches 83, not a multiple of 4"):
     plan_lib.make_plan(tiny_config("lb+grow", batch_growth_factor=1.3), 512, 4)
 
 

@@ -284,3 +284,61 @@ def imagenet_eval_transform(
   if resize < size:
     raise ValueError(f"resize ({resize}) must be >= size ({size}) for a center crop")
   return normalize_image(_center_crop(_resize_shorter_side(image, resize), size))
+
+
+# --- the bigBatch reference's MNIST augmentation -------------------------------
+
+# Normalisation of the bigBatch reference for MNIST (preprocess.py, its
+# `get_transform('mnist')`): (x - 0.5) / 0.5, so black (0) becomes -1.
+REFERENCE_MNIST_MEAN = (0.5,)
+REFERENCE_MNIST_STD = (0.5,)
+
+
+def black_pixel(mean, std) -> np.ndarray:
+  """The value of a black pixel (0 in [0, 1] units) after `(x - mean) / std`.
+
+  Args:
+    mean: per-channel mean in [0, 1] pixel units (a scalar or a sequence).
+    std: per-channel standard deviation, same shape.
+
+  Returns:
+    float32 array of shape (C,): `(0 - mean) / std`.
+  """
+  mean_arr = np.atleast_1d(np.asarray(mean, np.float32))
+  std_arr = np.atleast_1d(np.asarray(std, np.float32))
+  if mean_arr.shape != std_arr.shape or np.any(std_arr <= 0):
+    raise ValueError(f"need positive std of the same shape as mean, got mean={mean}, std={std}")
+  return (0.0 - mean_arr) / std_arr
+
+
+def reference_mnist_augment(
+  x: np.ndarray, rng: np.random.Generator, *, fill, padding: int = 2
+) -> np.ndarray:
+  """The bigBatch reference's MNIST augmentation: pad 2 with black, random crop, flip.
+
+  The reference falls back to `get_transform('mnist', augment=True)`:
+  `RandomCrop(28, padding=2)` on the raw image (padding with black, 0), then
+  `RandomHorizontalFlip`, then `Normalize(0.5, 0.5)`. On normalised inputs the
+  padding is therefore the black pixel in normalised units, `fill`
+  (see :func:`black_pixel`: -1 under the reference's normalisation). Unlike
+  :func:`cifar_augment`, whose fill 0 is the dataset mean, this pads black.
+
+  Crop offsets are drawn before flip decisions, as in :func:`cifar_augment`.
+
+  Args:
+    x: batch of normalised images, shape (N, 28, 28, C) (any H, W work).
+    rng: numpy generator.
+    fill: the black pixel in the normalisation in use: a scalar or one value
+      per channel (:func:`black_pixel` of the dataset's mean and std).
+    padding: pixels of padding on every side (the reference uses 2).
+
+  Returns:
+    The augmented batch, same shape and dtype.
+  """
+  _check_batch(x, "reference_mnist_augment")
+  fill_arr = np.asarray(fill, x.dtype)
+  if fill_arr.ndim > 1 or fill_arr.size not in (1, x.shape[-1]):
+    raise ValueError(
+      f"fill must be a scalar or one value per channel ({x.shape[-1]}), got shape {fill_arr.shape}"
+    )
+  return cifar_augment(x, rng, padding=padding, fill=fill_arr)

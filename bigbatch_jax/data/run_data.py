@@ -8,6 +8,7 @@ from typing import Any
 
 import ml_collections
 
+from bigbatch_jax import protocol
 from bigbatch_jax.data.arrays import ArrayDataset
 from bigbatch_jax.data.augment import (
   cifar_augment,
@@ -93,6 +94,12 @@ def input_pipeline(config: ml_collections.ConfigDict, dataset) -> InputPipeline:
   kind = config.augment
   if kind not in AUGMENTATIONS:
     raise ValueError(f"config.augment={kind!r}; valid: {', '.join(AUGMENTATIONS)}")
+  # The reference protocol's MNIST augmentation (issue 17, item 2), where it applies.
+  reference = protocol.reference_mnist_augmentation(
+    protocol.resolve_protocol(config), dataset, kind
+  )
+  if reference is not None:
+    return InputPipeline(reference, None, None)
   if isinstance(dataset, StreamedDataset):
     if kind == "cifar":
       raise ValueError(

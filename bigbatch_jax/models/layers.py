@@ -152,3 +152,14 @@ def check_image_input(x: jax.Array, model: str) -> None:
       f"got an input of shape {x.shape}. Add the channel axis (x[..., None]) for "
       "single-channel images."
     )
+
+
+legacy_torch_bn_scale_init: Initializer = nn.initializers.uniform(scale=1.0)
+"""Batch-norm scale drawn from U(0, 1): PyTorch's default before 1.0.
+
+PyTorch's ``_BatchNorm.reset_parameters`` called ``weight.data.uniform_()``
+until 1.0 (pytorch/pytorch#12259 changed it to ones). The bigBatch reference
+code ran on such a PyTorch, so its batch-norm layers started with random
+scales in [0, 1). Pass as the norm layer's ``scale_init``, e.g.
+``functools.partial(GhostBatchNorm, scale_init=legacy_torch_bn_scale_init)``.
+"""

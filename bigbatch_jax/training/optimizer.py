@@ -9,6 +9,7 @@ import jax
 import optax
 
 from bigbatch_jax import transforms
+from bigbatch_jax.regimes import gradual_warmup, regime_optimizer_parts
 from bigbatch_jax.training.plan import RunPlan
 
 
@@ -18,7 +19,9 @@ def make_optimizer(
   """The optimizer chain of the plan.
 
   clip -> white noise -> weight decay -> momentum SGD on the base schedule ->
-  scale by (B / B_base)**p [-> distance drops]. Clipping and noise act on the
+  scale by (B / B_base)**p [-> warmup] [-> distance drops]. "lars"/"lamb" replace
+  weight decay and momentum SGD (``regimes.regime_optimizer_parts``); the
+  momentum restart wraps them. Clipping and noise act on the
   raw gradient, weight decay is added to the gradient before momentum (as
   torch.optim.SGD in the bigBatch code), and the batch-size scaling
   multiplies the whole step, which equals scaling the learning rate.
@@ -41,17 +44,21 @@ def make_optimizer(
     alpha, gamma = white_noise
     parts.append(transforms.add_decaying_noise(noise_key, alpha, gamma))
   regime = plan.regime
-  if regime.weight_decay:
-    parts.append(optax.add_decayed_weights(regime.weight_decay))
-  parts.append(
-    optax.sgd(
-      regime.schedule(plan.steps_per_epoch),
-      momentum=regime.momentum or None,
-      nesterov=regime.nesterov,
-    )
+  # Momentum SGD (or "lars"/"lamb") on the base schedule.
+  descent = regime_optimizer_parts(
+    regime,
+    regime.schedule(plan.steps_per_epoch),
+    plan.variant.optimizer,
+    trust_coefficient=plan.lars_trust_coefficient,
   )
-  batch_size = plan.batch_size_schedule() if len(plan.batch_phases) > 1 else plan.batch_size
-  parts.append(transforms.scale_by_batch_size(batch_size, plan.base_batch_size, plan.lr_rule))
+  if plan.momentum_restart_steps:
+    # The reference code's new SGD every epoch (issue 17, item 1).
+    descent = [transforms.restart_momentum_at(optax.chain(*descent), plan.momentum_restart_steps)]
+  parts.extend(descent)
+  parts.append(transforms.scale_by_batch_size(plan.lr_batch_size(), plan.lr_base, plan.lr_rule))
+  if plan.warmup_steps:
+    # Goyal et al.'s ramp from the base to the scaled rate.
+    parts.append(optax.scale_by_schedule(gradual_warmup(plan.lr_scale, plan.warmup_steps)))
   if plan.drop_distances:
     # Last in the chain: distance_drop_scale reads its state there.
     parts.append(transforms.scale_by_distance_drops(plan.drop_distances, regime.drop_factor))

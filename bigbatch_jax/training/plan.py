@@ -19,7 +19,15 @@ import optax
 from bigbatch_jax import transforms
 from bigbatch_jax.data.schedule import BatchSchedule
 from bigbatch_jax.noise import matched_noise_variance
-from bigbatch_jax.regimes import Regime, adapt_regime, epochs_to_steps
+from bigbatch_jax.protocol import Protocol, resolve_protocol
+from bigbatch_jax.regimes import (
+  Regime,
+  adapt_regime,
+  epoch_first_steps,
+  epochs_to_steps,
+  gradual_warmup,
+  growing_batch_phases,
+)
 from bigbatch_jax.training.metrics import distances_at_drops
 from bigbatch_jax.training.variants import Variant, parse_variant
 
@@ -47,6 +55,13 @@ class RunPlan:
   # (first step, global batch size) of each phase; one phase unless "grow".
   batch_phases: tuple[tuple[int, int], ...] = ()
   drop_distances: tuple[float, ...] = ()  # "dist": ||w - w0|| targets of the lr drops
+  # The batch the lr rule divides by: base_batch_size, or 256 with main_normal_lr (issue 17).
+  lr_base_batch_size: int | None = None
+  grow_lr_follows_batch: bool = False  # "grow": the lr rule reads the growing batch
+  warmup_steps: int = 0  # "warmup": Goyal's linear ramp to the scaled lr over these updates
+  momentum_restart_steps: tuple[int, ...] = ()  # the momentum is zeroed before these updates
+  lars_trust_coefficient: float = 0.001  # "lars": eta
+  bn_scale_uniform: bool = False  # batch-norm scales start U(0, 1) (PyTorch < 1.0)
 
   @property
   def batch_schedule(self) -> BatchSchedule:
@@ -77,9 +92,20 @@ class RunPlan:
     return self.batch_schedule.offset_at(step)
 
   @property
+  def lr_base(self) -> int:
+    """The batch size the learning-rate rule divides by."""
+    return self.lr_base_batch_size or self.base_batch_size
+
+  def lr_batch_size(self):
+    """The batch size the learning-rate rule reads: the schedule if the lr follows "grow"."""
+    if len(self.batch_phases) > 1 and self.grow_lr_follows_batch:
+      return self.batch_size_schedule()
+    return self.batch_size
+
+  @property
   def lr_scale(self) -> float:
-    """(B / B_base)**p, the factor on the base learning rate."""
-    ratio = self.batch_size / self.base_batch_size
+    """(B / B_base)**p, the factor on the base learning rate (after any warmup)."""
+    ratio = self.batch_size / self.lr_base
     return ratio ** transforms.lr_scaling_exponent(self.lr_rule)
 
   def epoch_at(self, step: int) -> float:
@@ -104,9 +130,10 @@ def make_plan(
   if num_train <= 0:
     raise ValueError(f"the training set is empty (num_train={num_train})")
   variant = parse_variant(config.variant)
+  protocol = resolve_protocol(config)
   base, batch = _batch_sizes(config, variant, num_devices, process_count)
   ghost = _ghost_batch_size(config, variant, base, batch, num_devices)
-  regime = _adapted_regime(config, variant, base, batch)
+  regime = _adapted_regime(config, variant, base, batch, protocol)
   batch_phases, num_steps, regime = _durations(
     config, variant, regime, num_train, num_devices, ghost
   )
@@ -130,7 +157,54 @@ def make_plan(
     clip_steps=clip_steps,
     batch_phases=batch_phases,
     drop_distances=drop_distances,
+    lr_base_batch_size=protocol.lr_base_batch_size(base),
+    grow_lr_follows_batch=_flag(config, "grow_lr_follows_batch"),
+    warmup_steps=_warmup_steps(config, variant, num_train, batch),
+    momentum_restart_steps=_momentum_restart_steps(
+      protocol, variant, regime, num_train, batch_phases, num_steps
+    ),
+    lars_trust_coefficient=_lars_trust_coefficient(config),
+    bn_scale_uniform=protocol.bn_scale_uniform,
   )
+
+
+def _flag(config, key: str) -> bool:
+  value = config[key]
+  if not isinstance(value, bool):
+    raise ValueError(f"config.{key} must be True or False, got {value!r}")
+  return value
+
+
+def _warmup_steps(config, variant: Variant, num_train: int, batch: int) -> int:
+  """Updates of Goyal et al.'s gradual warmup ("warmup"; 0 without it)."""
+  if not variant.warmup:
+    return 0
+  epochs = config.warmup_epochs
+  if isinstance(epochs, bool) or not isinstance(epochs, int | float) or not epochs > 0:
+    raise ValueError(f"config.warmup_epochs must be > 0, got {epochs!r}")
+  return max(1, epochs_to_steps(epochs, num_train, batch))
+
+
+def _momentum_restart_steps(protocol: Protocol, variant, regime, num_train, phases, num_steps):
+  """The first update of every epoch when the momentum restarts (issue 17, item 1)."""
+  if not protocol.momentum_restart:
+    return ()
+  if variant.optimizer == "lamb" or not regime.momentum:
+    if not protocol.momentum_restart_explicit:
+      return ()  # the reference protocol's default: nothing to restart
+    raise ValueError(
+      "config.momentum_restart zeroes the SGD (or LARS) momentum every epoch, but this run has "
+      f"none (optimizer {variant.optimizer!r}, momentum {regime.momentum}); set "
+      "config.momentum_restart=False"
+    )
+  return epoch_first_steps(num_train, phases, num_steps)
+
+
+def _lars_trust_coefficient(config) -> float:
+  value = config.lars_trust_coefficient
+  if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+    raise ValueError(f"config.lars_trust_coefficient must be > 0, got {value!r}")
+  return float(value)
 
 
 def _positive_int(config, key: str) -> int:
@@ -221,8 +295,11 @@ def base_drop_epochs(regime_config) -> tuple[float, ...]:
   return tuple(f * regime_config.epochs for f in fractions)
 
 
-def _adapted_regime(config, variant: Variant, base: int, batch: int) -> Regime:
-  """The base regime stretched by r with "ra" (Hoffer section 5); lr stays the base rate."""
+def _adapted_regime(config, variant: Variant, base: int, batch: int, protocol: Protocol) -> Regime:
+  """The base regime stretched by r with "ra" (Hoffer section 5); lr stays the base rate.
+
+  With main_normal_lr (issue 17, item 4) the stretch is main_normal.py's ceil(B / 256).
+  """
   regime_config = config.regime
   base_regime = Regime(
     lr=regime_config.lr,
@@ -239,6 +316,13 @@ def _adapted_regime(config, variant: Variant, base: int, batch: int) -> Regime:
   regime = adapt_regime(
     base_regime, batch, lr_rule="none", regime_adaptation=variant.regime_adaptation
   )
+  if variant.regime_adaptation and protocol.main_normal_lr:
+    stretch = protocol.regime_stretch(batch, base)
+    regime = dataclasses.replace(
+      regime,
+      epochs=base_regime.epochs * stretch,
+      drop_epochs=tuple(e * stretch for e in base_regime.drop_epochs),
+    )
   if config.num_epochs is not None:
     if not config.num_epochs > 0:
       raise ValueError(f"config.num_epochs must be > 0 or None, got {config.num_epochs!r}")
@@ -253,45 +337,26 @@ def _durations(config, variant: Variant, regime: Regime, num_train, num_devices,
     num_steps = regime.num_steps(num_train)
     phases = ((0, batch),)
   else:
-    phases = _growing_batch_phases(config, regime, num_train, num_devices, ghost)
-    last_phase_epochs = regime.epochs - _phase_epochs(regime)[-1]
-    num_steps = phases[-1][0] + epochs_to_steps(last_phase_epochs, num_train, phases[-1][1])
-    regime = dataclasses.replace(regime, drop_epochs=())  # the batch grows instead
+    # Smith et al. 2018: the batch grows at the drops instead; where it reaches
+    # batch_growth_max the remaining drops decay the lr (their hybrid).
+    grow = growing_batch_phases(
+      regime,
+      num_train,
+      growth_factor=config.batch_growth_factor,
+      max_batch_size=config.batch_growth_max,
+      multiple_of=num_devices * (ghost or 1),
+    )
+    phases, num_steps = grow.phases, grow.num_steps
+    # The hybrid's lr drops as epochs of the first batch (the schedule's unit).
+    steps_per_epoch = num_train / batch
+    regime = dataclasses.replace(
+      regime, drop_epochs=tuple(step / steps_per_epoch for step in grow.lr_drop_steps)
+    )
   if num_steps < 1:
     raise ValueError(
       f"{regime.epochs} epochs of {num_train} examples at batch {batch} is less than one update"
     )
   return phases, num_steps, regime
-
-
-def _phase_epochs(regime: Regime) -> list[float]:
-  """Epochs at which the batch of a "grow" run changes: 0 and the drop epochs."""
-  return [0.0, *(e for e in regime.drop_epochs if e < regime.epochs)]
-
-
-def _growing_batch_phases(config, regime: Regime, num_train, num_devices, ghost):
-  """(first step, batch) phases: the batch times the growth factor at each drop epoch."""
-  factor = config.batch_growth_factor
-  if factor is None:
-    factor = 1.0 / regime.drop_factor
-  if not factor > 1:
-    raise ValueError(f"config.batch_growth_factor must be > 1, got {factor!r}")
-  epochs = _phase_epochs(regime)
-  if len(epochs) < 2:
-    raise ValueError("variant part 'grow' needs regime.drop_epochs: the batch grows at them")
-  phases, step, size = [], 0, regime.batch_size
-  for k, start_epoch in enumerate(epochs):
-    if size % num_devices or (ghost and (size // num_devices) % ghost):
-      raise ValueError(
-        f"the growing batch reaches {size}, which does not split into {num_devices} device(s)"
-        + (f" of whole ghost batches of {ghost}" if ghost else "")
-        + "; choose a batch_growth_factor that keeps every size divisible"
-      )
-    phases.append((step, size))
-    if k + 1 < len(epochs):
-      step += epochs_to_steps(epochs[k + 1] - start_epoch, num_train, size)
-      size = int(round(size * factor))
-  return tuple(phases)
 
 
 def _drop_distances(config) -> tuple[float, ...]:
@@ -344,7 +409,8 @@ def lr_schedule(plan: RunPlan) -> optax.Schedule:
   logs the product).
   """
   base = plan.regime.schedule(plan.steps_per_epoch)
-  scale = transforms.batch_size_scale_schedule(
-    plan.batch_size_schedule(), plan.base_batch_size, plan.lr_rule
-  )
+  scale = transforms.batch_size_scale_schedule(plan.lr_batch_size(), plan.lr_base, plan.lr_rule)
+  if plan.warmup_steps:
+    warmup = gradual_warmup(plan.lr_scale, plan.warmup_steps)
+    return lambda step: base(step) * scale(step) * warmup(step)
   return lambda step: base(step) * scale(step)

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from bigbatch_jax import models
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
+from bigbatch_jax.models.layers import legacy_torch_bn_scale_init
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training.optimizer import distance_drop_scale, make_optimizer
 from bigbatch_jax.training.plan import RunPlan, lr_schedule
@@ -37,8 +38,11 @@ def norm_layer(
   ghost size is None, which is flax BatchNorm over the whole (global) batch.
   ``layer`` replaces the class (same arguments), e.g. for a benchmark.
   """
+  # PyTorch < 1.0's U(0, 1) scales (issue 17, item 3); flax's ones otherwise.
+  scale_init = {"scale_init": legacy_torch_bn_scale_init} if plan.bn_scale_uniform else {}
   return functools.partial(
     layer,
+    **scale_init,
     ghost_batch_size=plan.ghost_batch_size,
     stats_update=config.ghost_stats_update,
     ghost_variance=config.ghost_variance,

@@ -16,9 +16,16 @@ A variant is a batch choice followed by remedies, joined with "+":
   ``grad_clip_steps`` updates (all updates when None).
 * ``dist``: learning-rate drops triggered by the weight distance ||w - w0||
   reaching targets instead of at the regime's drop epochs (Hoffer section 5).
-* ``grow``: the batch grows by ``batch_growth_factor`` at the regime's drop
-  epochs instead of the learning rate dropping ("start small and increase";
-  Smith et al. 2018, "Don't decay the learning rate, increase the batch size").
+* ``grow``: the batch grows by ``batch_growth_factor`` (default the drop
+  factor's inverse) at the regime's drop epochs instead of the learning rate
+  dropping, the rate staying at its starting value (Smith et al. 2018, "Don't
+  decay the learning rate, increase the batch size").
+* ``warmup``: Goyal et al. 2017's gradual warmup, the rate rising linearly
+  from the base to the scaled rate over ``warmup_epochs``; ``lb+linear+warmup``
+  is Goyal's recipe.
+* ``lars`` / ``lamb``: the optimizer is LARS (You et al. 2017) or LAMB (You et
+  al. 2019) on the regime's schedule, weight decay and momentum instead of
+  momentum SGD (``bigbatch_jax.regimes.lars_for_regime``, ``lamb_for_regime``).
 """
 
 from __future__ import annotations
@@ -26,9 +33,22 @@ from __future__ import annotations
 import dataclasses
 
 BATCH_PARTS = ("sb", "lb")
-REMEDY_PARTS = ("lr", "linear", "gbn", "ra", "mult", "white", "clip", "dist", "grow")
+REMEDY_PARTS = (
+  "lr",
+  "linear",
+  "gbn",
+  "ra",
+  "mult",
+  "white",
+  "clip",
+  "dist",
+  "grow",
+  "warmup",
+  "lars",
+  "lamb",
+)
 # Remedies that only mean something when the batch is larger than the base.
-LARGE_BATCH_ONLY = ("lr", "linear", "ra", "mult")
+LARGE_BATCH_ONLY = ("lr", "linear", "ra", "mult", "warmup")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +65,8 @@ class Variant:
   clip: bool
   distance_drops: bool
   grow_batch: bool
+  warmup: bool = False
+  optimizer: str = "sgd"  # "sgd", "lars" or "lamb"
 
 
 def parse_variant(name: str) -> Variant:
@@ -78,6 +100,7 @@ def parse_variant(name: str) -> Variant:
     ("grow", "dist", "both replace the regime's learning-rate drops"),
     ("grow", "ra", "regime adaptation stretches a fixed batch's regime"),
     ("grow", "mult", "the matched noise variance is defined for one batch size"),
+    ("lars", "lamb", "two optimizers; choose one"),
   ):
     if a in remedies and b in remedies:
       raise ValueError(f"variant {name!r} is contradictory: '{a}' and '{b}' ({why})")
@@ -89,6 +112,11 @@ def parse_variant(name: str) -> Variant:
         "(r = 1); use them with 'lb'"
       )
   lr_rule = "sqrt" if "lr" in remedies else "linear" if "linear" in remedies else "none"
+  if "warmup" in remedies and lr_rule == "none":
+    raise ValueError(
+      f"variant {name!r}: 'warmup' ramps the rate up to the scaled rate; add a scaling "
+      "rule ('linear', Goyal et al., or 'lr')"
+    )
   return Variant(
     name=name,
     large_batch=batch == "lb",
@@ -100,4 +128,6 @@ def parse_variant(name: str) -> Variant:
     clip="clip" in remedies,
     distance_drops="dist" in remedies,
     grow_batch="grow" in remedies,
+    warmup="warmup" in remedies,
+    optimizer=next((p for p in ("lars", "lamb") if p in remedies), "sgd"),
   )

@@ -83,6 +83,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.drop_distances = placeholder(tuple)  # "dist": ||w - w0|| at which lr drops
   config.drop_distances_from = placeholder(str)  # "dist": take them from this run's workdir
   config.batch_growth_factor = placeholder(float)  # "grow": per drop epoch (None: 1/drop_factor)
+  # "grow": the largest batch; from it on the remaining drops decay the lr
+  # (Smith et al.'s hybrid). None: growing past the training set is an error.
+  config.batch_growth_max = placeholder(int)
+  config.grow_lr_follows_batch = False  # "grow": the lr rule follows the batch (lr grows too)
+  config.warmup_epochs = 5.0  # "warmup": Goyal et al.'s linear ramp to the scaled lr
+  config.lars_trust_coefficient = 0.001  # "lars": eta of You et al. 2017
+
+  # Protocol (issue 17): "clean" (what the papers describe) or "reference" (what
+  # the bigBatch code did: items 1, 2 and 4 below). Each key overrides its
+  # protocol's default when set; None takes the protocol's (bigbatch_jax.protocol).
+  config.protocol = "clean"
+  config.momentum_restart = placeholder(bool)  # 1: a fresh SGD momentum every epoch
+  # 2: pad 2 with black, crop, flip on in-memory image data (MNIST)
+  config.reference_mnist_augment = placeholder(bool)
+  config.bn_scale_uniform = placeholder(bool)  # 3: BN scales U(0, 1) (in neither protocol)
+  config.main_normal_lr = placeholder(bool)  # 4: lr x (B/256)**p, regime stretch ceil(B/256)
   config.mult_noise_variance = placeholder(float)  # "mult" noise sigma^2 (None: matched, r - 1)
   config.nonfinite_policy = "stop"  # non-finite loss/gradient: "stop" (error) | "skip" (the update)
   # Stop when the logged loss exceeds this many times the first logged loss.

@@ -29,7 +29,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bigbatch_jax.data import load_data
-from bigbatch_jax.training import retain_freed_host_memory
+from bigbatch_jax.protocol import PROTOCOLS
+from bigbatch_jax.training import parse_variant, retain_freed_host_memory
 from experiments.table1 import run_table
 from experiments.table1.rows import (
   DEFAULT_VARIANTS,
@@ -61,7 +62,15 @@ flags.DEFINE_string(
   "default",
   f"Comma-separated rows (variants, optionally @2x or @r4), or a set: default "
   f"({','.join(DEFAULT_VARIANTS)}), paper (Hoffer Table 1's columns and sb@2x) or reviewers "
-  "(their questions' rows, with sb and lb+lr+gbn+ra).",
+  "(their questions' rows, with sb and lb+lr+gbn+ra) or recipes (the large-batch recipes "
+  "at B_L with SB's epochs).",
+)
+flags.DEFINE_enum(
+  "protocol",
+  None,
+  PROTOCOLS,
+  "The protocol of every run (bigbatch_jax.protocol): clean, or the bigBatch reference "
+  "code's; same as --config.protocol.",
 )
 flags.DEFINE_bool("hessian", True, "Measure each run's top Hessian eigenvalue (the λ_max column).")
 flags.DEFINE_bool(
@@ -86,6 +95,17 @@ class Setup:
   paper_data: bool  # the data is MNIST (rows.is_mnist): print the paper's numbers
 
 
+def with_protocol(overrides: dict, protocol: str | None) -> dict:
+  """The --config overrides with --protocol's choice added; the two must agree."""
+  if protocol is None:
+    return overrides
+  if overrides.get("protocol", protocol) != protocol:
+    raise ValueError(
+      f"--protocol={protocol} and --config.protocol={overrides['protocol']} disagree"
+    )
+  return {**overrides, "protocol": protocol}
+
+
 def setup_from_flags() -> Setup:
   """Builds each row's config from --config, its overrides, --preset and --variants."""
   spec = config_flags.get_config_filename(FLAGS["config"])
@@ -96,13 +116,17 @@ def setup_from_flags() -> Setup:
       "row (choose them with --variants) and the size with --preset"
     )
   module = load_config_module(path)
-  overrides = config_flags.get_override_values(FLAGS["config"])
+  overrides = with_protocol(config_flags.get_override_values(FLAGS["config"]), FLAGS.protocol)
   paper_dataset = getattr(module, "PAPER_DATASET", None)
   preset = resolve_preset(FLAGS.preset, FLAGS.config.dataset, paper_dataset)
   rows = parse_variants(FLAGS.variants)
   configs = {row: variant_config(module, row, preset, overrides) for row in rows}
   data = load_data(next(iter(configs.values())))
   for config in configs.values():
+    if parse_variant(config.variant).grow_batch and "batch_growth_max" not in overrides:
+      # A growing batch stops at the training set and the lr drops from there
+      # on (Smith et al.'s hybrid), so that "grow" runs on small data sets.
+      config.batch_growth_max = data.num_train
     schedule_records(config, data.num_train, overrides)
   paper_data = paper_dataset == "tfds:mnist" and is_mnist(FLAGS.config.dataset, data)
   paper_data = paper_data or FLAGS.config.dataset == paper_dataset

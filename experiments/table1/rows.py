@@ -39,6 +39,15 @@ LABELS = {
   "lb+linear@r4": "linear, r=4",
   "lb+linear+white@r4": "linear+white, r=4",
 }
+# The large-batch recipes compared at B_L with SB's epochs: Hoffer's +LR+GBN,
+# Goyal et al.'s linear scaling with warmup, LARS (You et al. 2017), LAMB (You
+# et al. 2019), Jaiswal & Taura's linear+white and Smith et al.'s growing batch.
+RECIPE_LABELS = {
+  "lb+linear+warmup": "Goyal warmup",
+  "lb+lars": "LARS",
+  "lb+lamb": "LAMB",
+  "lb+grow": "Smith grow",
+}
 # The sets --variants accepts by name.
 VARIANT_SETS = {
   "default": tuple(LABELS),
@@ -56,7 +65,18 @@ VARIANT_SETS = {
     "lb+linear@r4",
     "lb+linear+white@r4",
   ),
+  "recipes": (
+    "sb",
+    "lb",
+    "lb+lr+gbn",
+    "lb+linear+warmup",
+    "lb+lars",
+    "lb+lamb",
+    "lb+linear+white",
+    "lb+grow",
+  ),
 }
+LABELS |= RECIPE_LABELS
 DEFAULT_VARIANTS = VARIANT_SETS["default"]
 MODIFIERS = ("2x", "r4")
 PRESETS = ("auto", "quick", "full")

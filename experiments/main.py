@@ -4,12 +4,21 @@
 
 Any config key can be overridden, e.g. --config.batch_size=1024. Re-running
 the same command with the same --workdir resumes from its last checkpoint.
+SIGTERM or SIGINT checkpoints the step reached and exits with status 75
+(``training.PREEMPTED_EXIT_CODE``); the same command then resumes it.
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bigbatch_jax.training import retain_freed_host_memory, train_and_evaluate
+from bigbatch_jax.training import (
+  PREEMPTED_EXIT_CODE,
+  Preempted,
+  retain_freed_host_memory,
+  train_and_evaluate,
+)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -26,7 +35,11 @@ def main(argv):
     # Orbax logs every checkpoint step at INFO; the progress bar says enough.
     logging.set_verbosity(logging.WARNING)
   retain_freed_host_memory()  # before JAX starts: see host_memory.py
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except Preempted as stopped:
+    print(f"{stopped}\ncommand: {' '.join(sys.argv)}", file=sys.stderr, flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ from bigbatch_jax.training import (
   retain_freed_host_memory,
   train_and_evaluate,
 )
+from bigbatch_jax.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 from bigbatch_jax.training.workdir import RESUMABLE_KEYS
 
 # Hoffer Table 1's columns, then the noise remedies (Hoffer sec. 4; Jaiswal & Taura).
@@ -786,16 +787,20 @@ def main(argv):
     f"workdir {FLAGS.workdir}",
     flush=True,
   )
-  run_table(
-    setup.configs,
-    seeds,
-    FLAGS.workdir,
-    paper_accuracy=setup.paper_accuracy,
-    paper_dataset=setup.paper_dataset,
-    preset=setup.preset,
-    echo=lambda line: print(line, file=sys.stdout, flush=True),
-    hessian=FLAGS.hessian,
-  )
+  try:
+    run_table(
+      setup.configs,
+      seeds,
+      FLAGS.workdir,
+      paper_accuracy=setup.paper_accuracy,
+      paper_dataset=setup.paper_dataset,
+      preset=setup.preset,
+      echo=lambda line: print(line, file=sys.stdout, flush=True),
+      hessian=FLAGS.hessian,
+    )
+  except Preempted as stopped:  # the same command resumes the run and then the table
+    print(f"{stopped}\ncommand: {' '.join(sys.argv)}", file=sys.stderr, flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

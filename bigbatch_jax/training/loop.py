@@ -157,14 +157,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with PreemptionWatch() as watch:
     try:
       with batches:
-        step, calls = start_step, 0
+        step = previous = start_step
         # The signal flag is read between calls: every process stops after the same call.
-        while step < end_step and not watch.should_stop(calls):
+        while step < end_step and not watch.should_stop(previous, step):
           length = call_length(step, end_step, config.steps_per_call, plan)
           call = steps.get(plan.batch_size_at(step), length)
           state, metrics = call(state, next_batches(batches, length, mesh))
           _after_call(loop, state, metrics, step, length, end_step)
-          step, calls = step + length, calls + 1
+          previous, step = step, step + length
       if step < end_step:
         raise _checkpoint_and_stop(loop, watch, state, step, start_step)
     finally:

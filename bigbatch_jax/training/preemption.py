@@ -11,8 +11,9 @@ steps, while every process must save the same step (they write one checkpoint
 together). JAX's preemption sync manager (started by jax.distributed.initialize
 unless ``jax_enable_preemption_service`` is off) agrees on it over the
 coordination service: once any process posts a notice, each process's
-background thread publishes the last call index it reached, and every process
-stops after call max + 1 (``multihost_utils.reached_preemption_sync_point``).
+background thread publishes the last step it reported, and every process
+stops after the call holding step max + 1
+(``multihost_utils.reached_preemption_sync_point``).
 Its own SIGTERM listener is replaced by the handler installed here, which
 posts the notice itself, for SIGINT as well.
 """
@@ -93,10 +94,14 @@ class PreemptionWatch:
       # Never interrupt: a second signal must not cut the checkpoint being written.
       _say(f"{name} received again: already stopping; wait for the checkpoint to be written")
 
-  def should_stop(self, calls: int) -> bool:
-    """Whether to stop after the run's ``calls``-th train call (0: before the first).
+  def should_stop(self, previous: int, step: int) -> bool:
+    """Whether to stop at ``step``, reached by a call from ``previous`` (equal before any call).
 
-    Called by every process after every call with the same count.
+    Every process calls it with the same steps. The sync manager is told each
+    step of the call: orbax's ``CheckpointManager.save`` reports its step to
+    it too, so steps (not call counts) are the one counter both can share, and
+    the agreed step (the fastest process's last step + 1) falls inside exactly
+    one call, the same on every process.
     """
     if not self._multihost:
       return self.signal_name is not None
@@ -105,11 +110,12 @@ class PreemptionWatch:
       now = datetime.datetime.now(datetime.UTC).isoformat()
       # Several processes may post it (SLURM signals every task): overwrite.
       _client().key_value_set(_NOTICE_KEY, now, allow_overwrite=True)
-    if not multihost_utils.reached_preemption_sync_point(calls):
-      return False
-    if self.signal_name is None:
+    reached = False
+    for s in range(previous + 1, step + 1) if step > previous else [step]:
+      reached |= multihost_utils.reached_preemption_sync_point(s)
+    if reached and self.signal_name is None:
       self.signal_name = "a peer's signal"
-    return True
+    return reached
 
 
 def _client():

@@ -229,7 +229,11 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
       assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
       time.sleep(0.01)
     procs[signalled].send_signal(signal.SIGTERM)
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    try:
+      outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+      for p in procs:  # none left behind when the processes disagree and hang
+        p.kill()
     for proc, out in zip(procs, outputs):
       assert proc.returncode == training.PREEMPTED_EXIT_CODE, out[-3000:]
     # Both stopped at the one step they agreed on, and wrote its checkpoint together.

@@ -8,6 +8,7 @@ SIGTERM or SIGINT checkpoints the step reached and exits with status 75
 (``training.PREEMPTED_EXIT_CODE``); the same command then resumes it.
 """
 
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -38,7 +39,8 @@ def main(argv):
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except Preempted as stopped:
-    print(f"{stopped}\ncommand: {' '.join(sys.argv)}", file=sys.stderr, flush=True)
+    command = shlex.join([sys.executable, "-m", "experiments.main", *sys.argv[1:]])
+    print(f"{stopped}\ncommand: {command}", file=sys.stderr, flush=True)
     sys.exit(PREEMPTED_EXIT_CODE)
 
 

@@ -68,6 +68,7 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -799,7 +800,8 @@ def main(argv):
       hessian=FLAGS.hessian,
     )
   except Preempted as stopped:  # the same command resumes the run and then the table
-    print(f"{stopped}\ncommand: {' '.join(sys.argv)}", file=sys.stderr, flush=True)
+    command = shlex.join([sys.executable, "-m", "experiments.table1", *sys.argv[1:]])
+    print(f"{stopped}\ncommand: {command}", file=sys.stderr, flush=True)
     sys.exit(PREEMPTED_EXIT_CODE)
 
 

@@ -242,3 +242,31 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
       assert f"stopped the run at step {step} of 64" in out, out[-2000:]
   finish(stopped)
   jax.tree.map(np.testing.assert_array_equal, _params(straight), _params(stopped))
+
+
+@pytest.mark.slow
+def test_a_signal_inside_a_table_run_stops_the_driver_and_its_rerun_continues(tmp_path):
+  command = [
+    sys.executable, "-m", "experiments.table1", f"--workdir={tmp_path}", "--variants=sb,lb",
+    "--seeds=0", "--config.dataset=synthetic", "--config.model_options.hidden=8",
+    "--config.base_batch_size=32", "--config.large_batch_size=128",
+    "--config.regime.epochs=4.0", "--config.regime.drop_epochs=(2.0,)",
+    "--config.progress_bar=False", "--config.log_every_steps=1",
+  ]  # fmt: skip
+  proc = subprocess.Popen(
+    command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
+  run = tmp_path / "sb" / "seed_0"
+  deadline = time.monotonic() + 300
+  while _trained_steps(run) < 10:  # the first of the two runs, under way
+    assert proc.poll() is None and time.monotonic() < deadline
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == training.PREEMPTED_EXIT_CODE, err[-3000:]
+  assert "command: " in err and "-m experiments.table1" in err
+  (stopped,) = _steps(run)
+  rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "[1/2] sb seed 0: test accuracy" in rerun.stdout and "| lb | LB |" in rerun.stdout
+  assert stopped < 64 and _steps(run)[-1] == 64

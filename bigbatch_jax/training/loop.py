@@ -107,6 +107,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns:
     The summary dict (also written to ``summary.json``).
+
+  Raises:
+    Preempted: after SIGTERM or SIGINT during training, once the step every
+      process reached is checkpointed (``preemption.py``); calling again
+      with the same config and workdir resumes it.
   """
   maybe_initialize_distributed(config)
   dataset = data_lib.load_data(config)

@@ -218,7 +218,9 @@ def base_drop_epochs(regime_config) -> tuple[float, ...]:
   fractions = tuple(regime_config.drop_fractions or ())
   if any(not 0 < f < 1 for f in fractions):
     raise ValueError(f"config.regime.drop_fractions must lie in (0, 1), got {fractions}")
-  return tuple(f * regime_config.epochs for f in fractions)
+  # To 1e-6 epoch: a fraction's float error (0.2 * 3 = 0.6000000000000001)
+  # must not move a drop across the rounding of epochs to steps.
+  return tuple(round(f * regime_config.epochs, 6) for f in fractions)
 
 
 def _adapted_regime(config, variant: Variant, base: int, batch: int) -> Regime:

@@ -4,12 +4,15 @@
 
 Any config key can be overridden, e.g. --config.batch_size=1024. Re-running
 the same command with the same --workdir resumes from its last checkpoint.
+SIGTERM or SIGINT checkpoints the step reached and exits with status 75
+(``training.PREEMPTED_EXIT_CODE``); the same command then resumes it.
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bigbatch_jax.training import retain_freed_host_memory, train_and_evaluate
+from bigbatch_jax.training import Preempted, retain_freed_host_memory, train_and_evaluate
+from experiments.rerun import exit_for_rerun
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -26,7 +29,10 @@ def main(argv):
     # Orbax logs every checkpoint step at INFO; the progress bar says enough.
     logging.set_verbosity(logging.WARNING)
   retain_freed_host_memory()  # before JAX starts: see host_memory.py
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except Preempted as stopped:
+    exit_for_rerun(stopped, "experiments.main")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from bigbatch_jax.training.parallel import (
   shard_train_step,
 )
 from bigbatch_jax.training.plan import RunPlan, lr_schedule, make_plan
+from bigbatch_jax.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 from bigbatch_jax.training.setup import RunSetup, build_model, norm_layer, set_up_run
 from bigbatch_jax.training.state import TrainState, create_train_state
 from bigbatch_jax.training.step import eval_step, train_step, weight_distances
@@ -22,9 +23,11 @@ from bigbatch_jax.training.variants import Variant, parse_variant
 from bigbatch_jax.training.workdir import RESUMABLE_KEYS, check_and_save_config, config_changes
 
 __all__ = [
+  "PREEMPTED_EXIT_CODE",
   "RESUMABLE_KEYS",
   "Checkpointer",
   "MetricsLog",
+  "Preempted",
   "RunPlan",
   "RunSetup",
   "TrainState",

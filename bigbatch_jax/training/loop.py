@@ -28,6 +28,7 @@ from bigbatch_jax.training.evaluation import evaluation_record
 from bigbatch_jax.training.guard import DivergenceGuard
 from bigbatch_jax.training.metrics import MetricsLog
 from bigbatch_jax.training.plan import RunPlan, make_plan
+from bigbatch_jax.training.preemption import Preempted, PreemptionWatch
 from bigbatch_jax.training.setup import RunSetup, set_up_run
 from bigbatch_jax.training.state import TrainState
 from bigbatch_jax.training.summary import run_summary, write_outputs
@@ -106,6 +107,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns:
     The summary dict (also written to ``summary.json``).
+
+  Raises:
+    Preempted: after SIGTERM or SIGINT during training, once the step every
+      process reached is checkpointed (``preemption.py``); calling again
+      with the same config and workdir resumes it.
   """
   maybe_initialize_distributed(config)
   dataset = data_lib.load_data(config)
@@ -153,18 +159,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
   start_time = loop.last_time = time.perf_counter()
   loop.last_step = start_step
-  try:
-    with batches:
-      step = start_step
-      while step < end_step:
-        length = call_length(step, end_step, config.steps_per_call, plan)
-        call = steps.get(plan.batch_size_at(step), length)
-        state, metrics = call(state, next_batches(batches, length, mesh))
-        _after_call(loop, state, metrics, step, length, end_step)
-        step += length
-  finally:
-    bar.close()
-    checkpoints.wait()
+  with PreemptionWatch() as watch:
+    try:
+      with batches:
+        step = previous = start_step
+        # The signal flag is read between calls: every process stops after the same call.
+        while step < end_step and not watch.should_stop(previous, step):
+          length = call_length(step, end_step, config.steps_per_call, plan)
+          call = steps.get(plan.batch_size_at(step), length)
+          state, metrics = call(state, next_batches(batches, length, mesh))
+          _after_call(loop, state, metrics, step, length, end_step)
+          previous, step = step, step + length
+      if step < end_step:
+        raise _checkpoint_and_stop(loop, watch, state, step, start_step)
+    finally:
+      bar.close()
+      checkpoints.wait()
 
   # Every process's summary reads the writer's log, complete only once it is done.
   wait_for_all_processes("bigbatch_jax_metrics_written", config.distributed_timeout_s)
@@ -173,6 +183,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   write_outputs(summary, records, workdir, title=plan.variant.name)
   checkpoints.close()
   return summary
+
+
+def _checkpoint_and_stop(loop: _Loop, watch, state, step: int, start_step: int) -> Preempted:
+  """Checkpoints ``step`` after a signal (further signals are ignored) and says how to resume."""
+  checkpoints = loop.checkpoints
+  checkpoints.wait()  # a periodic write of this very step may be under way
+  if step > start_step and checkpoints.latest_step() != step:
+    loop.guard.check_state(state)
+    checkpoints.save(step, state)
+    checkpoints.wait()
+  saved = checkpoints.latest_step()
+  where = (
+    f"checkpoint {saved} is in {checkpoints.directory}"
+    if saved is not None
+    else "no step was trained and there is no checkpoint"
+  )
+  message = (
+    f"{watch.signal_name} stopped the run at step {step} of {loop.plan.num_steps} "
+    f"(epoch {loop.plan.epoch_at(step):.3g}); {where}. Rerun the same command (the same "
+    "config and workdir) to resume: the resumed run ends identical to an uninterrupted one"
+  )
+  log.warning(message)
+  return Preempted(message, watch.signal_name, step, saved)
 
 
 def _train_batches(config, dataset, plan: RunPlan, start_step: int) -> data_lib.BatchIterator:

@@ -30,7 +30,8 @@ from ml_collections import config_flags
 
 from bigbatch_jax.data import load_data
 from bigbatch_jax.protocol import PROTOCOLS
-from bigbatch_jax.training import parse_variant, retain_freed_host_memory
+from bigbatch_jax.training import Preempted, parse_variant, retain_freed_host_memory
+from experiments.rerun import exit_for_rerun
 from experiments.table1 import run_table
 from experiments.table1.rows import (
   DEFAULT_VARIANTS,
@@ -156,18 +157,21 @@ def main(argv):
     f"workdir {FLAGS.workdir}",
     flush=True,
   )
-  run_table(
-    setup.configs,
-    seeds,
-    FLAGS.workdir,
-    paper_accuracy=setup.paper_accuracy,
-    paper_dataset=setup.paper_dataset,
-    preset=setup.preset,
-    echo=lambda line: print(line, file=sys.stdout, flush=True),
-    hessian=FLAGS.hessian,
-    covariance=FLAGS.covariance,
-    paper_data=setup.paper_data,
-  )
+  try:
+    run_table(
+      setup.configs,
+      seeds,
+      FLAGS.workdir,
+      paper_accuracy=setup.paper_accuracy,
+      paper_dataset=setup.paper_dataset,
+      preset=setup.preset,
+      echo=lambda line: print(line, file=sys.stdout, flush=True),
+      hessian=FLAGS.hessian,
+      covariance=FLAGS.covariance,
+      paper_data=setup.paper_data,
+    )
+  except Preempted as stopped:  # the same command resumes the run and then the table
+    exit_for_rerun(stopped, "experiments.table1")
 
 
 if __name__ == "__main__":

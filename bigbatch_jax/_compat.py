@@ -54,4 +54,21 @@ def distributed_client() -> Any:
   return distributed.global_state.client
 
 
-__all__ = ["PRIVATE_NAMES", "backends_are_initialized", "compute_stats", "distributed_client"]
+def preemption_sync_manager_running() -> bool:
+  """Whether ``jax.distributed.initialize`` started the preemption sync manager.
+
+  jax exposes ``multihost_utils.reached_preemption_sync_point`` but not
+  whether the manager behind it runs (it can be turned off at initialization).
+  """
+  from jax._src import distributed
+
+  return distributed.global_state.preemption_sync_manager is not None
+
+
+__all__ = [
+  "PRIVATE_NAMES",
+  "backends_are_initialized",
+  "compute_stats",
+  "distributed_client",
+  "preemption_sync_manager_running",
+]

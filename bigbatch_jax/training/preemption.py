@@ -29,6 +29,8 @@ import threading
 import jax
 from jax.experimental import multihost_utils
 
+from bigbatch_jax._compat import distributed_client, preemption_sync_manager_running
+
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -67,7 +69,7 @@ class PreemptionWatch:
     if threading.current_thread() is not threading.main_thread():
       log.warning("not in the main thread: SIGTERM/SIGINT will not checkpoint this run")
       return self
-    if self._multihost and not _sync_manager_running():
+    if self._multihost and not preemption_sync_manager_running():
       log.warning(
         "jax's preemption service is off (jax_enable_preemption_service): the processes "
         "cannot agree on a step, so SIGTERM/SIGINT end this run without a checkpoint"
@@ -109,25 +111,13 @@ class PreemptionWatch:
       self._noticed = True
       now = datetime.datetime.now(datetime.UTC).isoformat()
       # Several processes may post it (SLURM signals every task): overwrite.
-      _client().key_value_set(_NOTICE_KEY, now, allow_overwrite=True)
+      distributed_client().key_value_set(_NOTICE_KEY, now, allow_overwrite=True)
     reached = False
     for s in range(previous + 1, step + 1) if step > previous else [step]:
       reached |= multihost_utils.reached_preemption_sync_point(s)
     if reached and self.signal_name is None:
       self.signal_name = "a peer's signal"
     return reached
-
-
-def _client():
-  from jax._src import distributed  # the client jax.distributed.initialize made
-
-  return distributed.global_state.client
-
-
-def _sync_manager_running() -> bool:
-  from jax._src import distributed
-
-  return distributed.global_state.preemption_sync_manager is not None
 
 
 def _say(message: str) -> None:

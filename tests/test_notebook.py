@@ -25,6 +25,8 @@ def kernel_for_this_interpreter(tmp_path, monkeypatch):
   (spec_dir / "kernel.json").write_text(json.dumps(spec))
   monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
   monkeypatch.setenv("BIGBATCH_QUICK", "1")
+  # The kernel imports this checkout's package, never a copy installed earlier.
+  monkeypatch.setenv("PYTHONPATH", REPO)
   # The kernel is a fresh process: one CPU device, not the test session's four.
   monkeypatch.setenv("XLA_FLAGS", "")
   return "bigbatch-test"

@@ -26,8 +26,14 @@ NUM_STEPS = 5
 
 def _plan(variant):
   # 256 examples at batch 64: 4 updates per epoch, the drop (or the growth) at update 2.
+  # grow_lr_follows_batch: the growing batch changes the scale mid-run (Smith
+  # et al.'s variant with lr and batch growing), so its place in the chain shows.
   config = tiny_config(
-    variant, grad_clip_norm=CLIP_NORM, grad_clip_steps=CLIP_STEPS, batch_growth_factor=2.0
+    variant,
+    grad_clip_norm=CLIP_NORM,
+    grad_clip_steps=CLIP_STEPS,
+    batch_growth_factor=2.0,
+    grow_lr_follows_batch=True,
   )
   config.regime.weight_decay = WEIGHT_DECAY
   config.regime.momentum = MOMENTUM

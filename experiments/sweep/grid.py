@@ -20,8 +20,8 @@ from experiments.table1.rows import apply_overrides
 PLAIN = "lb"
 PROBE = "noise_probe"
 EVALS_PER_RUN = 4
-# Sizes per preset: "default" is the README's figure (about 8 minutes on two
-# CPU cores, see README); "tiny" is the tests' end-to-end run (seconds).
+# Sizes per preset: "default" is the README's figure (13 min on two loaded CPU
+# cores, 6 min of CPU time; see README); "tiny" is the tests' end-to-end run.
 PRESETS: dict[str, dict[str, Any]] = {
   "default": {
     "batch_sizes": (32, 64, 128, 256, 512, 1024, 2048, 4096),

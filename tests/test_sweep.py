@@ -168,7 +168,9 @@ def test_signal_stops_the_driver_and_a_rerun_continues(tmp_path):
       break
   process.send_signal(signal.SIGTERM)
   rest, _ = process.communicate(timeout=120)
-  assert process.returncode == 143, "".join(out) + rest
+  # 128 + SIGTERM; or the loop's own code where train_and_evaluate handles signals.
+  codes = {143, getattr(training, "PREEMPTED_EXIT_CODE", 143)}
+  assert process.returncode in codes, "".join(out) + rest
   assert "rerun the same command to resume" in rest
   assert not (tmp_path / "sb_b16" / "seed_0" / "summary.json").exists()
   again = subprocess.run(

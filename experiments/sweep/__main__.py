@@ -7,7 +7,9 @@ run, after the preset's sizes), ``--workdir``, ``--seeds``, ``--preset``
 run), ``--batch_sizes``, ``--remedy``, ``--probe_epochs`` and
 ``--gap_threshold``. Rerunning the same command resumes: finished runs are
 skipped, an interrupted one continues from its last checkpoint. A SIGTERM or
-SIGINT stops the driver with a non-zero exit status.
+SIGINT stops the driver with a non-zero exit status: 128 + the signal's
+number, or ``training.PREEMPTED_EXIT_CODE`` where the training loop
+checkpoints and raises ``training.Preempted`` on a signal inside a run.
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ flags.DEFINE_float(
   "probe_epochs", None, "Epochs of the small-batch run at which B_simple is measured."
 )
 flags.DEFINE_float("gap_threshold", 1.0, "Accuracy points below B_S's that count as a gap.")
-# Exit status of a stop by signal: 128 + the signal number, as a shell reports it.
+# The training loop's error for a signal inside a run, where this branch has it
+# (training.preemption); an empty tuple catches nothing.
+PREEMPTED = getattr(training, "Preempted", ())
+# Exit status of a stop by signal between runs: 128 + the signal number, as a shell reports it.
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -103,14 +108,18 @@ def main(argv):
     flush=True,
   )
   signal.signal(signal.SIGTERM, _raise_stopped)
-  # The training loop's own preemption error, where the branch has it.
-  preempted = getattr(training, "Preempted", Stopped)
+  resume = "rerun the same command to resume"
   try:
     run_sweep(configs, sizes, remedy, seeds, FLAGS.workdir, lambda s: print(s, flush=True))
-  except (KeyboardInterrupt, Stopped, preempted) as e:
-    signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
-    print(f"stopped ({type(e).__name__}); rerun the same command to resume", flush=True)
-    sys.exit(SIGNAL_EXIT.get(signum, 1))
+  except PREEMPTED as e:  # a signal inside a run, once the loop has checkpointed it
+    print(f"stopped: {e}; {resume}", flush=True)
+    sys.exit(training.PREEMPTED_EXIT_CODE)
+  except Stopped as e:  # SIGTERM outside a run's own handlers
+    print(f"stopped by {signal.Signals(e.args[0]).name}; {resume}", flush=True)
+    sys.exit(SIGNAL_EXIT[e.args[0]])
+  except KeyboardInterrupt:
+    print(f"stopped by SIGINT; {resume}", flush=True)
+    sys.exit(SIGNAL_EXIT[signal.SIGINT])
 
 
 if __name__ == "__main__":

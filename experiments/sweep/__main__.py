@@ -1,0 +1,126 @@
+"""The command line of the sweep: ``python -m experiments.sweep``.
+
+Flags: ``--config`` (default: experiments/configs/default.py, F1 on the
+embedded MNIST-1D) and ``--config.KEY=VALUE`` overrides (applied to every
+run, after the preset's sizes), ``--workdir``, ``--seeds``, ``--preset``
+(``default``: B = 32 ... 4096, 20 epochs; ``tiny``: the tests' seconds-long
+run), ``--batch_sizes``, ``--remedy``, ``--probe_epochs`` and
+``--gap_threshold``. Rerunning the same command resumes: finished runs are
+skipped, an interrupted one continues from its last checkpoint. A SIGTERM or
+SIGINT stops the driver with a non-zero exit status: 128 + the signal's
+number, or ``training.PREEMPTED_EXIT_CODE`` where the training loop
+checkpoints and raises ``training.Preempted`` on a signal inside a run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bigbatch_jax import training
+from bigbatch_jax.data import load_data
+from bigbatch_jax.training import make_plan, retain_freed_host_memory
+from experiments.sweep import run_sweep
+from experiments.sweep.grid import PRESETS, parse_batch_sizes, parse_remedy, sweep_configs
+from experiments.table1.rows import parse_seeds
+
+DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py"
+)
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+  "config",
+  DEFAULT_CONFIG,
+  "Config file of every run; --config.KEY=VALUE overrides apply to every run.",
+  lock_config=True,
+)
+flags.DEFINE_string("workdir", "runs/sweep", "Output directory (resumable).")
+flags.DEFINE_string("seeds", "0", "Comma-separated seeds, e.g. 0,1,2.")
+flags.DEFINE_enum("preset", "default", list(PRESETS), "Sizes: default (README figure) or tiny.")
+flags.DEFINE_string(
+  "batch_sizes", None, "Ascending batch sizes, the first the baseline (default: the preset's)."
+)
+flags.DEFINE_string("remedy", "lb+lr+gbn", "The remedy's variant (a large-batch one, no 'ra').")
+flags.DEFINE_float(
+  "probe_epochs", None, "Epochs of the small-batch run at which B_simple is measured."
+)
+flags.DEFINE_float("gap_threshold", 1.0, "Accuracy points below B_S's that count as a gap.")
+# The training loop's error for a signal inside a run, where this branch has it
+# (training.preemption); an empty tuple catches nothing.
+PREEMPTED = getattr(training, "Preempted", ())
+# Exit status of a stop by signal between runs: 128 + the signal number, as a shell reports it.
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Stopped(Exception):
+  """A signal asked the driver to stop."""
+
+
+def _raise_stopped(signum, frame):
+  raise Stopped(signum)
+
+
+def setup_from_flags():
+  """The configs per run, the batch sizes, the remedy and the seeds that the flags ask for."""
+  preset = PRESETS[FLAGS.preset]
+  seeds = parse_seeds(FLAGS.seeds)
+  sizes = parse_batch_sizes(FLAGS.batch_sizes) if FLAGS.batch_sizes else list(preset["batch_sizes"])
+  remedy = parse_remedy(FLAGS.remedy)
+  spec = config_flags.get_config_filename(FLAGS["config"])
+  if ":" in spec:
+    raise ValueError(f"--config={spec!r}: give the file without ':ARG'; choose runs with --remedy")
+  overrides = {**preset["config"], **config_flags.get_override_values(FLAGS["config"])}
+  probe_epochs = FLAGS.probe_epochs if FLAGS.probe_epochs is not None else preset["probe_epochs"]
+  configs = sweep_configs(FLAGS.config, sizes, remedy, probe_epochs, overrides)
+  num_train = load_data(configs[next(iter(configs))]).num_train
+  if sizes[-1] > num_train:
+    raise ValueError(
+      f"--batch_sizes: {sizes[-1]} exceeds the {num_train} training examples; "
+      "use smaller sizes or more data (--config.mnist1d_num_samples)"
+    )
+  for config in configs.values():
+    make_plan(config, num_train, num_devices=1)  # a bad combination fails now, not mid-sweep
+  return configs, sizes, remedy, seeds
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
+  retain_freed_host_memory()  # before JAX starts: see bigbatch_jax/training/host_memory.py
+  try:
+    configs, sizes, remedy, seeds = setup_from_flags()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  # Runs of one batch size compile the same programs: compile them once.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  print(
+    f"Sweep: B = {','.join(map(str, sizes))}, lb and {remedy}, seeds {seeds}, "
+    f"{configs[next(iter(configs))].regime.epochs:g} epochs; workdir {FLAGS.workdir}",
+    flush=True,
+  )
+  signal.signal(signal.SIGTERM, _raise_stopped)
+  resume = "rerun the same command to resume"
+  try:
+    run_sweep(configs, sizes, remedy, seeds, FLAGS.workdir, lambda s: print(s, flush=True))
+  except PREEMPTED as e:  # a signal inside a run, once the loop has checkpointed it
+    print(f"stopped: {e}; {resume}", flush=True)
+    sys.exit(training.PREEMPTED_EXIT_CODE)
+  except Stopped as e:  # SIGTERM outside a run's own handlers
+    print(f"stopped by {signal.Signals(e.args[0]).name}; {resume}", flush=True)
+    sys.exit(SIGNAL_EXIT[e.args[0]])
+  except KeyboardInterrupt:
+    print(f"stopped by SIGINT; {resume}", flush=True)
+    sys.exit(SIGNAL_EXIT[signal.SIGINT])
+
+
+if __name__ == "__main__":
+  app.run(main)

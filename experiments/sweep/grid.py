@@ -1,0 +1,124 @@
+"""The sweep's grid: its presets, its flags' parsing, and one config per (curve, batch size).
+
+Every run keeps the base regime's epochs (the sweep asks where the gap opens
+at equal epochs, Keskar et al. 2017 Fig. 1; Hoffer et al. sec. 5 closes it
+with more updates, which is another experiment). The smallest batch size is
+the base batch B_S: its run (``sb``) is the first point of every curve, and
+its early checkpoint is where B_simple is measured (McCandlish et al. 2018).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from bigbatch_jax.training import parse_variant
+from experiments.table1.rows import apply_overrides
+
+PLAIN = "lb"
+PROBE = "noise_probe"
+EVALS_PER_RUN = 4
+# Sizes per preset: "default" is the README's figure (13 min on two loaded CPU
+# cores, 6 min of CPU time; see README); "tiny" is the tests' end-to-end run.
+PRESETS: dict[str, dict[str, Any]] = {
+  "default": {
+    "batch_sizes": (32, 64, 128, 256, 512, 1024, 2048, 4096),
+    "config": {"mnist1d_num_samples": 10000, "regime.epochs": 20.0},
+    "probe_epochs": 1.0,
+  },
+  "tiny": {
+    "batch_sizes": (16, 64),
+    "config": {
+      "mnist1d_num_samples": 600,
+      "regime.epochs": 1.0,
+      "model_options.hidden": 32,
+      "model_options.depth": 2,
+    },
+    "probe_epochs": 0.5,
+  },
+}
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+  """``"32,64,128"`` -> ``[32, 64, 128]``: at least two distinct, ascending, positive."""
+  try:
+    sizes = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise ValueError(f"--batch_sizes={text!r}: expected integers like 32,128,512") from None
+  if len(sizes) < 2 or min(sizes) < 1 or sorted(set(sizes)) != sizes:
+    raise ValueError(
+      f"--batch_sizes={text!r}: expected at least two distinct positive integers in ascending "
+      "order, like 32,128,512 (the first is the small-batch baseline)"
+    )
+  return sizes
+
+
+def parse_remedy(name: str) -> str:
+  """The remedy curve's variant: a large-batch variant that keeps the epochs."""
+  variant = parse_variant(name)  # raises naming the bad part and the valid ones
+  if variant.name == PLAIN:
+    raise ValueError(f"--remedy={name!r} is the plain curve; choose a remedy such as lb+lr+gbn")
+  if not variant.large_batch:
+    raise ValueError(f"--remedy={name!r} must start with 'lb' (a large-batch variant)")
+  if variant.regime_adaptation:
+    raise ValueError(
+      f"--remedy={name!r}: regime adaptation ('ra') changes the epochs, and the sweep compares "
+      "batch sizes at equal epochs; choose e.g. lb+lr+gbn"
+    )
+  return variant.name
+
+
+def row(variant: str, batch_size: int) -> str:
+  return f"{variant}_b{batch_size}"
+
+
+def _config(
+  base: ml_collections.ConfigDict, variant: str, batch_size: int, b_small: int
+) -> ml_collections.ConfigDict:
+  config = base.copy_and_resolve_references()
+  config.variant = variant
+  config.base_batch_size = b_small
+  config.large_batch_size = batch_size
+  config.batch_size = batch_size
+  return config
+
+
+def sweep_configs(
+  base: ml_collections.ConfigDict,
+  batch_sizes: Sequence[int],
+  remedy: str,
+  probe_epochs: float,
+  overrides: Mapping[str, Any] = (),
+) -> dict[str, ml_collections.ConfigDict]:
+  """One config per run, keyed by the run's row name (``lb_b256``), the probe first.
+
+  The probe is the small-batch run stopped after ``probe_epochs``: the same
+  data order and, with a constant learning rate (the default regime has no
+  drops), the same trajectory as the first epochs of the ``sb`` run.
+  """
+  overrides = dict(overrides)
+  if "variant" in overrides or "batch_size" in overrides:
+    raise ValueError(
+      "--config.variant and --config.batch_size cannot be set here; use --remedy and --batch_sizes"
+    )
+  base = base.copy_and_resolve_references()
+  base.unlock()  # a preset may set keys --config's file leaves out (model_options.hidden)
+  apply_overrides(base, overrides)
+  if "eval_every_epochs" not in overrides:
+    base.eval_every_epochs = base.regime.epochs / EVALS_PER_RUN
+  base.progress_bar = False  # the driver prints one line per run
+  small = batch_sizes[0]
+  probe = _config(base, "sb", small, small)
+  if not 0 < probe_epochs < base.regime.epochs:
+    raise ValueError(
+      f"--probe_epochs={probe_epochs}: expected in (0, {base.regime.epochs}), the regime's epochs"
+    )
+  probe.num_epochs = probe_epochs
+  probe.eval_every_epochs = probe_epochs
+  configs = {PROBE: probe, row("sb", small): _config(base, "sb", small, small)}
+  for variant in (PLAIN, remedy):
+    for b in batch_sizes[1:]:
+      configs[row(variant, b)] = _config(base, variant, b, small)
+  return configs

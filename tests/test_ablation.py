@@ -189,3 +189,19 @@ def test_ablation_set_runs_on_a_tiny_preset_and_writes_its_table(tmp_path):
       assert distance[name] != distance["clean/" + name.split("/")[1]], name
   with open(os.path.join(workdir, "table1.md")) as f:
     assert "| clean protocol |" in f.read()
+
+
+def test_command_line_refuses_ablation_with_a_protocol_or_variants(tmp_path):
+  import subprocess
+  import sys
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for flags in (["--protocol=reference"], ["--variants=sb"]):
+    done = subprocess.run(
+      [sys.executable, "-m", "experiments.table1", "--ablation=sb,lb", *flags,
+       f"--workdir={tmp_path}"],
+      cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "chooses its own rows and protocols; drop --variants and --protocol" in done.stderr
+  assert not os.listdir(tmp_path) or os.listdir(tmp_path) == ["jax_cache"]

@@ -91,7 +91,9 @@ def not_applicable(artefact: str, config: ml_collections.ConfigDict, data) -> st
   """Why ``artefact`` does not apply to the row ``config`` on ``data``; None when it does."""
   on, off = with_artefacts(config, (artefact,)), with_artefacts(config, ())
   shape = tuple(data.input_shape)
-  if artefact == "reference_mnist_augment" and (len(shape) != 3 or data.mean is None):
+  if artefact == "reference_mnist_augment" and (
+    len(shape) != 3 or getattr(data, "mean", None) is None
+  ):
     return f"{data.name}: examples of shape {shape} are not in-memory images"
   try:
     plan = make_plan(on, data.num_train, num_devices=1)

@@ -7,9 +7,10 @@ run, after the preset's sizes), ``--workdir``, ``--seeds``, ``--preset``
 run), ``--batch_sizes``, ``--remedy``, ``--probe_epochs`` and
 ``--gap_threshold``. Rerunning the same command resumes: finished runs are
 skipped, an interrupted one continues from its last checkpoint. A SIGTERM or
-SIGINT stops the driver with a non-zero exit status: 128 + the signal's
-number, or ``training.PREEMPTED_EXIT_CODE`` where the training loop
-checkpoints and raises ``training.Preempted`` on a signal inside a run.
+SIGINT stops the driver with a non-zero exit status: inside a run the
+training loop checkpoints the step reached and the driver exits with
+``training.PREEMPTED_EXIT_CODE`` (75); between runs (data loading,
+compilation, the B_simple probe) with 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ml_collections import config_flags
 from bigbatch_jax import training
 from bigbatch_jax.data import load_data
 from bigbatch_jax.training import make_plan, retain_freed_host_memory
+from experiments.rerun import exit_for_rerun
 from experiments.sweep import run_sweep
 from experiments.sweep.grid import PRESETS, parse_batch_sizes, parse_remedy, sweep_configs
 from experiments.table1.rows import parse_seeds
@@ -51,9 +53,6 @@ flags.DEFINE_float(
   "probe_epochs", None, "Epochs of the small-batch run at which B_simple is measured."
 )
 flags.DEFINE_float("gap_threshold", 1.0, "Accuracy points below B_S's that count as a gap.")
-# The training loop's error for a signal inside a run, where this branch has it
-# (training.preemption); an empty tuple catches nothing.
-PREEMPTED = getattr(training, "Preempted", ())
 # Exit status of a stop by signal between runs: 128 + the signal number, as a shell reports it.
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -111,9 +110,9 @@ def main(argv):
   resume = "rerun the same command to resume"
   try:
     run_sweep(configs, sizes, remedy, seeds, FLAGS.workdir, lambda s: print(s, flush=True))
-  except PREEMPTED as e:  # a signal inside a run, once the loop has checkpointed it
-    print(f"stopped: {e}; {resume}", flush=True)
-    sys.exit(training.PREEMPTED_EXIT_CODE)
+  except training.Preempted as stopped:  # a signal inside a run, once the loop checkpointed it
+    print(f"{resume}", flush=True)
+    exit_for_rerun(stopped, "experiments.sweep")
   except Stopped as e:  # SIGTERM outside a run's own handlers
     print(f"stopped by {signal.Signals(e.args[0]).name}; {resume}", flush=True)
     sys.exit(SIGNAL_EXIT[e.args[0]])

@@ -17,8 +17,9 @@ The modules, one job each: ``rows`` (row names, flags, one config per row),
 ``runner`` (resumable runs), ``measures`` (sharpness, update covariance),
 ``aggregate`` (the numbers), ``paper_claims`` (the papers' claims, each able to
 fail), ``report`` (Markdown and JSON), ``figures`` (plots from the JSON),
-``__main__`` (the command line). How the quick preset was chosen is in
-docs/table1_preset.md.
+``__main__`` (the command line), and ``ablation`` (``--ablation=sb,lb``:
+each artefact of the reference protocol alone and all together, issue 17).
+How the quick preset was chosen is in docs/table1_preset.md.
 """
 
 from __future__ import annotations

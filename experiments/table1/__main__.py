@@ -11,6 +11,18 @@ give the paper's numbers), ``--config.KEY=VALUE`` (applied to every row),
   128 against 4096, 784-512x5-10).
 * ``auto`` (default): ``full`` when the dataset is the paper's, else ``quick``.
 
+``--protocol=reference`` runs every row under the bigBatch reference code's
+protocol (``bigbatch_jax.protocol``: momentum restart every epoch, the MNIST
+augmentation on in-memory image data, main_normal.py's sqrt(B/256) lr and
+ceil(B/256) epoch stretch), the protocol measured to reproduce Hoffer Table 1.
+
+``--ablation=SB_ROW,LB_ROW`` (e.g. ``sb,lb``, or ``sb,lb+lr`` where the lr
+rule matters) runs the ablation set instead of the table (``ablation``): the
+two rows under the clean protocol, under each artefact of the reference
+protocol alone and under all of them together, with the gap and its Welch
+p-value; ``table1.md`` / ``table1.json`` then hold the ablation table, and
+artefacts that do not apply to the data or the row are reported as such.
+
 Each run is evaluated ``EVALS_PER_RUN`` times and logs ``LOGS_PER_RUN``
 times, whatever its length (unless --config.eval_every_epochs or
 --config.log_every_steps are given), so that curves of runs of 300 and 5000
@@ -32,7 +44,7 @@ from bigbatch_jax.data import load_data
 from bigbatch_jax.protocol import PROTOCOLS
 from bigbatch_jax.training import Preempted, parse_variant, retain_freed_host_memory
 from experiments.rerun import exit_for_rerun
-from experiments.table1 import run_table
+from experiments.table1 import ablation, run_table
 from experiments.table1.rows import (
   DEFAULT_VARIANTS,
   is_mnist,
@@ -73,6 +85,12 @@ flags.DEFINE_enum(
   "The protocol of every run (bigbatch_jax.protocol): clean, or the bigBatch reference "
   "code's; same as --config.protocol.",
 )
+flags.DEFINE_string(
+  "ablation",
+  "",
+  "SB_ROW,LB_ROW, e.g. sb,lb: run the reference protocol's artefacts alone and together on "
+  "these two rows (the ablation table) instead of --variants.",
+)
 flags.DEFINE_bool("hessian", True, "Measure each run's top Hessian eigenvalue (the λ_max column).")
 flags.DEFINE_bool(
   "covariance", True, "Measure each row's update covariance at SB's w0 (the tr cov column)."
@@ -107,8 +125,8 @@ def with_protocol(overrides: dict, protocol: str | None) -> dict:
   return {**overrides, "protocol": protocol}
 
 
-def setup_from_flags() -> Setup:
-  """Builds each row's config from --config, its overrides, --preset and --variants."""
+def config_module():
+  """The module of --config, given without ':ARGUMENT'."""
   spec = config_flags.get_config_filename(FLAGS["config"])
   path, sep, arg = spec.partition(":")
   if sep:
@@ -116,7 +134,12 @@ def setup_from_flags() -> Setup:
       f"--config={spec!r}: give the file without ':{arg}'; the driver builds one config per "
       "row (choose them with --variants) and the size with --preset"
     )
-  module = load_config_module(path)
+  return load_config_module(path)
+
+
+def setup_from_flags() -> Setup:
+  """Builds each row's config from --config, its overrides, --preset and --variants."""
+  module = config_module()
   overrides = with_protocol(config_flags.get_override_values(FLAGS["config"]), FLAGS.protocol)
   paper_dataset = getattr(module, "PAPER_DATASET", None)
   preset = resolve_preset(FLAGS.preset, FLAGS.config.dataset, paper_dataset)
@@ -134,6 +157,42 @@ def setup_from_flags() -> Setup:
   return Setup(configs, preset, getattr(module, "PAPER_ACCURACY", None), paper_dataset, paper_data)
 
 
+def ablation_from_flags():
+  """The ablation set of --ablation (see ``ablation``): (configs, skipped, rows, preset)."""
+  if FLAGS["variants"].present or FLAGS.protocol is not None:
+    raise ValueError(
+      f"--ablation={FLAGS.ablation} chooses its own rows and protocols; drop --variants and "
+      "--protocol"
+    )
+  pair = ablation.parse_ablation(FLAGS.ablation)
+  module = config_module()
+  overrides = config_flags.get_override_values(FLAGS["config"])
+  paper_dataset = getattr(module, "PAPER_DATASET", None)
+  preset = resolve_preset(FLAGS.preset, FLAGS.config.dataset, paper_dataset)
+  data = load_data(variant_config(module, pair[0], preset, overrides))
+  configs, skipped = ablation.ablation_configs(module, pair, preset, overrides, data)
+  for config in configs.values():
+    schedule_records(config, data.num_train, overrides)
+  return configs, skipped, pair, preset
+
+
+def run_ablation_from_flags(seeds: list[int]) -> None:
+  """Runs --ablation's set (bad flags: a usage error) and prints its table."""
+  try:
+    configs, skipped, pair, preset = ablation_from_flags()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  print(
+    f"Ablation: {len(configs)} runs x {len(seeds)} seeds, preset {preset}, rows {pair}; "
+    f"workdir {FLAGS.workdir}",
+    flush=True,
+  )
+  ablation.run_ablation(
+    configs, skipped, pair, seeds, FLAGS.workdir, preset=preset,
+    echo=lambda line: print(line, file=sys.stdout, flush=True),
+  )  # fmt: skip
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -141,23 +200,26 @@ def main(argv):
     # Orbax logs every checkpoint at INFO; the progress lines say enough.
     logging.set_verbosity(logging.WARNING)
   retain_freed_host_memory()  # before JAX starts: see bigbatch_jax/training/host_memory.py
-  try:
-    seeds = parse_seeds(FLAGS.seeds)
-    setup = setup_from_flags()
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
   # Seeds of one row compile the same programs: the persistent cache
   # compiles them once (about 4 s per run on two CPU cores).
   jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  some = next(iter(setup.configs.values()))
-  print(
-    f"Table 1: {len(setup.configs)} rows x {len(seeds)} seeds, preset {setup.preset}, "
-    f"{some.model} on {some.dataset}, B_S={some.base_batch_size}, B_L={some.large_batch_size}; "
-    f"workdir {FLAGS.workdir}",
-    flush=True,
-  )
   try:
+    seeds = parse_seeds(FLAGS.seeds)
+    setup = None if FLAGS.ablation else setup_from_flags()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  try:
+    if setup is None:
+      run_ablation_from_flags(seeds)
+      return
+    some = next(iter(setup.configs.values()))
+    print(
+      f"Table 1: {len(setup.configs)} rows x {len(seeds)} seeds, preset {setup.preset}, "
+      f"{some.model} on {some.dataset}, B_S={some.base_batch_size}, "
+      f"B_L={some.large_batch_size}; workdir {FLAGS.workdir}",
+      flush=True,
+    )
     run_table(
       setup.configs,
       seeds,

@@ -120,3 +120,52 @@ def write_table(rows: Sequence[dict], workdir: str, meta: Mapping[str, Any]) -> 
 def read_table(workdir: str) -> dict:
   with open(os.path.join(workdir, JSON_FILE)) as f:
     return json.load(f)
+
+
+def _ablation_cell(cell: dict) -> str:
+  if not cell["applies"]:
+    return "n/a"
+  if cell["test_accuracy_mean"] is None:
+    return "-"
+  return f"{cell['test_accuracy_mean']:.2f} ± {_fmt(cell['test_accuracy_std'], '.2f')}"
+
+
+def format_ablation(rows: Sequence[dict], meta: Mapping[str, Any]) -> str:
+  """The ablation table (``ablation.ablation_rows``) in Markdown, with the n/a reasons."""
+  small, large = meta["rows"]
+  lines = [
+    f"The reference protocol's artefacts on {meta['dataset']} ({meta['model']}, preset "
+    f"{meta['preset']}, {small} at B={meta['batch_sizes'][0]} against {large} at "
+    f"B={meta['batch_sizes'][1]}): final test accuracy (%), mean ± std over seeds "
+    f"{meta['seeds']}; gap = {small} - {large} (points), Welch p on the per-seed accuracies.",
+    "",
+    f"| setting | {small} (%) | {large} (%) | gap | Welch p | gap - clean gap |",
+    "|---|---:|---:|---:|---:|---:|",
+  ]
+  for r in rows:
+    cells = [r["label"], _ablation_cell(r["small"]), _ablation_cell(r["large"])]
+    cells += [_fmt(r["gap"], "+.2f", "n/a"), _fmt(r["p_value"], ".3g")]
+    cells.append(_fmt(r["gap_change"], "+.2f", "-" if r["setting"] == "clean" else "n/a"))
+    lines.append("| " + " | ".join(cells) + " |")
+  reasons = [
+    f"- {r['label']}, {c['row']}: {c['reason']}"
+    for r in rows
+    for c in (r["small"], r["large"])
+    if not c["applies"]
+  ]
+  if reasons:
+    lines += ["", "Not applicable (the row's clean run stands in for the gap):", "", *reasons]
+  lines += ["", f"{meta['runs_run']} runs run, {meta['runs_skipped']} skipped as already done."]
+  return "\n".join(lines)
+
+
+def write_ablation(
+  rows: Sequence[dict], runs: Mapping[str, dict], workdir: str, meta: Mapping[str, Any]
+) -> None:
+  """Writes ``table1.json`` (``ablation``, ``runs``, ``meta``) and ``table1.md`` from it."""
+  meta = {**meta, "accuracy_unit": "percent"}
+  payload = {"ablation": list(rows), "runs": dict(runs), "meta": meta}
+  with open(os.path.join(workdir, JSON_FILE), "w") as f:
+    json.dump(payload, f, indent=2)
+  with open(os.path.join(workdir, TABLE_FILE), "w") as f:
+    f.write(format_ablation(payload["ablation"], payload["meta"]) + "\n")

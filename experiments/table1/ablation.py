@@ -1,0 +1,263 @@
+"""The reference protocol's artefacts one at a time: the ablation set (issue 17).
+
+``python -m experiments.table1 --ablation=sb,lb`` runs a small-batch row and a
+large-batch row (any rows of ``rows.LABELS``) under the clean protocol, under
+each artefact of the bigBatch reference code alone (``bigbatch_jax.protocol``:
+momentum restart, reference MNIST augmentation, U(0, 1) batch-norm scales,
+main_normal.py's lr rule and epoch stretch), and under all of them together,
+and reports for each setting the two accuracies, the gap (small minus large)
+and its Welch p-value (``paper_claims.welch_p``).
+
+An artefact that does not apply to a row is not run: the reference MNIST
+augmentation on data that are not in-memory images (MNIST-1D), a momentum
+restart without SGD momentum, U(0, 1) scales in a model without batch norm,
+main_normal.py's rule on a row whose lr is not scaled and whose regime is not
+adapted (plain SB and LB; use ``--ablation=sb,lb+lr`` to see it). Such a
+cell is reported as not applicable with the reason; the row's run under that
+setting would be its clean run, so the gap is computed with the clean run
+there, and a setting that applies to neither row has no gap.
+
+Every run sets every artefact key explicitly (``protocol="clean"``, the
+keys off except the setting's), so a setting's config says what it ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from bigbatch_jax import protocol as protocol_lib
+from bigbatch_jax.training import make_plan, train_and_evaluate
+from bigbatch_jax.training.setup import build_model, norm_layer
+from experiments.table1.aggregate import row_numbers
+from experiments.table1.paper_claims import welch_p
+from experiments.table1.report import format_ablation, write_ablation
+from experiments.table1.rows import split_row, variant_config
+from experiments.table1.runner import run_all
+
+# The artefacts' config keys (bigbatch_jax.protocol), in issue 17's order.
+ARTEFACT_LABELS = {
+  "momentum_restart": "momentum restart every epoch (item 1)",
+  "reference_mnist_augment": "MNIST pad-crop-flip augmentation (item 2)",
+  "bn_scale_uniform": "batch-norm scales U(0, 1) (item 3)",
+  "main_normal_lr": "lr x (B/256)**p, epochs x ceil(B/256) (item 4)",
+}
+ARTEFACTS = tuple(ARTEFACT_LABELS)
+SETTINGS = ("clean", *ARTEFACTS, "all")
+SETTING_LABELS = {"clean": "clean protocol", **ARTEFACT_LABELS, "all": "all that apply together"}
+
+
+def parse_ablation(text: str) -> tuple[str, str]:
+  """``"sb,lb"`` -> ``("sb", "lb")``: the small- and large-batch rows, each checked."""
+  rows = [r.strip() for r in text.split(",") if r.strip()]
+  if len(rows) != 2 or rows[0] == rows[1]:
+    raise ValueError(
+      f"--ablation={text!r}: expected two different rows, the small batch's then the large "
+      "batch's, e.g. sb,lb or sb,lb+lr"
+    )
+  for row in rows:
+    split_row(row)
+  return rows[0], rows[1]
+
+
+def run_name(setting: str, row: str) -> str:
+  """The run's directory under the workdir: ``SETTING/ROW``."""
+  return f"{setting}/{row}"
+
+
+def with_artefacts(config: ml_collections.ConfigDict, on: Sequence[str]):
+  """A copy of ``config`` under the clean protocol with exactly the artefacts ``on``."""
+  config = config.copy_and_resolve_references()
+  config.protocol = "clean"
+  for key in ARTEFACTS:
+    config[key] = key in on
+  return config
+
+
+def _has_batch_norm(config: ml_collections.ConfigDict, plan, data) -> bool:
+  """Whether the model keeps batch statistics (shapes only: nothing is computed)."""
+  model = build_model(config, data.num_classes, norm_layer(plan, config, axis_name=None))
+  example = jnp.zeros((1, *data.input_shape), jnp.float32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), example, train=False))
+  return "batch_stats" in variables
+
+
+def not_applicable(artefact: str, config: ml_collections.ConfigDict, data) -> str | None:
+  """Why ``artefact`` does not apply to the row ``config`` on ``data``; None when it does."""
+  on, off = with_artefacts(config, (artefact,)), with_artefacts(config, ())
+  shape = tuple(data.input_shape)
+  if artefact == "reference_mnist_augment" and (
+    len(shape) != 3 or getattr(data, "mean", None) is None
+  ):
+    return f"{data.name}: examples of shape {shape} are not in-memory images"
+  try:
+    plan = make_plan(on, data.num_train, num_devices=1)
+    augmentation = protocol_lib.reference_mnist_augmentation(
+      protocol_lib.resolve_protocol(on), data, on.augment
+    )
+  except ValueError as e:  # the artefact's own check says why
+    return str(e)
+  if artefact == "reference_mnist_augment" and augmentation is None:
+    return f"{data.name}: examples of shape {shape} are not in-memory images"
+  if artefact == "momentum_restart" and not any(plan.momentum_restart_steps):
+    # A restart at update 0 only is the plain run: the trace starts at zero.
+    return "the run has no SGD momentum to restart, or only one epoch"
+  if artefact == "bn_scale_uniform" and not _has_batch_norm(on, plan, data):
+    return f"model {on.model!r} has no batch norm"
+  if artefact == "main_normal_lr":
+    clean = make_plan(off, data.num_train, num_devices=1)
+    if plan.lr_scale == clean.lr_scale and plan.num_steps == clean.num_steps:
+      return f"{on.variant} scales neither its lr nor its epochs by the batch size"
+  return None
+
+
+def ablation_configs(
+  module: ModuleType,
+  pair: tuple[str, str],
+  preset: str,
+  overrides: Mapping[str, Any],
+  data,
+) -> tuple[dict[str, ml_collections.ConfigDict], dict[str, dict[str, str]]]:
+  """The ablation's runs and its cells that do not apply.
+
+  Args:
+    module: the config module (``get_config``).
+    pair: the small- and large-batch rows (:func:`parse_ablation`).
+    preset: ``quick`` or ``full`` (``rows.resolve_preset``).
+    overrides: ``--config.KEY=VALUE`` overrides, applied to every run; they may
+      not set the protocol or an artefact key (the ablation sets them).
+    data: the training data (its size, shape and normalisation decide what applies).
+
+  Returns:
+    ``(configs, skipped)``: run name (:func:`run_name`) -> config, and setting
+    -> row -> the reason the setting does not apply to that row.
+  """
+  fixed = sorted({"protocol", *ARTEFACTS} & set(overrides))
+  if fixed:
+    raise ValueError(
+      f"--config.{fixed[0]} cannot be set with --ablation: the ablation sets the protocol and "
+      f"each of {', '.join(ARTEFACTS)} itself"
+    )
+  configs, skipped = {}, {s: {} for s in SETTINGS}
+  for row in pair:
+    base = variant_config(module, row, preset, overrides)
+    configs[run_name("clean", row)] = with_artefacts(base, ())
+    applies = []
+    for artefact in ARTEFACTS:
+      reason = not_applicable(artefact, base, data)
+      if reason is None:
+        applies.append(artefact)
+        configs[run_name(artefact, row)] = with_artefacts(base, (artefact,))
+      else:
+        skipped[artefact][row] = reason
+    if applies:
+      configs[run_name("all", row)] = with_artefacts(base, applies)
+    else:
+      skipped["all"][row] = "no artefact applies"
+  return configs, skipped
+
+
+def _cell(numbers: Mapping[str, dict], setting: str, row: str, skipped) -> dict:
+  """One row's accuracy under ``setting``: its own run, or its clean run where it does not apply."""
+  reason = skipped.get(setting, {}).get(row)
+  r = numbers[run_name("clean" if reason else setting, row)]
+  return {
+    "row": row,
+    "applies": reason is None,
+    "reason": reason,
+    "test_accuracy_mean": r["test_accuracy_mean"],
+    "test_accuracy_std": r["test_accuracy_std"],
+    "test_accuracy_per_seed": list(r["test_accuracy_per_seed"]),
+  }
+
+
+def ablation_rows(
+  numbers: Mapping[str, dict], pair: tuple[str, str], skipped: Mapping[str, Mapping[str, str]]
+) -> list[dict]:
+  """The ablation table: per setting, both rows' accuracy, the gap, its p-value and change.
+
+  Args:
+    numbers: run name -> ``aggregate.row_numbers`` (``test_accuracy_mean``,
+      ``test_accuracy_std``, ``test_accuracy_per_seed``, in percent).
+    pair: the small- and large-batch rows.
+    skipped: setting -> row -> reason, as :func:`ablation_configs` returns.
+
+  Returns:
+    One dict per setting of ``SETTINGS``: ``small`` and ``large`` cells,
+    ``gap`` (small minus large mean accuracy, points), ``p_value`` (Welch,
+    on the per-seed accuracies) and ``gap_change`` (the gap minus the clean
+    protocol's); the three are None where the setting applies to neither row
+    or a row has no finished run.
+  """
+  out, clean_gap = [], None
+  for setting in SETTINGS:
+    small, large = (_cell(numbers, setting, row, skipped) for row in pair)
+    measured = small["test_accuracy_mean"] is not None and large["test_accuracy_mean"] is not None
+    gap = p = change = None
+    if measured and (small["applies"] or large["applies"]):
+      gap = small["test_accuracy_mean"] - large["test_accuracy_mean"]
+      p = welch_p(small["test_accuracy_per_seed"], large["test_accuracy_per_seed"])
+      clean_gap = gap if setting == "clean" else clean_gap
+      change = None if clean_gap is None else gap - clean_gap
+    out.append({
+      "setting": setting,
+      "label": SETTING_LABELS[setting],
+      "small": small,
+      "large": large,
+      "gap": gap,
+      "p_value": p,
+      "gap_change": change,
+    })  # fmt: skip
+  return out
+
+
+def run_ablation(
+  configs: Mapping[str, ml_collections.ConfigDict],
+  skipped: Mapping[str, Mapping[str, str]],
+  pair: tuple[str, str],
+  seeds: Sequence[int],
+  workdir: str,
+  *,
+  preset: str = "",
+  train_fn: Callable[[ml_collections.ConfigDict, str], dict] = train_and_evaluate,
+  echo: Callable[[str], None] = print,
+) -> list[dict]:
+  """Runs every (setting, row, seed) not yet finished, then writes the ablation table.
+
+  Runs go to ``workdir/SETTING/ROW/seed_N`` (resumable, as the table's);
+  ``table1.json`` holds ``ablation`` (:func:`ablation_rows`), ``runs`` (each
+  run's numbers, ``aggregate.row_numbers`` without the curves) and ``meta``;
+  ``table1.md`` is drawn from it.
+
+  Returns:
+    The ablation rows.
+  """
+  ran = run_all(configs, seeds, workdir, train_fn, echo)
+  numbers = {name: row_numbers(workdir, name, seeds) for name in configs}
+  rows = ablation_rows(numbers, pair, skipped)
+  some = configs[run_name("clean", pair[0])]
+  meta = {
+    "dataset": some.dataset,
+    "model": some.model,
+    "preset": preset,
+    "rows": list(pair),
+    "batch_sizes": [int(numbers[run_name("clean", r)]["batch_size"] or 0) for r in pair],
+    "seeds": list(seeds),
+    "runs_run": ran,
+    "runs_skipped": len(configs) * len(seeds) - ran,
+  }
+  runs = {name: {k: v for k, v in n.items() if k != "curves"} for name, n in numbers.items()}
+  write_ablation(rows, runs, workdir, meta)
+  echo(format_ablation(rows, meta))
+  return rows
+
+
+__all__ = [
+  "ARTEFACTS", "SETTINGS", "ablation_configs", "ablation_rows", "not_applicable",
+  "parse_ablation", "run_ablation", "run_name", "with_artefacts",
+]  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 
 from bigbatch_jax.training import parse_variant
-from experiments.table1.rows import apply_overrides
+from experiments.configs.common import override
 
 PLAIN = "lb"
 PROBE = "noise_probe"
@@ -105,7 +105,7 @@ def sweep_configs(
     )
   base = base.copy_and_resolve_references()
   base.unlock()  # a preset may set keys --config's file leaves out (model_options.hidden)
-  apply_overrides(base, overrides)
+  override(base, overrides)
   if "eval_every_epochs" not in overrides:
     base.eval_every_epochs = base.regime.epochs / EVALS_PER_RUN
   base.progress_bar = False  # the driver prints one line per run

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from bigbatch_jax.training import make_plan, parse_variant
+from experiments.configs.common import override
 
 # Hoffer Table 1's columns, the convergence check, then the noise remedies
 # (Hoffer sec. 4; Jaiswal & Taura) and the reviewers' questions.
@@ -144,16 +145,6 @@ def resolve_preset(preset: str, dataset: str, paper_dataset: str | None) -> str:
   return preset
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
-  """Sets dotted ``KEY=VALUE`` overrides (``model_options.hidden``) in place."""
-  for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    target = config
-    for part in path:
-      target = target[part]
-    target[leaf] = value
-
-
 def apply_modifier(config: ml_collections.ConfigDict, modifier: str | None) -> None:
   """Applies a row's ``@`` modifier (see the module docstring) in place."""
   if modifier == "2x":
@@ -181,7 +172,7 @@ def variant_config(
     config = module.get_config(arg)
   except ValueError as e:
     raise ValueError(f"preset {preset!r} uses get_config({arg!r}) of {module.__file__}: {e}") from e
-  apply_overrides(config, overrides)
+  override(config, overrides)
   config.variant = variant
   apply_modifier(config, modifier)
   return config

@@ -110,7 +110,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.steps_per_call = 1  # updates per jitted call (lax.scan); events at call ends
   config.compute_dtype = "float32"  # "bfloat16": bf16 compute, f32 params and BN statistics
 
-  # Run.
+  _declare_run(config)
+  return config
+
+
+def _declare_run(config: ml_collections.ConfigDict) -> None:
+  """The keys of how a run is carried out (seed, devices, hosts, logging, checkpoints)."""
   config.seed = 0  # parameters, data order, dropout and noise
   config.num_devices = placeholder(int)  # devices of the data-parallel mesh (None: all)
   # Multi-host: jax.distributed.initialize(). Unset address/count/id are taken
@@ -131,4 +136,3 @@ def get_config() -> ml_collections.ConfigDict:
     int
   )  # stop (checkpointed) after this many updates; rerun to go on
   config.progress_bar = True
-  return config

@@ -14,10 +14,8 @@ import pytest
 from bigbatch_jax import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMAND = [
-  sys.executable,
-  "-m",
-  "experiments.main",
+# The tiny run the subprocess tests (faults, preemption, multi-process) launch.
+RUN_FLAGS = [
   "--config=experiments/configs/f1.py:lb+lr+gbn+mult,quick",
   "--config.dataset=synthetic",
   "--config.model_options.hidden=32",
@@ -26,6 +24,12 @@ COMMAND = [
   "--config.large_batch_size=64",
   "--config.ghost_batch_size=8",
   "--config.progress_bar=False",
+]
+COMMAND = [
+  sys.executable,
+  "-m",
+  "experiments.main",
+  *RUN_FLAGS,
   "--config.log_every_steps=1",
   "--config.checkpoint_every_steps=1",
   "--config.num_epochs=8",  # 64 updates

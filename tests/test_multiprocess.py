@@ -16,17 +16,11 @@ import numpy as np
 import pytest
 
 from bigbatch_jax import training
+from tests.test_faults import RUN_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = [
-  "--config=experiments/configs/f1.py:lb+lr+gbn+mult,quick",
-  "--config.dataset=synthetic",
-  "--config.model_options.hidden=32",
-  "--config.model_options.depth=2",
-  "--config.base_batch_size=16",
-  "--config.large_batch_size=64",
-  "--config.ghost_batch_size=8",
-  "--config.progress_bar=False",
+  *RUN_FLAGS,
   "--config.log_every_steps=2",
   "--config.checkpoint_every_steps=6",
 ]

@@ -19,18 +19,12 @@ import pytest
 
 from bigbatch_jax import training
 from bigbatch_jax.training import loop as loop_lib
+from tests.test_faults import RUN_FLAGS
 from tests.test_training import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = [
-  "--config=experiments/configs/f1.py:lb+lr+gbn+mult,quick",
-  "--config.dataset=synthetic",
-  "--config.model_options.hidden=32",
-  "--config.model_options.depth=2",
-  "--config.base_batch_size=16",
-  "--config.large_batch_size=64",
-  "--config.ghost_batch_size=8",
-  "--config.progress_bar=False",
+  *RUN_FLAGS,
   "--config.log_every_steps=1",
   "--config.num_epochs=8",  # 64 updates, an evaluation every 8
 ]

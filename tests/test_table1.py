@@ -347,3 +347,30 @@ def test_recipes_set_builds_a_plan_for_every_recipe_in_both_protocols():
       restarts = protocol == "reference" and "lamb" not in variant
       assert bool(plan.momentum_restart_steps) == restarts
   assert rows_lib.LABELS["lb+lars"] == "LARS" and "lb+lars" not in rows_lib.DEFAULT_VARIANTS
+
+
+def test_every_row_gets_welch_p_against_sb_and_lb_in_json_and_table(table_dir):
+  from scipy import stats
+
+  from experiments.table1.aggregate import p_values_against
+
+  _, rows = table_dir
+  by = {r["variant"]: r for r in rows}
+  expected = stats.ttest_ind(
+    by["lb+lr+gbn+ra"]["test_accuracy_per_seed"], by["sb"]["test_accuracy_per_seed"],
+    equal_var=False,
+  ).pvalue  # fmt: skip
+  assert by["lb+lr+gbn+ra"]["p_vs_sb"] == pytest.approx(expected)
+  assert by["sb"]["p_vs_sb"] is None  # not against itself
+  assert all(r["p_vs_lb"] is None for r in rows)  # this table has no LB row
+  lb = {"variant": "lb", "test_accuracy_per_seed": [70.0, 71.0, 72.0]}
+  grow = {"variant": "lb+grow", "test_accuracy_per_seed": [70.5, 71.5, 69.0]}
+  sb = {"variant": "sb", "test_accuracy_per_seed": [80.0, 81.0, 79.5]}
+  p = p_values_against(grow, {"sb": sb, "lb": lb, "lb+grow": grow})
+  welch = stats.ttest_ind([70.5, 71.5, 69], [70, 71, 72], equal_var=False).pvalue
+  assert p["p_vs_lb"] == pytest.approx(welch)
+  assert p["p_vs_sb"] == pytest.approx(
+    stats.ttest_ind([70.5, 71.5, 69], [80, 81, 79.5], equal_var=False).pvalue
+  )
+  table = pathlib.Path(table_dir[0], "table1.md").read_text()
+  assert "| p vs SB | p vs LB |" in table

@@ -16,6 +16,7 @@ import numpy as np
 from bigbatch_jax.training import fit_log_growth
 from bigbatch_jax.training.metrics import read_metrics
 from experiments.table1.measures import HESSIAN_FILE
+from experiments.table1.paper_claims import welch_p
 from experiments.table1.rows import label
 from experiments.table1.runner import RUN_TIME_FILE, read_json, run_dir
 
@@ -141,6 +142,17 @@ def time_to_target(row: dict, target_accuracy: float) -> dict:
   return {"updates_to_sb": int(step), "time_to_sb_s": seconds}
 
 
+def p_values_against(row: dict, by_variant: Mapping[str, dict]) -> dict:
+  """Welch p of ``row`` against SB and against LB: ``p_vs_sb``, ``p_vs_lb`` (None where absent)."""
+  out = {}
+  for reference in ("sb", "lb"):
+    other = by_variant.get(reference)
+    same = other is None or other["variant"] == row["variant"]
+    p = None if same else welch_p(row["test_accuracy_per_seed"], other["test_accuracy_per_seed"])
+    out[f"p_vs_{reference}"] = p
+  return out
+
+
 def aggregate(
   workdir: str,
   rows: Sequence[str],
@@ -152,13 +164,17 @@ def aggregate(
 
   ``updates_to_sb`` / ``time_to_sb_s``: when the row's seed-mean accuracy
   first reaches SB's final mean accuracy. ``covariance_ratio``: the row's
-  update-covariance trace at w0 over SB's (``measures``). ``paper_accuracy``:
-  the paper's number, when given (the dataset is the paper's).
+  update-covariance trace at w0 over SB's (``measures``). ``p_vs_sb`` /
+  ``p_vs_lb``: Welch's p-value of the row's per-seed accuracies against SB's
+  and LB's (None for the row itself, or with fewer than two seeds).
+  ``paper_accuracy``: the paper's number, when given (the dataset is the paper's).
   """
   out = [row_numbers(workdir, row, seeds) for row in rows]
-  sb = next((r for r in out if r["variant"] == "sb"), None)
+  by_variant = {r["variant"]: r for r in out}
+  sb = by_variant.get("sb")
   covariance = covariance or {}
   for r in out:
+    r.update(p_values_against(r, by_variant))
     if sb is not None and sb["test_accuracy_mean"] is not None:
       r.update(time_to_target(r, sb["test_accuracy_mean"]))
     if "sb" in covariance and r["variant"] in covariance:

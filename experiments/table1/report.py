@@ -22,7 +22,7 @@ def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
 
 
 def _header(show_paper: bool) -> list[str]:
-  head = ["variant", "", "test acc. (%)", "± std", "seeds"]
+  head = ["variant", "", "test acc. (%)", "± std", "seeds", "p vs SB", "p vs LB"]
   head += ["paper (%)"] if show_paper else []
   head += ["batch", "updates", "epochs", "wall (s/run)", "updates to SB", "time to SB (s)"]
   return [*head, "tr cov / SB", "||w-w0||", "slope", "R²", "λ_max"]
@@ -40,6 +40,7 @@ def _seeds_cell(r: dict) -> str:
 def _cells(r: dict, show_paper: bool) -> list[str]:
   acc = _fmt(r["test_accuracy_mean"], ".2f", "diverged" if r["diverged_seeds"] else "-")
   cells = [r["variant"], r["label"], acc, _fmt(r["test_accuracy_std"], ".2f"), _seeds_cell(r)]
+  cells += [_fmt(r.get("p_vs_sb"), ".2g"), _fmt(r.get("p_vs_lb"), ".2g")]
   if show_paper:
     cells.append(_fmt(r.get("paper_accuracy"), ".2f"))
   never = "never" if r["test_accuracy_mean"] is not None and "updates_to_sb" in r else "-"
@@ -84,7 +85,8 @@ def format_table(rows: Sequence[dict], meta: Mapping[str, Any]) -> str:
   lines = [
     f"Hoffer et al. Table 1 on {meta['dataset']} ({meta['model']}, preset {meta['preset']}, "
     f"B_S={meta['base_batch_size']}, B_L={meta['large_batch_size']}); accuracy is the final "
-    f"test accuracy, mean ± standard deviation over seeds {meta['seeds']}. Time to SB: "
+    f"test accuracy, mean ± standard deviation over seeds {meta['seeds']}; p vs SB / LB: "
+    "Welch's p-value of the row's per-seed accuracies against SB's / LB's. Time to SB: "
     "training-loop time until the seed-mean accuracy first reaches SB's final one.",
     "",
     "| " + " | ".join(head) + " |",

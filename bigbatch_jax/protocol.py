@@ -12,9 +12,9 @@ against the paper finds what the paper does not describe (issue 17):
 4. ``main_normal.py`` scales the lr by sqrt(B/256) and stretches the regime by
    ceil(B/256) (its help text says 128).
 5. The last partial batch of every epoch is kept (PyTorch's DataLoader with
-   ``drop_last=False``): on MNIST at B=4096, 60000 = 14 x 4096 + 2656, so an
-   epoch is 15 updates (750 over 50 epochs where batches that cross epochs
-   give 732).
+   ``drop_last=False``; the issue notes it under item 4): on MNIST at B=4096,
+   60000 = 14 x 4096 + 2656, so an epoch is 15 updates (750 over 50 epochs
+   where this project's batches, which cross epochs, give 732).
 
 ``protocol="reference"`` switches on 1, 2 (where it applies: in-memory image
 data) and 4, the combination measured to reproduce Hoffer et al. Table 1 on

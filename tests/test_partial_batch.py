@@ -18,6 +18,7 @@ import optax
 import pytest
 
 from bigbatch_jax import data, training
+from bigbatch_jax import protocol as protocol_lib
 from bigbatch_jax.data import ArrayDataset, BatchIterator, BatchSchedule
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
 from bigbatch_jax.training import loop as loop_lib
@@ -95,6 +96,15 @@ def test_schedule_refuses_a_growing_batch_and_a_batch_past_the_epoch():
 
 
 # --- the plan -------------------------------------------------------------------
+
+
+def test_partial_last_batch_is_a_key_of_its_own_in_neither_protocol():
+  for name in protocol_lib.PROTOCOLS:
+    assert not protocol_lib.resolve_protocol(tiny_config(protocol=name)).partial_last_batch
+  alone = protocol_lib.resolve_protocol(tiny_config(partial_last_batch=True))
+  assert alone.partial_last_batch and not alone.momentum_restart and not alone.main_normal_lr
+  with pytest.raises(TypeError, match=r"partial_last_batch"):  # declared a bool in default.py
+    tiny_config(partial_last_batch="yes")
 
 
 def test_plan_on_the_papers_mnist_takes_750_updates_with_drops_at_epochs():
@@ -270,4 +280,8 @@ def test_ablation_applies_the_partial_batch_where_the_batch_leaves_a_remainder()
   assert on.partial_last_batch and not on.momentum_restart
   plan = plan_lib.make_plan(on, 8000, num_devices=1)
   assert plan.partial_batch_size == 832 and plan.ghost_batch_size_at(832) == 52
-  assert "partial_last_batch" in ablation.ARTEFACTS and "partial_last_batch" in ablation.SETTINGS
+  # "All that apply together" holds it where it applies.
+  configs, skipped = ablation.ablation_configs(f1, ("sb", "lb+lr+gbn"), "quick", {}, vectors)
+  assert "partial_last_batch/lb+lr+gbn" in configs and "partial_last_batch/sb" not in configs
+  assert configs["all/lb+lr+gbn"].partial_last_batch and not configs["all/sb"].partial_last_batch
+  assert "divides the 8000" in skipped["partial_last_batch"]["sb"]

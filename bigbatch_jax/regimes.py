@@ -8,7 +8,9 @@ All durations go through :func:`epochs_to_steps`. The training data is read
 as an endless stream of per-epoch permutations and batches may cross epoch
 boundaries, so a run of E epochs at batch B takes exactly E * N / B updates
 (rounded once). Regime adaptation therefore keeps the number of updates of the
-small-batch regime exactly, as Hoffer et al. section 5 intends.
+small-batch regime exactly, as Hoffer et al. section 5 intends. (A run that
+keeps each epoch's partial last batch, ``config.partial_last_batch``, takes
+E * ceil(N / B): ``bigbatch_jax.data.schedule.BatchSchedule``.)
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ def test_ablation_rows_gap_p_value_and_not_applicable_cells():
     "reference_mnist_augment": {"sb": "not images", "lb": "not images"},
     "bn_scale_uniform": {"sb": "no batch norm", "lb": "no batch norm"},
     "main_normal_lr": {"sb": "no lr rule", "lb": "no lr rule"},
+    "partial_last_batch": {"sb": "batch divides", "lb": "batch divides"},
     "all": {"sb": "no artefact applies"},
   }
   by = {r["setting"]: r for r in ablation.ablation_rows(numbers, ("sb", "lb"), skipped)}

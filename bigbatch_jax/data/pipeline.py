@@ -6,8 +6,11 @@ permutations of range(N), epoch e's permutation derived from (seed, e) only.
 Batches take consecutive stream positions and may cross epoch boundaries (no
 remainder is dropped), so `epochs * N / batch_size` steps see exactly `epochs`
 epochs, and a regime adapted to a larger batch takes exactly the planned
-number of updates. Resuming needs only the (step, offset) of the next batch:
-everything else, augmentation included, is recomputed from the seed.
+number of updates. A `BatchSchedule` with `epoch_size` instead keeps each
+epoch's last partial batch (the bigBatch reference's DataLoader; issue 17):
+the batch sizes and offsets come from the schedule either way. Resuming
+needs only the (step, offset) of the next batch: everything else,
+augmentation included, is recomputed from the seed.
 
 Why not grain's `MapDataset.range(N).shuffle(seed)`: it seeds epoch e with
 `seed + e`, so run seed=1 replays run seed=0 shifted by one epoch, and it

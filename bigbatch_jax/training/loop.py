@@ -38,20 +38,35 @@ log = logging.getLogger(__name__)
 
 
 class CompiledSteps:
-  """The run's train calls, compiled ahead of time once per (batch size, call length)."""
+  """The run's train calls, compiled ahead of time once per (batch size, call length).
 
-  def __init__(self, run: RunSetup, mesh: Mesh, input_shape: tuple[int, ...]):
-    self._single = parallel.shard_train_step(step_lib.train_step, mesh, **run.step_args)
-    self._scanned = parallel.shard_train_step(
-      step_lib.train_steps, mesh, stacked=True, **run.step_args
-    )
+  A kept partial last batch (issue 17) is a batch size of its own: its step
+  computes the loss and the batch statistics over its real examples, with its
+  own ghost batches where ``RunSetup.partial_step_args`` says so.
+  """
+
+  def __init__(self, run: RunSetup, mesh: Mesh, input_shape: tuple[int, ...], plan: RunPlan):
+    self._run, self._plan = run, plan
     self._state, self._mesh, self._input_shape = run.state, mesh, input_shape
+    self._sharded = {}
     self._compiled = {}
+
+  def _sharded_fn(self, batch_size: int, scanned: bool):
+    args = self._run.step_args_at(batch_size, self._plan)
+    key = (args is self._run.step_args, scanned)
+    if key not in self._sharded:
+      if scanned:
+        fn = parallel.shard_train_step(step_lib.train_steps, self._mesh, stacked=True, **args)
+      else:
+        fn = parallel.shard_train_step(step_lib.train_step, self._mesh, **args)
+      self._sharded[key] = fn
+    return self._sharded[key]
 
   def get(self, batch_size: int, length: int):
     """The call of ``length`` steps at ``batch_size``, compiled on first use."""
     if (batch_size, length) not in self._compiled:
-      fn, steps = (self._single, None) if length == 1 else (self._scanned, length)
+      fn = self._sharded_fn(batch_size, scanned=length != 1)
+      steps = None if length == 1 else length
       self._compiled[batch_size, length] = parallel.compile_train_step(
         fn, self._state, batch_size, self._input_shape, self._mesh, steps
       )
@@ -61,9 +76,9 @@ class CompiledSteps:
 def call_length(step: int, end_step: int, steps_per_call: int, plan: RunPlan) -> int:
   """Steps of the call from ``step``: steps_per_call, less at the end or a batch-size change."""
   length = min(steps_per_call, end_step - step)
-  for start, _ in plan.batch_phases:
-    if step < start < step + length:
-      length = start - step
+  change = plan.batch_schedule.next_change(step)
+  if change is not None and step < change < step + length:
+    length = change - step
   return length
 
 
@@ -125,11 +140,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
   check_and_save_config(config, workdir)
   run = set_up_run(config, plan, mesh, dataset.num_classes, dataset.input_shape)
-  steps = CompiledSteps(run, mesh, dataset.input_shape)
+  steps = CompiledSteps(run, mesh, dataset.input_shape, plan)
   # Compile before reading any data, once per batch size of the run: a batch
   # that does not fit fails here, with sizes, rather than deep inside XLA.
   for size in plan.batch_sizes:
-    steps.get(size, min(config.steps_per_call, plan.num_steps))
+    # A partial last batch is a call of its own (its neighbours are full batches).
+    alone = size == plan.partial_batch_size
+    steps.get(size, 1 if alone else min(config.steps_per_call, plan.num_steps))
 
   wait_for_all_processes("bigbatch_jax_before_checkpoints", config.distributed_timeout_s)
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)

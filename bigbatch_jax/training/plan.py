@@ -23,8 +23,6 @@ from bigbatch_jax.protocol import Protocol, resolve_protocol
 from bigbatch_jax.regimes import (
   Regime,
   adapt_regime,
-  epoch_first_steps,
-  epochs_to_steps,
   gradual_warmup,
   growing_batch_phases,
 )
@@ -62,15 +60,35 @@ class RunPlan:
   momentum_restart_steps: tuple[int, ...] = ()  # the momentum is zeroed before these updates
   lars_trust_coefficient: float = 0.001  # "lars": eta
   bn_scale_uniform: bool = False  # batch-norm scales start U(0, 1) (PyTorch < 1.0)
+  # Each epoch is ceil(N / B) updates, the last of N mod B examples (issue 17, item 5).
+  partial_last_batch: bool = False
 
   @property
   def batch_schedule(self) -> BatchSchedule:
     """The batch size of each step and its stream offset (shared with the data iterator)."""
-    return BatchSchedule(self.batch_phases)
+    return BatchSchedule(self.batch_phases, self.num_train if self.partial_last_batch else None)
 
   @property
   def steps_per_epoch(self) -> float:
-    return self.num_train / self.batch_size
+    """Updates per epoch: N / B (batches cross epochs), or ceil(N / B) with partial batches."""
+    return self.batch_schedule.steps_per_epoch(self.num_train)
+
+  @property
+  def partial_batch_size(self) -> int:
+    """The global size of each epoch's partial last batch; 0 when there is none."""
+    return self.batch_schedule.partial_size
+
+  def ghost_batch_size_at(self, batch_size: int) -> int | None:
+    """The ghost size of a step at ``batch_size``: the plan's, or the partial batch's.
+
+    The reference (``main_gbn.py``) splits every batch with ``torch.chunk`` into
+    as many ghost batches K as a full one holds, so the partial batch's ghost
+    batches have partial / K examples (on MNIST, 2656 / 32 = 83).
+    """
+    partial = self.partial_batch_size
+    if self.ghost_batch_size is None or not partial or batch_size != partial:
+      return self.ghost_batch_size
+    return batch_size * self.ghost_batch_size // self.batch_size
 
   @property
   def batch_sizes(self) -> tuple[int, ...]:
@@ -134,14 +152,18 @@ def make_plan(
   base, batch = _batch_sizes(config, variant, num_devices, process_count)
   ghost = _ghost_batch_size(config, variant, base, batch, num_devices)
   regime = _adapted_regime(config, variant, base, batch, protocol)
+  partial = protocol.partial_last_batch
   batch_phases, num_steps, regime = _durations(
-    config, variant, regime, num_train, num_devices, ghost
+    config, variant, regime, num_train, num_devices, ghost, partial
   )
+  if partial:
+    _check_partial_batch(num_train, batch, num_devices, process_count, ghost)
   drop_distances = ()
   if variant.distance_drops:
     drop_distances = _drop_distances(config)
     regime = dataclasses.replace(regime, drop_epochs=())  # the distance decides instead
   clip_norm, clip_steps = _clipping(config, variant)
+  schedule = BatchSchedule(batch_phases, num_train if partial else None)
   return RunPlan(
     variant=variant,
     batch_size=batch,
@@ -159,12 +181,13 @@ def make_plan(
     drop_distances=drop_distances,
     lr_base_batch_size=protocol.lr_base_batch_size(base),
     grow_lr_follows_batch=_flag(config, "grow_lr_follows_batch"),
-    warmup_steps=_warmup_steps(config, variant, num_train, batch),
+    warmup_steps=_warmup_steps(config, variant, num_train, schedule),
     momentum_restart_steps=_momentum_restart_steps(
-      protocol, variant, regime, num_train, batch_phases, num_steps
+      protocol, variant, regime, num_train, schedule, num_steps
     ),
     lars_trust_coefficient=_lars_trust_coefficient(config),
     bn_scale_uniform=protocol.bn_scale_uniform,
+    partial_last_batch=partial,
   )
 
 
@@ -175,17 +198,17 @@ def _flag(config, key: str) -> bool:
   return value
 
 
-def _warmup_steps(config, variant: Variant, num_train: int, batch: int) -> int:
+def _warmup_steps(config, variant: Variant, num_train: int, schedule: BatchSchedule) -> int:
   """Updates of Goyal et al.'s gradual warmup ("warmup"; 0 without it)."""
   if not variant.warmup:
     return 0
   epochs = config.warmup_epochs
   if isinstance(epochs, bool) or not isinstance(epochs, int | float) or not epochs > 0:
     raise ValueError(f"config.warmup_epochs must be > 0, got {epochs!r}")
-  return max(1, epochs_to_steps(epochs, num_train, batch))
+  return max(1, schedule.num_steps(epochs, num_train))
 
 
-def _momentum_restart_steps(protocol: Protocol, variant, regime, num_train, phases, num_steps):
+def _momentum_restart_steps(protocol: Protocol, variant, regime, num_train, schedule, num_steps):
   """The first update of every epoch when the momentum restarts (issue 17, item 1)."""
   if not protocol.momentum_restart:
     return ()
@@ -197,7 +220,7 @@ def _momentum_restart_steps(protocol: Protocol, variant, regime, num_train, phas
       f"none (optimizer {variant.optimizer!r}, momentum {regime.momentum}); set "
       "config.momentum_restart=False"
     )
-  return epoch_first_steps(num_train, phases, num_steps)
+  return schedule.epoch_first_steps(num_train, num_steps)
 
 
 def _lars_trust_coefficient(config) -> float:
@@ -332,12 +355,24 @@ def _adapted_regime(config, variant: Variant, base: int, batch: int, protocol: P
   return regime
 
 
-def _durations(config, variant: Variant, regime: Regime, num_train, num_devices, ghost):
-  """(batch phases, number of updates, regime): one phase, or "grow"'s phases at the drops."""
+def _durations(config, variant: Variant, regime: Regime, num_train, num_devices, ghost, partial):
+  """(batch phases, number of updates, regime): one phase, or "grow"'s phases at the drops.
+
+  With ``partial`` (a kept partial last batch) the updates are the schedule's
+  E ceil(N / B); a growing batch with it is refused.
+  """
   batch = regime.batch_size
+  if partial and variant.grow_batch:
+    raise ValueError(
+      f"config.partial_last_batch keeps each epoch's last partial batch at one batch size; "
+      f"variant {variant.name!r} grows the batch (not supported together): set "
+      "config.partial_last_batch=False"
+    )
   if not variant.grow_batch:
-    num_steps = regime.num_steps(num_train)
     phases = ((0, batch),)
+    num_steps = BatchSchedule(phases, num_train if partial else None).num_steps(
+      regime.epochs, num_train
+    )
   else:
     # Smith et al. 2018: the batch grows at the drops instead; where it reaches
     # batch_growth_max the remaining drops decay the lr (their hybrid).
@@ -359,6 +394,36 @@ def _durations(config, variant: Variant, regime: Regime, num_train, num_devices,
       f"{regime.epochs} epochs of {num_train} examples at batch {batch} is less than one update"
     )
   return phases, num_steps, regime
+
+
+def _check_partial_batch(num_train, batch, num_devices, process_count, ghost) -> None:
+  """The partial batch N mod B must split over the devices (and ghost batches) as a full one.
+
+  No example is dropped or padded: a remainder the devices do not divide is an
+  error. With ghost batch norm the partial batch holds the full batch's K
+  ghost batches per device (``RunPlan.ghost_batch_size_at``), each of at least
+  two examples.
+  """
+  partial = num_train % batch
+  if not partial:
+    return
+  where = f"the partial last batch of num_train={num_train} at batch_size={batch} has {partial}"
+  for count, what in ((num_devices, "devices"), (process_count, "processes")):
+    if partial % count:
+      raise ValueError(
+        f"{where} examples, not divisible by the {count} {what}; use a batch size that "
+        f"leaves a multiple of {count}, or config.partial_last_batch=False"
+      )
+  if ghost is None:
+    return
+  local, ghosts = partial // num_devices, batch // num_devices // ghost
+  if local % ghosts or local // ghosts < 2:
+    raise ValueError(
+      f"{where} examples, {local} per device; the reference splits it (torch.chunk) into the "
+      f"full batch's {ghosts} ghost batches per device, which needs equal ghost batches of at "
+      f"least 2 examples: use a batch size or ghost_batch_size for which {ghosts} divides "
+      f"{local}, or config.partial_last_batch=False"
+    )
 
 
 def _drop_distances(config) -> tuple[float, ...]:

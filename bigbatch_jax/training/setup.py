@@ -91,6 +91,15 @@ class RunSetup:
   tx: optax.GradientTransformation
   state: TrainState  # replicated on the mesh
   step_args: dict[str, Any]  # static keyword arguments of step.train_step
+  # The partial last batch's step arguments where its ghost batches differ (issue 17).
+  partial_step_args: dict[str, Any] | None = None
+
+  def step_args_at(self, batch_size: int, plan: RunPlan) -> dict[str, Any]:
+    """The step arguments of a step at ``batch_size``: the partial batch's, or the run's."""
+    partial = plan.partial_batch_size
+    if partial and batch_size == partial and self.partial_step_args is not None:
+      return self.partial_step_args
+    return self.step_args
 
 
 def set_up_run(
@@ -126,4 +135,12 @@ def set_up_run(
     lambda key: create_train_state(model, tx, example, key),
     out_shardings=parallel.replicated(mesh),
   )
-  return RunSetup(model, tx, init(state_key), step_arguments(plan, config, model, tx))
+  step_args = step_arguments(plan, config, model, tx)
+  partial = plan.partial_batch_size
+  partial_args = None
+  if partial and plan.ghost_batch_size_at(partial) != plan.ghost_batch_size:
+    # The same parameters, normalized in the partial batch's ghost batches.
+    partial_norm = functools.partial(norm, ghost_batch_size=plan.ghost_batch_size_at(partial))
+    partial_model = build_model(config, num_classes, partial_norm)
+    partial_args = step_arguments(plan, config, partial_model, tx)
+  return RunSetup(model, tx, init(state_key), step_args, partial_args)

@@ -99,6 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.reference_mnist_augment = placeholder(bool)
   config.bn_scale_uniform = placeholder(bool)  # 3: BN scales U(0, 1) (in neither protocol)
   config.main_normal_lr = placeholder(bool)  # 4: lr x (B/256)**p, regime stretch ceil(B/256)
+  config.partial_last_batch = placeholder(bool)  # 5: each epoch's partial batch kept (in neither)
   config.mult_noise_variance = placeholder(float)  # "mult" noise sigma^2 (None: matched, r - 1)
   config.nonfinite_policy = "stop"  # non-finite loss/gradient: "stop" (error) | "skip" (the update)
   # Stop when the logged loss exceeds this many times the first logged loss.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -118,27 +118,19 @@ def ghost_statistics(
     ``(mean, var)``, each of shape (K, *feature dims), float32 unless
     ``dtype`` or the input is wider (as flax).
   """
-  if plain:
-    return compute_stats(
-      ghosts,
-      reduction_axes,
-      dtype=dtype,
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-      use_fast_variance=use_fast_variance,
-      mask=mask,
-      force_float32_reductions=force_float32_reductions,
-    )
-  if ghost_variance == "shifted" and mask is None:
+  if not plain and ghost_variance == "shifted" and mask is None:
     stats_dtype = jnp.result_type(ghosts) if dtype is None else dtype
     if force_float32_reductions:
       stats_dtype = jnp.promote_types(stats_dtype, jnp.float32)
     return _shifted_statistics(ghosts, reduction_axes, stats_dtype)
+  # Plain batch norm: flax's statistics across devices; ghost batches: their own.
   return compute_stats(
     ghosts,
     reduction_axes,
     dtype=dtype,
-    use_fast_variance=ghost_variance == "one_pass",
+    axis_name=axis_name if plain else None,
+    axis_index_groups=axis_index_groups if plain else None,
+    use_fast_variance=use_fast_variance if plain else ghost_variance == "one_pass",
     mask=mask,
     force_float32_reductions=force_float32_reductions,
   )
@@ -293,6 +285,103 @@ def feature_axes_of(x: jax.Array, axis: int | Iterable[int]) -> tuple[int, ...]:
   return feature_axes
 
 
+class GhostOptions(NamedTuple):
+  """The settings the shared training path reads from a linen or NNX GhostBatchNorm."""
+
+  ghost_batch_size: int | None  # None: plain batch norm
+  stats_update: str  # "sequential" or "mean"
+  ghost_variance: str  # "shifted", "two_pass" or "one_pass"
+  momentum: float  # decay of the running statistics (flax convention)
+  epsilon: float
+  dtype: Any  # computation dtype, or None
+  use_fast_variance: bool  # plain batch norm only, as flax
+  axis_name: str | None  # data-parallel axis, or None
+  axis_index_groups: Any
+  force_float32_reductions: bool = True  # linen only; NNX's BatchNorm has no such field
+
+  @classmethod
+  def of(cls, norm: Any) -> GhostOptions:
+    """The options of a GhostBatchNorm (linen or NNX): its attributes of these names."""
+    return cls(**{name: getattr(norm, name) for name in cls._fields if hasattr(norm, name)})
+
+
+def ghost_batch_norm_train(
+  x: jax.Array,
+  scale: jax.Array | None,
+  bias: jax.Array | None,
+  feature_axes: tuple[int, ...],
+  options: GhostOptions,
+  *,
+  num_ghosts: int,
+  mask: jax.Array | None = None,
+  normalize_ghosts_fn: Any = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode (ghost) batch norm of ``x``, for the linen and NNX front ends.
+
+  ``x`` is split into ``num_ghosts`` contiguous ghost batches, each normalized
+  by its own mean and biased variance (Hoffer et al. Algorithm 1). Without a
+  ghost size it is flax's BatchNorm, the statistics averaged over
+  ``options.axis_name``; ghost batches never cross devices. One ghost batch
+  goes through :func:`normalize` (flax's operations, bit for bit), several
+  through ``normalize_ghosts_fn(ghosts, mean, var, scale, bias, feature_axes)``
+  (default :func:`normalize_ghosts`).
+
+  Returns:
+    ``(y, mean, var)``: the output, of the shape of ``x``, and each ghost
+    batch's statistics in order, shape (num_ghosts, features), as
+    :func:`update_running_statistics` takes them.
+  """
+  ghosts, mask, reduction_axes, ghost_feature_axes = ghost_view(x, num_ghosts, feature_axes, mask)
+  mean, var = ghost_statistics(
+    ghosts,
+    reduction_axes,
+    plain=options.ghost_batch_size is None,
+    ghost_variance=options.ghost_variance,
+    dtype=options.dtype,
+    use_fast_variance=options.use_fast_variance,
+    mask=mask,
+    force_float32_reductions=options.force_float32_reductions,
+    axis_name=options.axis_name,
+    axis_index_groups=options.axis_index_groups,
+  )
+  dtype, epsilon = options.dtype, options.epsilon
+  if num_ghosts == 1:
+    y = normalize(
+      ghosts, mean, var, scale, bias, reduction_axes, ghost_feature_axes, dtype, epsilon
+    )
+  elif normalize_ghosts_fn is None:
+    y = normalize_ghosts(ghosts, mean, var, scale, bias, ghost_feature_axes, dtype, epsilon)
+  else:
+    y = normalize_ghosts_fn(ghosts, mean, var, scale, bias, ghost_feature_axes)
+  return y.reshape(x.shape), mean.reshape((num_ghosts, -1)), var.reshape((num_ghosts, -1))
+
+
+def update_running_statistics(
+  running_mean: jax.Array,
+  running_var: jax.Array,
+  mean: jax.Array,
+  var: jax.Array,
+  options: GhostOptions,
+) -> tuple[jax.Array, jax.Array]:
+  """The running mean and variance after the ghost statistics (K, features) of one call.
+
+  :func:`ghost_running_average` on each; plain batch norm's statistics are
+  already averaged across devices, so only ghost statistics are combined over
+  ``options.axis_name``. The results keep the shapes of the running statistics.
+  """
+  update = functools.partial(
+    ghost_running_average,
+    momentum=options.momentum,
+    stats_update=options.stats_update,
+    axis_name=None if options.ghost_batch_size is None else options.axis_name,
+    axis_index_groups=options.axis_index_groups,
+  )
+  return (
+    update(running_mean.reshape(-1), mean).reshape(running_mean.shape),
+    update(running_var.reshape(-1), var).reshape(running_var.shape),
+  )
+
+
 class GhostBatchNorm(Module):
   """Batch normalization over small "ghost" batches; a drop-in for ``nn.BatchNorm``.
 
@@ -434,47 +523,26 @@ class GhostBatchNorm(Module):
         x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
       )
 
-    num_ghosts = num_ghost_batches(x.shape[0], self.ghost_batch_size, self.is_initializing())
-    ghosts, mask, reduction_axes, ghost_feature_axes = ghost_view(x, num_ghosts, feature_axes, mask)
-    # Plain batch norm averages over devices like nn.BatchNorm; ghost batches
-    # never cross devices.
-    plain = self.ghost_batch_size is None
-    mean, var = ghost_statistics(
-      ghosts,
-      reduction_axes,
-      plain=plain,
-      ghost_variance=self.ghost_variance,
-      dtype=self.dtype,
-      use_fast_variance=self.use_fast_variance,
+    initializing = self.is_initializing()
+    options = GhostOptions.of(self)
+    if initializing:
+      # Only shapes matter: no cross-device statistics and no running update.
+      options = options._replace(axis_name=None)
+    y, mean, var = ghost_batch_norm_train(
+      x,
+      scale,
+      bias,
+      feature_axes,
+      options,
+      num_ghosts=num_ghost_batches(x.shape[0], self.ghost_batch_size, initializing),
       mask=mask,
-      force_float32_reductions=self.force_float32_reductions,
-      axis_name=self.axis_name if plain and not self.is_initializing() else None,
-      axis_index_groups=self.axis_index_groups,
+      normalize_ghosts_fn=self._normalize_ghosts,
     )
-
-    if not self.is_initializing():
-      # Plain batch norm already averaged its statistics across devices.
-      update = functools.partial(
-        ghost_running_average,
-        momentum=self.momentum,
-        stats_update=self.stats_update,
-        axis_name=None if plain else self.axis_name,
-        axis_index_groups=self.axis_index_groups,
+    if not initializing:
+      ra_mean.value, ra_var.value = update_running_statistics(
+        ra_mean.value, ra_var.value, mean, var, options
       )
-      ra_mean.value = update(ra_mean.value.reshape(-1), mean.reshape((num_ghosts, -1))).reshape(
-        feature_shape
-      )
-      ra_var.value = update(ra_var.value.reshape(-1), var.reshape((num_ghosts, -1))).reshape(
-        feature_shape
-      )
-
-    if num_ghosts == 1:
-      y = normalize(
-        ghosts, mean, var, scale, bias, reduction_axes, ghost_feature_axes, self.dtype, self.epsilon
-      )
-    else:
-      y = self._normalize_ghosts(ghosts, mean, var, scale, bias, ghost_feature_axes)
-    return y.reshape(x.shape)
+    return y
 
   def _normalize_ghosts(self, ghosts, mean, var, scale, bias, feature_axes):
     """The ghost path's normalization (a method so benchmarks can swap it)."""

@@ -24,14 +24,13 @@ import jax
 from flax import nnx
 
 from bigbatch_jax.ghost_batch_norm import (
+  GhostOptions,
   check_options,
   feature_axes_of,
-  ghost_running_average,
-  ghost_statistics,
-  ghost_view,
+  ghost_batch_norm_train,
   normalize,
-  normalize_ghosts,
   num_ghost_batches,
+  update_running_statistics,
 )
 
 
@@ -118,40 +117,21 @@ class GhostBatchNorm(nnx.BatchNorm):
         x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
       )
 
+    # The same training path as the linen module: plain batch norm averages
+    # over devices like nnx.BatchNorm; ghost batches never cross devices, their
+    # running statistics are gathered in order.
+    options = GhostOptions.of(self)
     num_ghosts = num_ghost_batches(x.shape[0], self.ghost_batch_size)
-    ghosts, mask, reduction_axes, ghost_feature_axes = ghost_view(x, num_ghosts, feature_axes, mask)
-    # Plain batch norm averages over devices like nnx.BatchNorm; ghost batches
-    # never cross devices, their running statistics are gathered in order.
-    plain = self.ghost_batch_size is None
-    mean, var = ghost_statistics(
-      ghosts,
-      reduction_axes,
-      plain=plain,
-      ghost_variance=self.ghost_variance,
-      dtype=self.dtype,
-      use_fast_variance=self.use_fast_variance,
-      mask=mask,
-      axis_name=self.axis_name if plain else None,
-      axis_index_groups=self.axis_index_groups,
+    y, batch_mean, batch_var = ghost_batch_norm_train(
+      x, scale, bias, feature_axes, options, num_ghosts=num_ghosts, mask=mask
     )
-    update = functools.partial(
-      ghost_running_average,
-      momentum=self.momentum,
-      stats_update=self.stats_update,
-      axis_name=None if plain else self.axis_name,
-      axis_index_groups=self.axis_index_groups,
+    new_mean, new_var = update_running_statistics(
+      self.mean[...], self.var[...], batch_mean, batch_var, options
     )
     # The running statistics carry no gradient (nnx.BatchNorm's rule).
-    self.mean[...] = jax.lax.stop_gradient(update(self.mean[...], mean.reshape((num_ghosts, -1))))
-    self.var[...] = jax.lax.stop_gradient(update(self.var[...], var.reshape((num_ghosts, -1))))
-    if num_ghosts == 1:
-      args = (reduction_axes, ghost_feature_axes, self.dtype, self.epsilon)
-      y = normalize(ghosts, mean, var, scale, bias, *args)
-    else:
-      y = normalize_ghosts(
-        ghosts, mean, var, scale, bias, ghost_feature_axes, self.dtype, self.epsilon
-      )
-    return y.reshape(x.shape)
+    self.mean[...] = jax.lax.stop_gradient(new_mean)
+    self.var[...] = jax.lax.stop_gradient(new_var)
+    return y
 
 
 def ghostify(

@@ -18,6 +18,7 @@ from bigbatch_jax import models, training
 from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training.variants import parse_variant
 from experiments.configs import common
+from tests.test_training import VARIANTS as TRAINED_VARIANTS
 
 CONFIG_NAMES = ("f1", "c1", "c3", "resnet44", "vgg", "wrn16_4", "alexnet", "resnet50")
 # Training-set sizes of the rows' paper datasets (caltech101: 3/4 of 9144).
@@ -29,21 +30,9 @@ NUM_TRAIN = {
   "tfds:imagenet2012": 1281167,
   "tfds:caltech101": 6858,
 }
-# Every variant of the training system that needs no extra config.
-VARIANTS = (
-  "sb",
-  "lb",
-  "lb+lr",
-  "lb+lr+gbn",
-  "lb+lr+gbn+ra",
-  "lb+mult",
-  "lb+lr+mult",
-  "lb+linear",
-  "lb+linear+white",
-  "lb+lr+gbn+clip",
-  "sb+gbn",
-  "sb+white",
-)
+# Every variant of the training system that needs no extra config: those
+# test_training trains end to end, and three more.
+VARIANTS = (*TRAINED_VARIANTS, "lb+linear", "sb+gbn", "sb+white")
 
 
 def _module(name):

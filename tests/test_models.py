@@ -105,6 +105,14 @@ def _abstract_variables(model, shape):
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
 
 
+def _at_paper_input_size(name):
+  """The model, its abstract variables and an abstract input batch at the paper's size."""
+  model = _model(name)
+  shape = MODEL_INPUT_SHAPES[name]
+  x = jax.ShapeDtypeStruct((BATCH, *shape), jnp.float32)
+  return model, _abstract_variables(model, shape), x
+
+
 def _num_params(model, shape):
   params = _abstract_variables(model, shape)["params"]
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
@@ -271,10 +279,7 @@ def test_norm_layers_named_consistently(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_output_shapes_at_paper_input_size(name):
-  model = _model(name)
-  shape = MODEL_INPUT_SHAPES[name]
-  variables = _abstract_variables(model, shape)
-  x = jax.ShapeDtypeStruct((BATCH, *shape), jnp.float32)
+  model, variables, x = _at_paper_input_size(name)
   expected = (BATCH, MODELS[name].num_classes)
   train_out, updates = jax.eval_shape(
     lambda v, x: model.apply(
@@ -486,10 +491,7 @@ def test_dropout_only_in_train_mode(name, overrides):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_dropout_rng_needed_only_by_dropout_models(name):
-  model = _model(name)
-  shape = MODEL_INPUT_SHAPES[name]
-  variables = _abstract_variables(model, shape)
-  x = jax.ShapeDtypeStruct((BATCH, *shape), jnp.float32)
+  model, variables, x = _at_paper_input_size(name)
 
   def train_without_rngs():
     return jax.eval_shape(

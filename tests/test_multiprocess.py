@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 
 from bigbatch_jax import training
-from tests.test_faults import RUN_FLAGS
+from tests.tiny_run import REPO, RUN_FLAGS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = [
   *RUN_FLAGS,
   "--config.log_every_steps=2",

@@ -6,7 +6,6 @@ through a wrapper installed before ``experiments.main`` runs: a real signal to
 a real process, at a chosen moment.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -19,16 +18,22 @@ import pytest
 
 from bigbatch_jax import training
 from bigbatch_jax.training import loop as loop_lib
-from tests.test_faults import RUN_FLAGS
 from tests.test_training import tiny_config
+from tests.tiny_run import (
+  ENV,
+  REPO,
+  RUN_FLAGS,
+  assert_identical,
+  read_result,
+  table1_command,
+  trained_steps,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = [
   *RUN_FLAGS,
   "--config.log_every_steps=1",
   "--config.num_epochs=8",  # 64 updates, an evaluation every 8
 ]
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 # Runs experiments.main after ``inject`` (Python run first in the same process).
 LAUNCH = """
 import os, signal, runpy, sys
@@ -59,14 +64,6 @@ def _run(workdir, *flags, inject="", expect=0):
   return err
 
 
-def _trained_steps(workdir):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    return sum(1 for line in f if '"loss"' in line)
-
-
 def _signal_when(workdir, condition, sig, *flags, timeout=300):
   """Starts a run, sends ``sig`` once ``condition(workdir)`` holds: (seconds to exit, rc, err)."""
   proc = _start(workdir, *flags)
@@ -82,20 +79,6 @@ def _signal_when(workdir, condition, sig, *flags, timeout=300):
 
 def _steps(workdir):
   return training.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps()
-
-
-def _result(workdir):
-  state = training.Checkpointer(os.path.join(workdir, "checkpoints")).restore_raw()
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f]
-  for record in records:
-    record.pop("examples_per_sec", None)
-  return (state["params"], state["batch_stats"], state["opt_state"]), records
-
-
-def _assert_identical(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a[0], b[0])
-  assert a[1] == b[1]
 
 
 # -- in process: fast -------------------------------------------------------
@@ -123,7 +106,7 @@ def test_a_signal_checkpoints_the_step_reached_and_the_rerun_ends_identical(tmp_
   assert {sig: signal.getsignal(sig) for sig in before} == before
   monkeypatch.setattr(loop_lib, "_after_call", after_call)
   training.train_and_evaluate(config, str(workdir))
-  _assert_identical(_result(tmp_path / "straight"), _result(workdir))
+  assert_identical(read_result(tmp_path / "straight"), read_result(workdir))
 
 
 # -- real processes: slow ---------------------------------------------------
@@ -133,7 +116,7 @@ def test_a_signal_checkpoints_the_step_reached_and_the_rerun_ends_identical(tmp_
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("straight")
   _run(workdir, "--config.checkpoint_every_steps=0")
-  return _result(workdir)
+  return read_result(workdir)
 
 
 @pytest.mark.slow
@@ -149,7 +132,7 @@ def test_signals_at_four_points_then_rerun_is_bit_identical(uninterrupted, tmp_p
   assert _steps(tmp_path) == [1], err[-2000:]
   assert "SIGTERM stopped the run at step 1 of 64" in err and "command: " in err
   # 2. Mid-epoch, from outside; the exit is measured.
-  seconds, rc, err = _signal_when(tmp_path, lambda w: _trained_steps(w) >= 12, signal.SIGTERM, rare)
+  seconds, rc, err = _signal_when(tmp_path, lambda w: trained_steps(w) >= 12, signal.SIGTERM, rare)
   assert rc == training.PREEMPTED_EXIT_CODE, err[-2000:]
   stopped = _steps(tmp_path)[-1]
   assert stopped >= 12 and seconds < 60
@@ -164,7 +147,7 @@ def test_signals_at_four_points_then_rerun_is_bit_identical(uninterrupted, tmp_p
   )
   assert _steps(tmp_path)[-1] == 24
   # 4. SIGINT from outside, and a second signal while its checkpoint is written.
-  seconds, rc, err = _signal_when(tmp_path, lambda w: _trained_steps(w) >= 40, signal.SIGINT, rare)
+  seconds, rc, err = _signal_when(tmp_path, lambda w: trained_steps(w) >= 40, signal.SIGINT, rare)
   assert rc == training.PREEMPTED_EXIT_CODE and "SIGINT stopped the run" in err, err[-2000:]
   err = _run(
     tmp_path,
@@ -177,7 +160,7 @@ def test_signals_at_four_points_then_rerun_is_bit_identical(uninterrupted, tmp_p
   )
   assert "received again" in err, err[-2000:]
   _run(tmp_path, rare)
-  _assert_identical(uninterrupted, _result(tmp_path))
+  assert_identical(uninterrupted, read_result(tmp_path))
 
 
 @pytest.mark.slow
@@ -195,7 +178,7 @@ def test_a_signal_during_a_periodic_checkpoint_write_saves_that_step_once(tmp_pa
   _run(stopped, every, inject=inject, expect=training.PREEMPTED_EXIT_CODE)
   assert _steps(stopped) == [16, 32]
   _run(stopped, every)
-  _assert_identical(_result(straight), _result(stopped))
+  assert_identical(read_result(straight), read_result(stopped))
 
 
 @pytest.mark.slow
@@ -219,7 +202,7 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
   for records, signalled in ((5, 1), (14, 0)):  # logged every 2 steps
     procs = two_processes(stopped)
     deadline = time.monotonic() + 300
-    while _trained_steps(stopped) < records:
+    while trained_steps(stopped) < records:
       assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
       time.sleep(0.01)
     procs[signalled].send_signal(signal.SIGTERM)
@@ -240,19 +223,18 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
 
 @pytest.mark.slow
 def test_a_signal_inside_a_table_run_stops_the_driver_and_its_rerun_continues(tmp_path):
-  command = [
-    sys.executable, "-m", "experiments.table1", f"--workdir={tmp_path}", "--variants=sb,lb",
-    "--seeds=0", "--config.dataset=synthetic", "--config.model_options.hidden=8",
-    "--config.base_batch_size=32", "--config.large_batch_size=128",
-    "--config.regime.epochs=4.0", "--config.regime.drop_epochs=(2.0,)",
-    "--config.progress_bar=False", "--config.log_every_steps=1",
-  ]  # fmt: skip
+  command = table1_command(
+    tmp_path,
+    "--config.regime.epochs=4.0",
+    "--config.regime.drop_epochs=(2.0,)",
+    "--config.log_every_steps=1",
+  )
   proc = subprocess.Popen(
     command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
   )
   run = tmp_path / "sb" / "seed_0"
   deadline = time.monotonic() + 300
-  while _trained_steps(run) < 10:  # the first of the two runs, under way
+  while trained_steps(run) < 10:  # the first of the two runs, under way
     assert proc.poll() is None and time.monotonic() < deadline
     time.sleep(0.01)
   proc.send_signal(signal.SIGTERM)

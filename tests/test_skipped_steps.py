@@ -16,6 +16,7 @@ import pytest
 from bigbatch_jax import models, training
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training import step as step_lib
+from tests import tiny_run
 from tests.test_training import tiny_config
 
 CLIP_NORM, CLIP_STEPS = 0.05, 6
@@ -39,17 +40,8 @@ def _skip_setup():
   )
   # White noise of variance 0: its counter and key are in the state, its draw adds nothing.
   tx = training.make_optimizer(plan, jax.random.key(1), white_noise=(0.0, 0.55))
-  mesh = parallel.make_mesh(1)
-  state = jax.jit(training.create_train_state, static_argnums=(0, 1))(
-    model, tx, jnp.zeros((1, 16)), jax.random.key(0)
-  )
-  step = parallel.shard_train_step(
-    training.train_step,
-    mesh,
-    model=model,
-    tx=tx,
-    learning_rate=training.lr_schedule(plan),
-    skip_nonfinite=True,
+  step, state, mesh = tiny_run.sharded_step(
+    plan, model, tx, jnp.zeros((1, 16)), skip_nonfinite=True
   )
   return step, jax.device_put(state, parallel.replicated(mesh)), mesh
 

@@ -20,7 +20,7 @@ import optax
 import pytest
 
 from bigbatch_jax import diagnostics, training
-from bigbatch_jax.training import parallel
+from tests import tiny_run
 from tests.test_training import tiny_config
 
 NUM_EXAMPLES, DIM, CLASSES = 256, 8, 4
@@ -62,15 +62,8 @@ def _measured_trace(variant, x, y, params, num_devices=1):
   plan = training.make_plan(config, num_train=NUM_EXAMPLES, num_devices=num_devices)
   model = Linear()
   tx = training.make_optimizer(plan, jax.random.key(1))
-  mesh = parallel.make_mesh(num_devices)
-  state = training.create_train_state(model, tx, x[:1], jax.random.key(0))
-  step = parallel.shard_train_step(
-    training.train_step,
-    mesh,
-    model=model,
-    tx=tx,
-    learning_rate=training.lr_schedule(plan),
-    noise_variance=plan.noise_variance,
+  step, state, _ = tiny_run.sharded_step(
+    plan, model, tx, x[:1], num_devices=num_devices, noise_variance=plan.noise_variance
   )
 
   def update_fn(p, batch, key):

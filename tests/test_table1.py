@@ -7,7 +7,6 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import types
 
 import numpy as np
@@ -18,6 +17,7 @@ from experiments import table1
 from experiments.configs import default, f1
 from experiments.table1 import paper_claims
 from experiments.table1 import rows as rows_lib
+from tests import tiny_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("sb", "sb@2x", "lb+lr+gbn+ra")
@@ -216,13 +216,9 @@ def test_paper_numbers_on_mnist_given_any_way():
 
 def test_command_line_applies_overrides_to_every_variant(tmp_path):
   workdir = tmp_path / "cli"
-  command = [
-    sys.executable, "-m", "experiments.table1", f"--workdir={workdir}", "--variants=sb,lb",
-    "--seeds=0", "--config.dataset=synthetic", "--config.model_options.hidden=8",
-    "--config.base_batch_size=32", "--config.large_batch_size=128",
-    "--config.regime.epochs=1.0", "--config.regime.drop_epochs=(0.5,)",
-    "--config.progress_bar=False", "--hessian=false",
-  ]  # fmt: skip
+  command = tiny_run.table1_command(
+    workdir, "--config.regime.epochs=1.0", "--config.regime.drop_epochs=(0.5,)", "--hessian=false"
+  )
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "| lb | LB |" in result.stdout

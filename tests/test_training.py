@@ -18,6 +18,7 @@ from bigbatch_jax.training import parallel
 from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training import step as step_lib
 from experiments.configs import common, default, f1
+from tests import tiny_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -235,27 +236,16 @@ def _run_main(workdir, *flags):
     sys.executable,
     "-m",
     "experiments.main",
-    "--config=experiments/configs/f1.py:lb+lr+gbn+mult,quick",
+    *tiny_run.RUN_FLAGS,
     f"--workdir={workdir}",
-    "--config.dataset=synthetic",
-    "--config.model_options.hidden=32",
-    "--config.model_options.depth=2",
-    "--config.base_batch_size=16",
-    "--config.large_batch_size=64",
-    "--config.ghost_batch_size=8",
-    "--config.progress_bar=False",
     "--config.log_every_steps=2",
     "--config.checkpoint_every_steps=100",
     *flags,
   ]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    command, cwd=REPO, env=tiny_run.ENV, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-
-
-def _records(workdir):
-  lines = (workdir / "metrics.jsonl").read_text().splitlines()
-  return [{k: v for k, v in json.loads(line).items() if k != "examples_per_sec"} for line in lines]
 
 
 def test_resume_in_a_new_process_is_exact(tmp_path):
@@ -267,7 +257,7 @@ def test_resume_in_a_new_process_is_exact(tmp_path):
   _run_main(resumed)
   a, b = _final_params(str(straight)), _final_params(str(resumed))
   jax.tree.map(np.testing.assert_array_equal, a, b)
-  assert _records(straight) == _records(resumed)
+  assert tiny_run.read_records(straight) == tiny_run.read_records(resumed)
 
 
 def test_divergence_stops_with_the_step_lr_and_quantity_keeping_the_last_good_checkpoint(tmp_path):
@@ -295,15 +285,8 @@ def _tiny_step(skip_nonfinite):
 
   model = models.get_model("f1", 4, norm=norm, hidden=32, depth=2)
   tx = training.make_optimizer(plan, jax.random.key(1))
-  state = training.create_train_state(model, tx, jnp.zeros((1, 16)), jax.random.key(0))
-  mesh = parallel.make_mesh(1)
-  step = parallel.shard_train_step(
-    step_lib.train_step,
-    mesh,
-    model=model,
-    tx=tx,
-    learning_rate=plan_lib.lr_schedule(plan),
-    skip_nonfinite=skip_nonfinite,
+  step, state, mesh = tiny_run.sharded_step(
+    plan, model, tx, jnp.zeros((1, 16)), skip_nonfinite=skip_nonfinite
   )
   rng = np.random.default_rng(0)
   good = {"x": rng.normal(size=(64, 16)).astype(np.float32), "y": np.zeros(64, np.int32)}
@@ -377,7 +360,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
   jax.tree.map(
     np.testing.assert_array_equal, _final_params(str(straight)), _final_params(str(broken))
   )
-  assert _records(straight) == _records(broken)
+  assert tiny_run.read_records(straight) == tiny_run.read_records(broken)
 
 
 def test_f1_config_derives_the_paper_regime():
@@ -435,7 +418,7 @@ def test_distance_triggered_drops_follow_the_weight_distance(tmp_path):
   config = tiny_config("lb+lr+dist", log_every_steps=1, drop_distances_from=str(reference))
   config.regime.epochs = 6.0
   training.train_and_evaluate(config, str(tmp_path / "dist"))
-  records = [r for r in _records(tmp_path / "dist") if "lr" in r]
+  records = [r for r in tiny_run.read_records(tmp_path / "dist") if "lr" in r]
   lrs = [r["lr"] for r in records]
   assert lrs[0] == pytest.approx(0.1)  # 0.05 * sqrt(4), no epoch-based drop
   # The learning rate drops exactly once the distance (before the update) reached the target.
@@ -454,7 +437,7 @@ def test_growing_batch_compiles_each_size_once_and_keeps_the_lr(tmp_path, caplog
   step_compiles = [r for r in caplog.records if "Compiling jit(train_step)" in r.getMessage()]
   assert len(step_compiles) == 2  # one per batch size
   assert summary["updates"] == 12 and summary["final_batch_size"] == 128
-  records = [r for r in _records(tmp_path / "grow") if "lr" in r]
+  records = [r for r in tiny_run.read_records(tmp_path / "grow") if "lr" in r]
   assert [r["batch_size"] for r in records] == [64] * 8 + [128] * 4
   # Smith et al.: the lr stays at its start, 0.05 * sqrt(64 / 16), no drop at epoch 1.
   assert [r["lr"] for r in records] == pytest.approx([0.1] * 12)
@@ -503,7 +486,7 @@ def test_several_steps_per_call_give_the_same_run(tmp_path):
 
   # Metrics are still per step: the same logged steps and values.
   def train_records(name):
-    return [r for r in _records(tmp_path / name) if "loss" in r]
+    return [r for r in tiny_run.read_records(tmp_path / name) if "loss" in r]
 
   a, b = train_records("one"), train_records("scan")
   assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(2, 25, 2))

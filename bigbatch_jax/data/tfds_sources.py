@@ -190,72 +190,56 @@ def load_tfds_arrays(
       f"unknown tfds dataset {name!r}; valid: {', '.join(TFDS_DATASETS)} "
       f"(imagenet2012 through TfdsStreamSource)"
     )
+  if name == "caltech101":
+    _check_caltech101_options(image_size, train_fraction)
+  # Caltech101's images come in many sizes: resized to one. The other
+  # datasets' images share a size and stay as they are.
+  size = image_size if name == "caltech101" else None
+  splits = []
+  for split in ("train", "test"):
+    source = open_data_source(name, split, data_dir=data_dir, download=download)
+    splits.append(_read_split(source, image_size=size))
+  num_classes = int(_features(source, name)["label"].num_classes)
+  train, test = splits
+  if name == "caltech101":
+    train, test = _split_caltech101(train, test, seed=seed, train_fraction=train_fraction)
   mean, std = NORMALIZATION[name]
-  if name != "caltech101":
-    splits = {}
-    for split in ("train", "test"):
-      source = open_data_source(name, split, data_dir=data_dir, download=download)
-      splits[split] = _read_split(source, image_size=None)
-    num_classes = int(_features(source, name)["label"].num_classes)
-    return ArrayDataset(
-      f"tfds:{name}",
-      splits["train"][0],
-      splits["train"][1],
-      splits["test"][0],
-      splits["test"][1],
-      num_classes,
-      np.asarray(mean, np.float32),
-      np.asarray(std, np.float32),
-    )
-  return _load_caltech101(
-    seed=seed,
-    data_dir=data_dir,
-    download=download,
-    image_size=image_size,
-    train_fraction=train_fraction,
-    mean=mean,
-    std=std,
+  return ArrayDataset(
+    f"tfds:{name}",
+    *train,
+    *test,
+    num_classes,
+    np.asarray(mean, np.float32),
+    np.asarray(std, np.float32),
   )
 
 
-def _load_caltech101(
-  *,
-  seed: int,
-  data_dir: str | None,
-  download: bool,
-  image_size: Any,
-  train_fraction: Any,
-  mean: tuple[float, ...],
-  std: tuple[float, ...],
-) -> ArrayDataset:
+def _check_caltech101_options(image_size: Any, train_fraction: Any) -> None:
   if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
     raise ValueError(f"caltech101 image_size must be a positive int, got {image_size!r}")
   if not isinstance(train_fraction, float | int) or not 0 < train_fraction < 1:
     raise ValueError(
       f"caltech101 train_fraction must be in (0, 1) (Jaiswal & Taura: 0.75), got {train_fraction!r}"
     )
-  # Jaiswal & Taura pool all images and split them 3:1; the tfds train/test
-  # split (30 images per class for training) is not theirs, so pool both.
-  parts = []
-  for split in ("train", "test"):
-    source = open_data_source("caltech101", split, data_dir=data_dir, download=download)
-    parts.append(_read_split(source, image_size=image_size))
-  num_classes = int(_features(source, "caltech101")["label"].num_classes)
-  images = np.concatenate([p[0] for p in parts])
-  labels = np.concatenate([p[1] for p in parts])
+
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+def _split_caltech101(
+  train: Arrays, test: Arrays, *, seed: int, train_fraction: float
+) -> tuple[Arrays, Arrays]:
+  """Both tfds splits pooled and split again, ``train_fraction`` for training, by ``seed``.
+
+  Jaiswal & Taura pool all images and split them 3:1; the tfds train/test
+  split (30 images per class for training) is not theirs.
+  """
+  images = np.concatenate([train[0], test[0]])
+  labels = np.concatenate([train[1], test[1]])
   n = len(labels)
   n_train = round(n * train_fraction)
   if not 0 < n_train < n:
     raise ValueError(f"train_fraction={train_fraction} of {n} images leaves an empty split")
   order = np.random.default_rng([SEED_TAG_SPLIT, seed, 0]).permutation(n)
-  train, held_out = order[:n_train], order[n_train:]
-  return ArrayDataset(
-    "tfds:caltech101",
-    images[train],
-    labels[train],
-    images[held_out],
-    labels[held_out],
-    num_classes,
-    np.asarray(mean, np.float32),
-    np.asarray(std, np.float32),
-  )
+  first, rest = order[:n_train], order[n_train:]
+  return (images[first], labels[first]), (images[rest], labels[rest])

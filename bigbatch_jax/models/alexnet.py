@@ -6,19 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bigbatch_jax.models.layers import (
-  Dtype,
-  NormFactory,
-  check_image_input,
-  flatten,
-  max_pool,
-  torch_batch_norm,
-  torch_conv,
-  torch_dense,
-)
+from bigbatch_jax.models.layers import NormedHeadModel, check_image_input, max_pool, torch_conv
 
 
-class AlexNet(nn.Module):
+class AlexNet(NormedHeadModel):
   """AlexNet-OWT with batch norm, as convNet.pytorch ``models/alexnet.py`` (``AlexNetOWT_BN``).
 
   The ImageNet model of Hoffer et al. (2017), Table 2 (57.10% top-1 with
@@ -41,24 +32,14 @@ class AlexNet(nn.Module):
   No convolution or hidden Dense layer has a bias (a norm follows each).
   61,110,184 parameters with 1000 classes.
 
-  Attributes:
-    num_classes: number of outputs (logits).
-    norm: normalization constructor, called as
-      ``norm(use_running_average=..., dtype=..., name="bn<i>")``.
-    dtype: computation dtype; parameters stay float32.
-    dropout_rate: dropout probability of the two hidden Dense layers
-      (needs a ``'dropout'`` rng when ``train`` is True).
+  The fields are those of :class:`NormedHeadModel` (num_classes, norm,
+  dtype, dropout_rate); the norm layers are ``bn1`` to ``bn7``.
   """
-
-  num_classes: int
-  norm: NormFactory = torch_batch_norm
-  dtype: Dtype = jnp.float32
-  dropout_rate: float = 0.5
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     def norm(y: jax.Array, index: int) -> jax.Array:
-      return self.norm(use_running_average=not train, dtype=self.dtype, name=f"bn{index}")(y)
+      return self.normalize(y, train, f"bn{index}")
 
     def conv(y: jax.Array, features: int, kernel: int, index: int, **kw) -> jax.Array:
       return torch_conv(
@@ -75,11 +56,4 @@ class AlexNet(nn.Module):
     x = norm(nn.relu(conv(x, 256, 3, 4, padding=1)), 4)
     x = conv(x, 256, 3, 5, padding=1)
     x = norm(nn.relu(max_pool(x, 3, 2)), 5)
-    x = flatten(x)
-    for i in (1, 2):
-      x = torch_dense(x, 4096, use_bias=False, name=f"fc{i}", dtype=self.dtype)
-      x = nn.relu(norm(x, 5 + i))
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = torch_dense(x, self.num_classes, name="fc3", dtype=self.dtype)
-    # Logits in float32 so that a bf16 model's loss is computed in full precision.
-    return x.astype(jnp.float32)
+    return self.head(x, (4096, 4096), train, norm_offset=5)

@@ -70,6 +70,18 @@ def torch_bias_init(fan_in: int) -> Initializer:
   return init
 
 
+def _torch_layer(
+  layer: Callable[..., nn.Module],
+  x: jax.Array,
+  fan_in: int,
+  *,
+  kernel_init: Initializer = torch_kernel_init,
+  **kwargs: Any,
+) -> jax.Array:
+  """Applies ``layer(**kwargs)`` with PyTorch's default bias init for ``fan_in`` inputs."""
+  return layer(kernel_init=kernel_init, bias_init=torch_bias_init(fan_in), **kwargs)(x)
+
+
 def torch_dense(
   x: jax.Array, features: int, *, name: str, dtype: Dtype, use_bias: bool = True
 ) -> jax.Array:
@@ -78,16 +90,9 @@ def torch_dense(
   Must be called inside a ``@nn.compact`` method; the layer becomes a child
   of that module under ``name``.
   """
-  fan_in = x.shape[-1]
-  layer = nn.Dense(
-    features,
-    use_bias=use_bias,
-    dtype=dtype,
-    kernel_init=torch_kernel_init,
-    bias_init=torch_bias_init(fan_in),
-    name=name,
+  return _torch_layer(
+    nn.Dense, x, x.shape[-1], features=features, use_bias=use_bias, dtype=dtype, name=name
   )
-  return layer(x)
 
 
 def torch_conv(
@@ -109,19 +114,19 @@ def torch_conv(
   The default initialization is PyTorch's; the ResNets pass
   ``he_normal_fan_out`` instead.
   """
-  fan_in = kernel_size * kernel_size * x.shape[-1]
-  layer = nn.Conv(
-    features,
-    (kernel_size, kernel_size),
+  return _torch_layer(
+    nn.Conv,
+    x,
+    kernel_size * kernel_size * x.shape[-1],
+    kernel_init=kernel_init,
+    features=features,
+    kernel_size=(kernel_size, kernel_size),
     strides=(stride, stride),
     padding=((padding, padding), (padding, padding)),
     use_bias=use_bias,
     dtype=dtype,
-    kernel_init=kernel_init,
-    bias_init=torch_bias_init(fan_in),
     name=name,
   )
-  return layer(x)
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
@@ -163,3 +168,82 @@ code ran on such a PyTorch, so its batch-norm layers started with random
 scales in [0, 1). Pass as the norm layer's ``scale_init``, e.g.
 ``functools.partial(GhostBatchNorm, scale_init=legacy_torch_bn_scale_init)``.
 """
+
+
+class ZooModel(nn.Module):
+  """What every model of the zoo has: its classes, the injected norm layer, the dtype.
+
+  Subclasses add their architecture's fields and write ``__call__(x, train)``
+  with :meth:`normalize` for every norm layer and :meth:`logits` for the
+  classifier.
+
+  Attributes:
+    num_classes: number of outputs (logits).
+    norm: normalization constructor, called as
+      ``norm(use_running_average=not train, dtype=dtype, name=...)``; every
+      norm layer's name starts with ``bn``.
+    dtype: computation dtype; parameters stay float32.
+  """
+
+  num_classes: int
+  norm: NormFactory = torch_batch_norm
+  dtype: Dtype = jnp.float32
+
+  def normalize(self, x: jax.Array, train: bool, name: str) -> jax.Array:
+    """Applies the norm layer ``name``: batch statistics in training, running ones otherwise."""
+    return self.norm(use_running_average=not train, dtype=self.dtype, name=name)(x)
+
+  def hidden_dense(
+    self,
+    x: jax.Array,
+    features: int,
+    train: bool,
+    *,
+    index: int,
+    norm_index: int,
+    use_bias: bool = False,
+    dropout_rate: float | None = None,
+  ) -> jax.Array:
+    """Dense ``fc<index>`` -> norm ``bn<norm_index>`` -> ReLU [-> dropout].
+
+    The hidden layer of F1 (with bias, no dropout), C1/C3 and AlexNet (no
+    bias, a norm follows; dropout from the ``'dropout'`` rng in training).
+    """
+    x = torch_dense(x, features, use_bias=use_bias, name=f"fc{index}", dtype=self.dtype)
+    x = nn.relu(self.normalize(x, train, f"bn{norm_index}"))
+    if dropout_rate is not None:
+      x = nn.Dropout(dropout_rate, deterministic=not train)(x)
+    return x
+
+  def logits(self, x: jax.Array, name: str) -> jax.Array:
+    """The classifier ``name``, a PyTorch-initialized Dense, with float32 logits.
+
+    float32 so that a bf16 model's loss is computed in full precision.
+    """
+    return torch_dense(x, self.num_classes, name=name, dtype=self.dtype).astype(jnp.float32)
+
+
+class NormedHeadModel(ZooModel):
+  """A zoo model whose classifier has hidden layers with norm and dropout (C1/C3, AlexNet).
+
+  Keskar et al.'s C1 and the batch-norm AlexNet of the reference end alike:
+  flatten, then per hidden layer Dense (no bias) -> norm -> ReLU -> dropout,
+  then the Dense classifier.
+
+  Attributes:
+    dropout_rate: dropout probability of the hidden Dense layers (needs a
+      ``'dropout'`` rng when ``train`` is True).
+  """
+
+  dropout_rate: float = 0.5
+
+  def head(
+    self, x: jax.Array, widths: tuple[int, ...], train: bool, *, norm_offset: int
+  ) -> jax.Array:
+    """flatten -> hidden layers ``fc<i>``/``bn<norm_offset + i>`` of ``widths`` -> logits."""
+    x = flatten(x)
+    for i, width in enumerate(widths, 1):
+      x = self.hidden_dense(
+        x, width, train, index=i, norm_index=norm_offset + i, dropout_rate=self.dropout_rate
+      )
+    return self.logits(x, f"fc{len(widths) + 1}")

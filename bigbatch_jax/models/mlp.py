@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bigbatch_jax.models.layers import Dtype, NormFactory, flatten, torch_batch_norm, torch_dense
+from bigbatch_jax.models.layers import ZooModel, flatten
 
 
-class F1(nn.Module):
+class F1(ZooModel):
   """Keskar et al.'s F1 (784-512x5-10), as in bigBatch ``models/mnist_f1.py``.
 
   The input is flattened, then ``depth`` times Dense(hidden) -> norm -> ReLU,
@@ -21,17 +21,12 @@ class F1(nn.Module):
   (N, 40) are both flattened to (N, features).
 
   Attributes:
-    num_classes: number of outputs (logits).
-    norm: normalization constructor, called as
-      ``norm(use_running_average=..., dtype=..., name="bn<i>")``.
-    dtype: computation dtype; parameters stay float32.
+    num_classes, norm, dtype: as :class:`ZooModel`; the norm layers are
+      ``bn1`` to ``bn<depth>``.
     hidden: width of the hidden layers (512 in the paper).
     depth: number of hidden layers (5 in the paper).
   """
 
-  num_classes: int
-  norm: NormFactory = torch_batch_norm
-  dtype: Dtype = jnp.float32
   hidden: int = 512
   depth: int = 5
 
@@ -39,9 +34,5 @@ class F1(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = flatten(jnp.asarray(x, self.dtype))
     for i in range(1, self.depth + 1):
-      x = torch_dense(x, self.hidden, name=f"fc{i}", dtype=self.dtype)
-      x = self.norm(use_running_average=not train, dtype=self.dtype, name=f"bn{i}")(x)
-      x = nn.relu(x)
-    x = torch_dense(x, self.num_classes, name=f"fc{self.depth + 1}", dtype=self.dtype)
-    # Logits in float32 so that a bf16 model's loss is computed in full precision.
-    return x.astype(jnp.float32)
+      x = self.hidden_dense(x, self.hidden, train, index=i, norm_index=i, use_bias=True)
+    return self.logits(x, f"fc{self.depth + 1}")

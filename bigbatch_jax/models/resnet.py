@@ -19,12 +19,11 @@ from flax import linen as nn
 from bigbatch_jax.models.layers import (
   Dtype,
   NormFactory,
+  ZooModel,
   check_image_input,
   he_normal_fan_out,
   max_pool,
-  torch_batch_norm,
   torch_conv,
-  torch_dense,
 )
 
 
@@ -144,7 +143,7 @@ def cifar_resnet_features(
   return jnp.mean(x, axis=(1, 2))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ZooModel):
   """He et al.'s CIFAR ResNet of depth 6n+2, as in bigBatch ``ResNet_cifar10``.
 
   16/32/64 channels, n basic blocks per stage, projection shortcuts (see
@@ -154,17 +153,10 @@ class CifarResNet(nn.Module):
   it with option-A shortcuts, the projections add 2,752.
 
   Attributes:
-    num_classes: number of outputs (logits).
-    norm: normalization constructor, called as
-      ``norm(use_running_average=..., dtype=..., name=...)``; every norm
-      layer's name starts with ``bn``.
-    dtype: computation dtype; parameters stay float32.
+    num_classes, norm, dtype: as :class:`ZooModel`.
     depth: 6n+2 (20, 32, 44, 56, 110, ...); bigBatch's default is 44.
   """
 
-  num_classes: int
-  norm: NormFactory = torch_batch_norm
-  dtype: Dtype = jnp.float32
   depth: int = 44
 
   @nn.compact
@@ -183,9 +175,7 @@ class CifarResNet(nn.Module):
       dtype=self.dtype,
       train=train,
     )
-    x = torch_dense(x, self.num_classes, name="fc", dtype=self.dtype)
-    # Logits in float32 so that a bf16 model's loss is computed in full precision.
-    return x.astype(jnp.float32)
+    return self.logits(x, "fc")
 
 
 class ResNet44(CifarResNet):
@@ -197,7 +187,7 @@ class ResNet44(CifarResNet):
   depth: int = 44
 
 
-class ImageNetResNet(nn.Module):
+class ImageNetResNet(ZooModel):
   """He et al.'s (2016) ImageNet bottleneck ResNet, as bigBatch ``ResNet_imagenet``.
 
   conv 7x7/2 64 -> norm -> ReLU -> maxpool 3/2, then four stages of
@@ -207,18 +197,11 @@ class ImageNetResNet(nn.Module):
   ``AvgPool2d(7)``: identical at 224x224, and valid at any resolution.
 
   Attributes:
-    num_classes: number of outputs (logits).
-    norm: normalization constructor, called as
-      ``norm(use_running_average=..., dtype=..., name=...)``; every norm
-      layer's name starts with ``bn``.
-    dtype: computation dtype; parameters stay float32.
+    num_classes, norm, dtype: as :class:`ZooModel`.
     stage_sizes: blocks per stage: (3, 4, 6, 3) is ResNet-50, (3, 4, 23, 3)
       ResNet-101, (3, 8, 36, 3) ResNet-152.
   """
 
-  num_classes: int
-  norm: NormFactory = torch_batch_norm
-  dtype: Dtype = jnp.float32
   stage_sizes: tuple[int, ...] = (3, 4, 6, 3)
 
   @nn.compact
@@ -230,8 +213,7 @@ class ImageNetResNet(nn.Module):
       )
     check_image_input(x, type(self).__name__)
     x = _conv(jnp.asarray(x, self.dtype), 64, 7, 2, name="conv1", dtype=self.dtype)
-    x = self.norm(use_running_average=not train, dtype=self.dtype, name="bn1")(x)
-    x = max_pool(nn.relu(x), 3, 2, padding=1)
+    x = max_pool(nn.relu(self.normalize(x, train, "bn1")), 3, 2, padding=1)
     for stage, num_blocks in enumerate(self.stage_sizes, 1):
       planes = 64 * 2 ** (stage - 1)
       for block in range(num_blocks):
@@ -241,9 +223,7 @@ class ImageNetResNet(nn.Module):
           planes, stride, norm=self.norm, dtype=self.dtype, name=f"layer{stage}_{block}"
         )(x, train)
     x = jnp.mean(x, axis=(1, 2))
-    x = torch_dense(x, self.num_classes, name="fc", dtype=self.dtype)
-    # Logits in float32 so that a bf16 model's loss is computed in full precision.
-    return x.astype(jnp.float32)
+    return self.logits(x, "fc")
 
 
 class ResNet50(ImageNetResNet):

@@ -7,12 +7,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from bigbatch_jax.models.layers import (
-  Dtype,
-  NormFactory,
+  ZooModel,
   check_image_input,
   flatten,
   max_pool,
-  torch_batch_norm,
   torch_conv,
   torch_dense,
 )
@@ -29,7 +27,7 @@ VGG_STAGE_DEPTHS: dict[int, tuple[int, ...]] = {
 VGG_STAGE_WIDTHS = (64, 128, 256, 512, 512)
 
 
-class VGG(nn.Module):
+class VGG(ZooModel):
   """CIFAR VGG with batch norm, as in convNet.pytorch ``models/vgg.py`` (class ``VGG``).
 
   Hoffer et al. (2017), Table 1 train "VGG (Simonyan, 2014)" on CIFAR-10
@@ -48,18 +46,13 @@ class VGG(nn.Module):
   33,646,666 parameters with 10 classes.
 
   Attributes:
-    num_classes: number of outputs (logits).
-    norm: normalization constructor, called as
-      ``norm(use_running_average=..., dtype=..., name="bn<i>")``.
-    dtype: computation dtype; parameters stay float32.
+    num_classes, norm, dtype: as :class:`ZooModel`; the norm layers are
+      ``bn1`` to ``bn<number of convolutions>``.
     depth: 11, 13, 16 or 19 (a key of ``VGG_STAGE_DEPTHS``).
     dropout_rate: dropout probability in the classifier (needs a
       ``'dropout'`` rng when ``train`` is True).
   """
 
-  num_classes: int
-  norm: NormFactory = torch_batch_norm
-  dtype: Dtype = jnp.float32
   depth: int = 16
   dropout_rate: float = 0.5
 
@@ -76,8 +69,7 @@ class VGG(nn.Module):
       for _ in range(num_convs):
         layer += 1
         x = torch_conv(x, width, 3, padding=1, name=f"conv{layer}", dtype=self.dtype)
-        norm = self.norm(use_running_average=not train, dtype=self.dtype, name=f"bn{layer}")
-        x = nn.relu(norm(x))
+        x = nn.relu(self.normalize(x, train, f"bn{layer}"))
       x = max_pool(x, 2, 2)
     # The reference's AvgPool2d(1, 1) here is the identity; a 32x32 input
     # leaves a 1x1x512 map.
@@ -85,6 +77,4 @@ class VGG(nn.Module):
     for i in (1, 2):
       x = nn.relu(torch_dense(x, 4096, name=f"fc{i}", dtype=self.dtype))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = torch_dense(x, self.num_classes, name="fc3", dtype=self.dtype)
-    # Logits in float32 so that a bf16 model's loss is computed in full precision.
-    return x.astype(jnp.float32)
+    return self.logits(x, "fc3")

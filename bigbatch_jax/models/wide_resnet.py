@@ -6,17 +6,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from bigbatch_jax.models.layers import (
-  Dtype,
-  NormFactory,
-  check_image_input,
-  torch_batch_norm,
-  torch_dense,
-)
+from bigbatch_jax.models.layers import ZooModel, check_image_input
 from bigbatch_jax.models.resnet import cifar_resnet_features
 
 
-class WideResNet(nn.Module):
+class WideResNet(ZooModel):
   """WRN-depth-k (Zagoruyko & Komodakis 2016) in bigBatch's ``WResNet_cifar10`` form.
 
   Hoffer et al. (2017), Table 1 train WRN-16-4 on CIFAR-100 (73.70% with
@@ -28,19 +22,12 @@ class WideResNet(nn.Module):
   with 100 classes here against Zagoruyko's published 2.7M.
 
   Attributes:
-    num_classes: number of outputs (logits).
-    norm: normalization constructor, called as
-      ``norm(use_running_average=..., dtype=..., name=...)``; every norm
-      layer's name starts with ``bn``.
-    dtype: computation dtype; parameters stay float32.
+    num_classes, norm, dtype: as :class:`ZooModel`.
     depth: 6n+4 (Zagoruyko's count; bigBatch's int((depth-2)/6) gives the
       same n), so n = 2 basic blocks per stage for depth 16.
     widen_factor: k, the width multiplier of the 16/32/64 channels.
   """
 
-  num_classes: int
-  norm: NormFactory = torch_batch_norm
-  dtype: Dtype = jnp.float32
   depth: int = 16
   widen_factor: int = 4
 
@@ -61,6 +48,4 @@ class WideResNet(nn.Module):
       dtype=self.dtype,
       train=train,
     )
-    x = torch_dense(x, self.num_classes, name="fc", dtype=self.dtype)
-    # Logits in float32 so that a bf16 model's loss is computed in full precision.
-    return x.astype(jnp.float32)
+    return self.logits(x, "fc")

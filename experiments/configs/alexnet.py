@@ -35,13 +35,7 @@ from experiments.configs import common
 # Hoffer et al. Table 2, AlexNet on ImageNet (top-1 validation accuracy, %).
 # Footnote 8: the LB and +LR columns were run with batch 2048 "due to memory
 # limitation"; they are recorded here under "lb" and "lb+lr" all the same.
-PAPER_ACCURACY = {
-  "sb": 57.10,
-  "lb": 41.23,
-  "lb+lr": 53.25,
-  "lb+lr+gbn": 54.92,
-  "lb+lr+gbn+ra": 59.5,
-}
+PAPER_ACCURACY = common.table1_accuracy(57.10, 41.23, 53.25, 54.92, 59.5)
 PAPER_DATASET = "tfds:imagenet2012"
 # Both rows of Table 2 by large batch size (only +GBN differs).
 PAPER_ACCURACY_BY_LARGE_BATCH = {

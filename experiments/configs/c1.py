@@ -4,17 +4,12 @@ Hoffer et al. Table 1, row C1/Cifar10. Launch:
 
   python -m experiments.main --config=experiments/configs/c1.py:lb+lr+gbn+ra --workdir=DIR
 
-The argument is VARIANT[,quick]: a variant of bigbatch_jax.training.variants
-(sb, lb, lb+lr, lb+lr+gbn, lb+lr+gbn+ra, lb+mult, lb+linear+white, ...) and
-optionally "quick", the same regime shape over 3 epochs (x r with "ra"), a
-smoke run. Data: tfds:cifar10 (`tfds build cifar10 --file_format=array_record`),
-normalised with the ImageNet statistics and augmented with pad 4, random 32x32
-crop and horizontal flip, as the reference (preprocess.get_transform).
+The argument is VARIANT[,quick] and the data tfds:cifar10, prepared as the
+reference does, and the batch sizes and clipping unless said below: see
+experiments.configs.common.cifar_row.
 
 Regime: bigBatch models/cifar_shallow.py with 200 epochs (run_experiments.sh,
-`--epochs 200`), base batch 128, large batch 4096, ghost batch 128 (Hoffer
-sec. 6), gradient clipping at global norm 5 on every update (main_gbn.py).
-The reference regime is {0: lr 1e-3, weight decay 5e-4; 60: lr 1e-2; 120:
+`--epochs 200`). The reference regime is {0: lr 1e-3, weight decay 5e-4; 60: lr 1e-2; 120:
 lr 1e-3; 180: lr 1e-4} and sets no momentum, so torch's SGD default of 0
 applies (the paper's text says "momentum SGD": --config.regime.momentum=0.9
 follows the text instead). `Regime` has one drop factor, so the first 60
@@ -25,24 +20,12 @@ and drops x0.1 at epochs 120 and 180, the reference from epoch 60 on.
 from experiments.configs import common
 
 # Hoffer et al. Table 1, C1 on Cifar10 (validation accuracy, %).
-PAPER_ACCURACY = {
-  "sb": 87.80,
-  "lb": 83.95,
-  "lb+lr": 86.15,
-  "lb+lr+gbn": 86.4,
-  "lb+lr+gbn+ra": 88.20,
-}
+PAPER_ACCURACY = common.table1_accuracy(87.80, 83.95, 86.15, 86.4, 88.20)
 PAPER_DATASET = "tfds:cifar10"
 
 
 def get_config(arg: str = "lb+lr+gbn+ra"):
-  variant, options = common.parse_arg(arg)
   # bigBatch cifar_shallow regime from its epoch 60 on (see the docstring).
   regime = {"lr": 1e-2, "momentum": 0.0, "weight_decay": 5e-4, "epochs": 200.0}
   regime |= {"drop_epochs": (120.0, 180.0), "drop_factor": 0.1}
-  config = common.paper_row(
-    variant, model="c1", dataset=PAPER_DATASET, regime=regime, augment="cifar", eval_batch_size=1000
-  )
-  if "quick" in options:
-    common.shrink_to_quick(config)
-  return config
+  return common.cifar_row(arg, model="c1", dataset=PAPER_DATASET, regime=regime)

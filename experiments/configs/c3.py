@@ -4,35 +4,18 @@ Hoffer et al. Table 1, row C3/Cifar100. Launch:
 
   python -m experiments.main --config=experiments/configs/c3.py:lb+lr+gbn+ra --workdir=DIR
 
-The argument is VARIANT[,quick]: a variant of bigbatch_jax.training.variants
-(sb, lb, lb+lr, lb+lr+gbn, lb+lr+gbn+ra, lb+mult, lb+linear+white, ...) and
-optionally "quick", the same regime shape over 3 epochs (x r with "ra"), a
-smoke run. Data: tfds:cifar100 (`tfds build cifar100 --file_format=array_record`),
-normalised with the ImageNet statistics and augmented with pad 4, random 32x32
-crop and horizontal flip, as the reference (preprocess.get_transform).
+The argument is VARIANT[,quick] and the data tfds:cifar100, prepared as the
+reference does, and the batch sizes and clipping unless said below: see
+experiments.configs.common.cifar_row.
 
-Regime: bigBatch models/cifar_shallow.py (cifar100_shallow) with 200 epochs
-(run_experiments.sh, `--epochs 200`), base batch 128, large batch 4096,
-ghost batch 128 (Hoffer sec. 6), gradient clipping at global norm 5 on every
-update (main_gbn.py).
-The reference regime is {0: lr 1e-3, weight decay 5e-4; 60: lr 1e-2; 120:
-lr 1e-3; 180: lr 1e-4} and sets no momentum, so torch's SGD default of 0
-applies (the paper's text says "momentum SGD": --config.regime.momentum=0.9
-follows the text instead). `Regime` has one drop factor, so the first 60
-epochs at 1e-3 (a warm-up) cannot be expressed: this config starts at 1e-2
-and drops x0.1 at epochs 120 and 180, the reference from epoch 60 on.
+Regime: C1's (experiments/configs/c1.py), which is bigBatch
+models/cifar_shallow.py's regime for cifar100_shallow too.
 """
 
-from experiments.configs import c1
+from experiments.configs import c1, common
 
 # Hoffer et al. Table 1, C3 on Cifar100 (validation accuracy, %).
-PAPER_ACCURACY = {
-  "sb": 61.25,
-  "lb": 51.50,
-  "lb+lr": 57.38,
-  "lb+lr+gbn": 57.5,
-  "lb+lr+gbn+ra": 63.20,
-}
+PAPER_ACCURACY = common.table1_accuracy(61.25, 51.50, 57.38, 57.5, 63.20)
 PAPER_DATASET = "tfds:cifar100"
 
 

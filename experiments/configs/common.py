@@ -38,22 +38,57 @@ def paper_row(
   (e.g. ``model_options={"depth": 16}``).
   """
   config = default.get_config()
-  config.variant = variant
-  config.model = model
-  config.dataset = dataset
-  config.base_batch_size = base_batch_size
-  config.large_batch_size = large_batch_size
-  config.ghost_batch_size = ghost_batch_size
-  config.grad_clip_norm = grad_clip_norm
-  for key, value in regime.items():
-    config.regime[key] = value
-  for key, value in settings.items():
+  row = {
+    "variant": variant,
+    "model": model,
+    "dataset": dataset,
+    "base_batch_size": base_batch_size,
+    "large_batch_size": large_batch_size,
+    "ghost_batch_size": ghost_batch_size,
+    "grad_clip_norm": grad_clip_norm,
+    "regime": regime,
+  }
+  for key, value in (row | settings).items():
     if isinstance(value, Mapping):
       for sub_key, sub_value in value.items():
         config[key][sub_key] = sub_value
     else:
       config[key] = value
   return config
+
+
+def cifar_row(arg: str, **row: Any) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a CIFAR row of Hoffer et al. Table 1 (C1, C3, ResNet-44, VGG, WRN-16-4).
+
+  The argument is VARIANT[,quick]: a variant of bigbatch_jax.training.variants
+  (sb, lb, lb+lr, lb+lr+gbn, lb+lr+gbn+ra, lb+mult, lb+linear+white, ...) and
+  optionally "quick", the same regime shape over 3 epochs (x r with "ra"), a
+  smoke run. Data: the row's tfds:cifar10 or tfds:cifar100 (`tfds build
+  cifar10 --file_format=array_record`, likewise cifar100), normalised with the
+  ImageNet statistics and augmented with pad 4, random 32x32 crop and
+  horizontal flip, as the reference (preprocess.get_transform); evaluated in
+  batches of 1000. ``row`` holds the :func:`paper_row` arguments (model,
+  dataset, regime, ...); unless it says otherwise, the batch sizes and the
+  clipping are :func:`paper_row`'s: base batch 128, large batch 4096, ghost
+  batch 128 (Hoffer sec. 6), gradient clipping at global norm 5 on every
+  update (bigBatch main_gbn.py).
+  """
+  variant, options = parse_arg(arg)
+  config = paper_row(variant, augment="cifar", eval_batch_size=1000, **row)
+  if "quick" in options:
+    shrink_to_quick(config)
+  return config
+
+
+# The columns of Hoffer et al. Table 1, in order.
+TABLE1_COLUMNS = ("sb", "lb", "lb+lr", "lb+lr+gbn", "lb+lr+gbn+ra")
+
+
+def table1_accuracy(*accuracies: float) -> dict[str, float]:
+  """A row's accuracies (%) in the order of ``TABLE1_COLUMNS``, keyed by variant."""
+  if len(accuracies) != len(TABLE1_COLUMNS):
+    raise ValueError(f"{len(accuracies)} accuracies for the {len(TABLE1_COLUMNS)} {TABLE1_COLUMNS}")
+  return dict(zip(TABLE1_COLUMNS, accuracies, strict=True))
 
 
 def shrink_to_quick(config: ml_collections.ConfigDict, epochs: float = 3.0) -> None:

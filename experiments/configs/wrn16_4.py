@@ -4,12 +4,9 @@ Hoffer et al. Table 1, row WResnet16-4/Cifar100. Launch:
 
   python -m experiments.main --config=experiments/configs/wrn16_4.py:lb+lr+gbn+ra --workdir=DIR
 
-The argument is VARIANT[,quick]: a variant of bigbatch_jax.training.variants
-(sb, lb, lb+lr, lb+lr+gbn, lb+lr+gbn+ra, lb+mult, lb+linear+white, ...) and
-optionally "quick", the same regime shape over 3 epochs (x r with "ra"), a
-smoke run. Data: tfds:cifar100 (`tfds build cifar100 --file_format=array_record`),
-normalised with the ImageNet statistics and augmented with pad 4, random 32x32
-crop and horizontal flip, as the reference (preprocess.get_transform).
+The argument is VARIANT[,quick] and the data tfds:cifar100, prepared as the
+reference does, and the batch sizes and clipping unless said below: see
+experiments.configs.common.cifar_row.
 
 Regime: bigBatch models/wide_resnet.py, `WResNet_cifar10.regime` (also used for
 cifar100): SGD momentum 0.9, lr 0.1, weight decay 1e-4, lr 0.02 at epoch 60,
@@ -25,29 +22,13 @@ on every update (main_gbn.py).
 from experiments.configs import common
 
 # Hoffer et al. Table 1, WResnet16-4 on Cifar100 (validation accuracy, %).
-PAPER_ACCURACY = {
-  "sb": 73.70,
-  "lb": 68.15,
-  "lb+lr": 69.05,
-  "lb+lr+gbn": 71.20,
-  "lb+lr+gbn+ra": 73.57,
-}
+PAPER_ACCURACY = common.table1_accuracy(73.70, 68.15, 69.05, 71.20, 73.57)
 PAPER_DATASET = "tfds:cifar100"
 
 
 def get_config(arg: str = "lb+lr+gbn+ra"):
-  variant, options = common.parse_arg(arg)
   regime = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "epochs": 200.0}
   regime |= {"drop_epochs": (60.0, 120.0, 140.0), "drop_factor": 0.2}
-  config = common.paper_row(
-    variant,
-    model="wrn16_4",
-    dataset=PAPER_DATASET,
-    regime=regime,
-    base_batch_size=256,
-    augment="cifar",
-    eval_batch_size=1000,
+  return common.cifar_row(
+    arg, model="wrn16_4", dataset=PAPER_DATASET, regime=regime, base_batch_size=256
   )
-  if "quick" in options:
-    common.shrink_to_quick(config)
-  return config

@@ -75,6 +75,11 @@ class BatchSchedule:
       )
 
   @property
+  def _updates_per_epoch(self) -> int:
+    """ceil(N / B): the updates of one epoch when its partial batch is kept."""
+    return math.ceil(self.epoch_size / self.phases[0][1])
+
+  @property
   def partial_size(self) -> int:
     """The size of each epoch's last, partial batch: N mod B; 0 when there is none."""
     return 0 if self.epoch_size is None else self.epoch_size % self.phases[0][1]
@@ -84,7 +89,7 @@ class BatchSchedule:
     if self.epoch_size is None:
       return num_examples / self.phases[0][1]
     self._check_epoch_size(num_examples)
-    return math.ceil(self.epoch_size / self.phases[0][1])
+    return self._updates_per_epoch
 
   def num_steps(self, epochs: float, num_examples: int) -> int:
     """The updates of ``epochs`` epochs (rounded once): E N / B, or E ceil(N / B)."""
@@ -110,7 +115,7 @@ class BatchSchedule:
   def __call__(self, step: int) -> int:
     """The global batch size of update ``step``."""
     if self.epoch_size is not None:
-      per_epoch = math.ceil(self.epoch_size / self.phases[0][1])
+      per_epoch = self._updates_per_epoch
       last = self.partial_size and step % per_epoch == per_epoch - 1
       return self.partial_size if last else self.phases[0][1]
     starts = [start for start, _ in self.phases]
@@ -125,7 +130,7 @@ class BatchSchedule:
   def next_change(self, step: int) -> int | None:
     """The first update after ``step`` whose batch size may differ (None: none follows)."""
     if self.partial_size:
-      per_epoch = math.ceil(self.epoch_size / self.phases[0][1])
+      per_epoch = self._updates_per_epoch
       in_epoch = step % per_epoch
       return step + 1 if in_epoch == per_epoch - 1 else step - in_epoch + per_epoch - 1
     return next((start for start, _ in self.phases if start > step), None)
@@ -133,9 +138,8 @@ class BatchSchedule:
   def offset_at(self, step: int) -> int:
     """Stream position of the first example of update ``step``."""
     if self.epoch_size is not None:
-      batch = self.phases[0][1]
-      epoch, in_epoch = divmod(step, math.ceil(self.epoch_size / batch))
-      return epoch * self.epoch_size + in_epoch * batch
+      epoch, in_epoch = divmod(step, self._updates_per_epoch)
+      return epoch * self.epoch_size + in_epoch * self.phases[0][1]
     offset = 0
     ends = [start for start, _ in self.phases[1:]] + [step]
     for (start, size), end in zip(self.phases, ends, strict=True):

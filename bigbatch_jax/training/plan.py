@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 
 import jax.numpy as jnp
 import ml_collections
@@ -63,9 +64,12 @@ class RunPlan:
   # Each epoch is ceil(N / B) updates, the last of N mod B examples (issue 17, item 5).
   partial_last_batch: bool = False
 
-  @property
+  @functools.cached_property
   def batch_schedule(self) -> BatchSchedule:
-    """The batch size of each step and its stream offset (shared with the data iterator)."""
+    """The batch size of each step and its stream offset (shared with the data iterator).
+
+    Built once per plan: the loop asks it at every call.
+    """
     return BatchSchedule(self.batch_phases, self.num_train if self.partial_last_batch else None)
 
   @property

@@ -13,6 +13,7 @@ from bigbatch_jax.transforms import (
   batch_size_scale_schedule,
   clip_by_global_norm_during,
   lr_scaling_exponent,
+  restart_momentum_at,
   scale_by_batch_size,
   scale_by_distance_drops,
 )
@@ -31,6 +32,7 @@ __all__ = [
   "lr_scaling_exponent",
   "matched_noise_variance",
   "multiplicative_noise_weights",
+  "restart_momentum_at",
   "scale_by_batch_size",
   "scale_by_distance_drops",
 ]

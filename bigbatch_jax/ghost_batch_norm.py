@@ -472,6 +472,20 @@ class GhostBatchNorm(Module):
   stats_update: str = "sequential"
   ghost_variance: str = "shifted"
 
+  def __new__(cls, *args, **kwargs):
+    # NNX's constructor (num_features first, rngs=...) reaches this linen
+    # dataclass as use_running_average=512 or an unknown keyword: say which
+    # class was meant before the dataclass fails or takes the number silently.
+    nnx_style = "rngs" in kwargs or "num_features" in kwargs
+    if nnx_style or (args and not isinstance(args[0], bool | None)):
+      raise TypeError(
+        "bigbatch_jax.GhostBatchNorm is the flax.linen module (arguments as nn.BatchNorm, no "
+        f"num_features or rngs); it got positional {args!r} and keywords {sorted(kwargs)}. "
+        "For Flax NNX use bigbatch_jax.nnx.GhostBatchNorm(num_features, ghost_batch_size=..., "
+        "rngs=nnx.Rngs(0))"
+      )
+    return super().__new__(cls)
+
   def _params(self, feature_shape):
     """scale and bias (or None), created as flax's ``_normalize`` creates them."""
     params = []

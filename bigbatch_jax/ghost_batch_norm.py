@@ -426,6 +426,12 @@ class GhostBatchNorm(Module):
   matter then. In training a ghost size that does not divide the batch is an
   error.
 
+  The other attributes (``use_running_average``, ``axis``, ``momentum``,
+  ``epsilon``, ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``,
+  ``bias_init``, ``scale_init``, ``axis_name``, ``axis_index_groups``,
+  ``use_fast_variance``, ``force_float32_reductions``) are those of
+  ``flax.linen.BatchNorm``.
+
   Attributes:
     ghost_batch_size: examples per ghost batch (>= 2), or None for plain batch
       normalization.
@@ -436,11 +442,8 @@ class GhostBatchNorm(Module):
       ``"one_pass"`` (``E[x^2] - E[x]^2``, what flax's fast variance does; it
       cancels to 0 in float32 at a mean of 3000 std). Plain batch norm
       (``ghost_batch_size=None``) follows ``use_fast_variance``, as flax.
-    use_running_average, axis, momentum, epsilon, dtype, param_dtype, use_bias,
-    use_scale, bias_init, scale_init, axis_name, axis_index_groups,
-    use_fast_variance, force_float32_reductions: as ``flax.linen.BatchNorm``.
 
-  Example:
+  Examples:
     >>> import functools, jax, jax.numpy as jnp
     >>> norm = GhostBatchNorm(ghost_batch_size=4, momentum=0.9)
     >>> x = jax.random.normal(jax.random.key(0), (16, 3))

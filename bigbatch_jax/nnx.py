@@ -4,7 +4,7 @@ A thin front end over the functions of :mod:`bigbatch_jax.ghost_batch_norm`
 (the ghost statistics, the normalization and the closed-form running update),
 which the linen ``GhostBatchNorm`` calls too: one implementation of the math.
 
-Example:
+Examples:
   >>> import jax, jax.numpy as jnp
   >>> from flax import nnx
   >>> from bigbatch_jax import nnx as bnnx
@@ -64,12 +64,25 @@ class GhostBatchNorm(nnx.BatchNorm):
     stats_update: ``"sequential"`` (the paper's rule) or ``"mean"``.
     ghost_variance: ``"shifted"`` (default), ``"two_pass"`` or ``"one_pass"``;
       see :func:`bigbatch_jax.ghost_batch_norm.ghost_statistics`.
-    use_running_average, axis, momentum, epsilon, dtype, param_dtype, use_bias,
-      use_scale, bias_init, scale_init, axis_name, axis_index_groups,
-      use_fast_variance, rngs: as ``flax.nnx.BatchNorm``, with its defaults.
-    promote_dtype, bias_metadata, scale_metadata: as ``flax.nnx.BatchNorm`` in
-      the flax versions that have them; None keeps flax's default (giving one
-      to a flax without it is an error naming the installed version).
+    use_running_average: as ``flax.nnx.BatchNorm`` (as are the arguments below).
+    axis: the feature axis.
+    momentum: the decay of the running averages (flax's convention).
+    epsilon: added to the variance.
+    dtype: the computation dtype.
+    param_dtype: the parameters' dtype.
+    use_bias: whether to learn a bias.
+    use_scale: whether to learn a scale.
+    bias_init: the bias initializer.
+    scale_init: the scale initializer.
+    axis_name: the device axis (under ``shard_map``).
+    axis_index_groups: device groups of ``axis_name``.
+    use_fast_variance: the variance flax computes without ghost batches.
+    promote_dtype: as ``flax.nnx.BatchNorm`` in the flax versions that have it;
+      None keeps flax's default (giving it to a flax without it is an error
+      naming the installed version). The same for the two below.
+    bias_metadata: the bias ``nnx.Param``'s metadata.
+    scale_metadata: the scale ``nnx.Param``'s metadata.
+    rngs: the ``nnx.Rngs`` of the parameters' initializers.
 
   References:
     Hoffer, Hubara, Soudry 2017, "Train longer, generalize better", section 4,
@@ -212,7 +225,7 @@ def ghostify(
       cannot be replaced in place) or not an NNX module.
     ValueError: ``model`` holds no batch norm, or the options are invalid.
 
-  Example:
+  Examples:
     >>> from flax import nnx
     >>> from bigbatch_jax import nnx as bnnx
     >>> rngs = nnx.Rngs(0)

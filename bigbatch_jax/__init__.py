@@ -18,7 +18,7 @@ from bigbatch_jax.transforms import (
   scale_by_distance_drops,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.3.0.dev0"
 
 __all__ = [
   "GhostBatchNorm",

@@ -1,7 +1,7 @@
 """The two protocols: "clean" and the bigBatch reference code's, one switch per artefact.
 
 Reading the reference code (github.com/eladhoffer/bigBatch, commit 0c69f28)
-against the paper finds what the paper does not describe (issue 17):
+against the paper finds what the paper does not describe:
 
 1. The momentum buffer restarts every epoch: ``adjust_optimizer`` replays the
    regime from epoch 0, whose entry names the optimizer, so a new

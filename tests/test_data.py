@@ -348,16 +348,21 @@ def test_missing_tfds_says_how_to_install(monkeypatch):
 
 
 @pytest.mark.parametrize(
-  "module, command",
+  "module, named, command",
   [
-    ("importlib_resources", "pip install -e '.[tfds]'"),
-    ("tensorflow.compat", "pip install tensorflow"),
-    ("apache_beam", "pip install apache_beam"),
+    ("importlib_resources", True, "pip install -e '.[tfds]'"),
+    ("tensorflow.compat", True, "pip install tensorflow"),
+    ("apache_beam", True, "pip install apache_beam"),
+    # tfds's feature encoding re-raises with a new message and no name.
+    ("tensorflow", False, "pip install tensorflow"),
   ],
 )
-def test_a_module_the_download_lacks_names_the_install_command(monkeypatch, module, command):
+def test_a_module_the_download_lacks_names_the_install_command(monkeypatch, module, named, command):
   def data_source(*args, **kwargs):
-    raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+    message = f"No module named {module!r}"
+    if named:
+      raise ModuleNotFoundError(message, name=module)
+    raise ModuleNotFoundError(f'In <Image> with name "image":\n{message}')
 
   monkeypatch.setattr(tfds, "data_source", data_source)
   message = rf"preparing tfds dataset 'mnist' \(download=True\) needs the module '{module}'"

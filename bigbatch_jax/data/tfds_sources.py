@@ -12,6 +12,7 @@ Small datasets (mnist, cifar10, cifar100, caltech101) are read fully into an
 from __future__ import annotations
 
 import operator
+import re
 from typing import Any
 
 import numpy as np
@@ -60,10 +61,13 @@ def open_data_source(name: str, split: str, *, data_dir: str | None, download: b
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f"tfds has no dataset named {name!r} (see `tfds.list_builders()`)") from e
   except ModuleNotFoundError as e:
-    # tfds imports what downloading and preparing need lazily, mid-download.
+    # tfds imports what downloading and preparing need lazily, mid-download,
+    # and re-raises some of these errors with a new message and no name.
+    found = re.search(r"No module named '([\w.]+)'", str(e))
+    module = e.name or (found.group(1) if found else None)
     raise ImportError(
-      f"preparing tfds dataset {name!r} (download={download}) needs the module {e.name!r}, "
-      f"which is not installed: {_install_hint(e.name)}, then rerun"
+      f"preparing tfds dataset {name!r} (download={download}) needs the module {module!r}, "
+      f"which is not installed: {_install_hint(module)}, then rerun"
     ) from e
   except (NotImplementedError, AssertionError, FileNotFoundError, KeyError) as e:
     # What tfds raises for data that is absent, half prepared ("splits is
@@ -85,7 +89,9 @@ def _install_hint(module: str | None) -> str:
     return f"`{PREPARE_INSTALL}`"
   if module is not None and module.split(".")[0] == "importlib_resources":
     return f"`{TFDS_EXTRA_INSTALL}` from the clone (the [tfds] extra declares it)"
-  return f"`pip install {(module or '').split('.')[0]}`"
+  if module is None:
+    return f"`{PREPARE_INSTALL}` (preparing needs TensorFlow) and `{TFDS_EXTRA_INSTALL}`"
+  return f"`pip install {module.split('.')[0]}`"
 
 
 def _features(source, name: str):

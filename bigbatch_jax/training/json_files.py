@@ -59,21 +59,30 @@ def read_json(path: str | os.PathLike, remedy: str = "") -> Any:
     raise ValueError(f"{path} {what}. {remedy or _DEFAULT_REMEDY}".rstrip()) from error
 
 
-def read_json_lines(path: str | os.PathLike, remedy: str = "") -> list[dict]:
-  """The records of the JSON Lines file ``path``; a bad line raises ``ValueError`` naming it."""
+def read_json_lines(
+  path: str | os.PathLike, remedy: str = "", drop_torn_end: bool = False
+) -> list[dict]:
+  """The records of the JSON Lines file ``path``; a bad line raises ``ValueError`` naming it.
+
+  With ``drop_torn_end`` a last line without its newline that does not parse
+  (an append cut short by a crash) is dropped instead.
+  """
   path = os.fspath(path)
   records = []
   with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError as error:
-        raise ValueError(
-          f"{path}, line {number}, is not valid JSON ({error}): {line[:80]!r}. "
-          f"{remedy or _DEFAULT_REMEDY}".rstrip()
-        ) from error
+    lines = f.readlines()
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      if drop_torn_end and number == len(lines) and not line.endswith("\n"):
+        break
+      raise ValueError(
+        f"{path}, line {number}, is not valid JSON ({error}): {line[:80]!r}. "
+        f"{remedy or _DEFAULT_REMEDY}".rstrip()
+      ) from error
   return records
 
 

@@ -102,8 +102,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.partial_last_batch = placeholder(bool)  # 5: each epoch's partial batch kept (in neither)
   config.mult_noise_variance = placeholder(float)  # "mult" noise sigma^2 (None: matched, r - 1)
   config.nonfinite_policy = "stop"  # non-finite loss/gradient: "stop" (error) | "skip" (the update)
+  # "skip": stop with the divergence error past this fraction of the planned updates
+  # skipped, or this many consecutive skips (seen at the logged steps).
+  config.nonfinite_max_skip_fraction = 0.05
+  config.nonfinite_max_consecutive_skips = 10
   # Stop when the logged loss exceeds this many times the first logged loss.
-  config.divergence_loss_factor = FieldReference(1000.0, field_type=float)  # None: off
+  config.divergence_loss_factor = FieldReference(1000.0, field_type=object)  # None: off
   config.noise_alpha = 1e-5  # "white" noise: variance alpha / (1 + t)^gamma (Jaiswal & Taura)
   config.noise_gamma = 0.55
 

@@ -6,10 +6,10 @@ that file alone (``experiments.sweep.figure.draw``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 
+from bigbatch_jax.training import json_files
 from experiments.sweep.grid import PLAIN, row
 from experiments.table1.aggregate import std
 from experiments.table1.runner import read_json, run_dir
@@ -85,6 +85,5 @@ def summarize(
 
 def write(summary: Mapping, workdir: str) -> str:
   path = os.path.join(workdir, JSON_FILE)
-  with open(path, "w") as f:
-    json.dump(summary, f, indent=2)
+  json_files.write_json_atomic(path, summary, indent=2)
   return path

@@ -165,22 +165,21 @@ class Checkpointer:
       try:
         state = self.restore(like, step)
       except Exception as error:
-        where = self._set_aside(step) if jax.process_index() == 0 else "set aside"
-        message = (
-          f"checkpoint {step} in {self.directory} is unreadable ({type(error).__name__}: "
-          f"{_first_line(error)}); it was moved to {where}; falling back to the previous one"
-        )
         log.debug("checkpoint %d: %r", step, error)
-        log.warning(message)
-        print(f"WARNING: {message}", flush=True)
-        failures.append(step)
+        failures.append((step, f"{type(error).__name__}: {_first_line(error)}"))
+        _say(f"checkpoint {step} in {self.directory} is unreadable ({failures[-1][1]})")
         continue
+      # Only once a good one is found: an error of the restore itself (not of the
+      # files) fails every checkpoint, and then none is moved.
+      for bad, _ in failures:
+        where = self._set_aside(bad) if jax.process_index() == 0 else "the side"
+        _say(f"checkpoint {bad} was moved to {where}; resuming from checkpoint {step}")
       return state, step
     if failures:
+      tried = "; ".join(f"{step}: {reason}" for step, reason in failures)
       raise RuntimeError(
-        f"no checkpoint in {self.directory} could be restored (tried steps {failures}; they "
-        f"are kept in {self.directory}{SET_ASIDE_SUFFIX}). Start the run afresh in a new "
-        "--workdir, or put a good copy of a checkpoint back"
+        f"no checkpoint in {self.directory} could be restored ({tried}). Put a good copy of "
+        "a checkpoint back, or start the run afresh in a new --workdir"
       )
     return like, None
 
@@ -232,6 +231,11 @@ class Checkpointer:
   def close(self) -> None:
     if self._manager_instance is not None:
       self._manager_instance.close()
+
+
+def _say(message: str) -> None:
+  log.warning(message)
+  print(f"WARNING: {message}", flush=True)
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:

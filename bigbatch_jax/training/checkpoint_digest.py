@@ -39,14 +39,30 @@ def _host_array(x: Any) -> np.ndarray:
 
 
 def array_digests(tree: Any) -> dict[str, str]:
-  """``{path in the tree: sha256 of dtype, shape and bytes}`` for every leaf of ``tree``."""
+  """``{path in the tree: sha256 of dtype, shape and bytes}`` for every leaf of ``tree``.
+
+  A path is the leaf's keys joined by ``/`` (``opt_state/1/0/trace/fc1/kernel``).
+  """
   digests = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     value = np.ascontiguousarray(_host_array(leaf))
     h = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode())
     h.update(value.reshape(-1).view(np.uint8))
-    digests[jax.tree_util.keystr(path)] = h.hexdigest()
+    digests[_path_name(path)] = h.hexdigest()
   return digests
+
+
+def _path_name(path) -> str:
+  """``params/fc1/kernel``: the same for a state and for its restore as nested dicts."""
+  parts = []
+  for entry in path:
+    for attribute in ("name", "key", "idx"):
+      if hasattr(entry, attribute):
+        parts.append(str(getattr(entry, attribute)))
+        break
+    else:
+      parts.append(str(entry))
+  return "/".join(parts)
 
 
 def digest_path(directory: str, step: int) -> str:

@@ -18,6 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Data.
   config.dataset = "mnist1d"  # "mnist1d" | "synthetic" | "npz:/path.npz" | "tfds:NAME"
   config.mnist1d_num_samples = 5000  # MNIST-1D examples generated (train + test)
+  # npz: the number of classes (None: largest label + 1, every label in between present)
+  config.npz_num_classes = placeholder(int)
   config.data_seed = placeholder(int)  # dataset generation/split seed (None: the source's default)
   # Training augmentation, as the bigBatch reference (preprocess.get_transform):
   # "none"; "cifar": pad 4, random crop, horizontal flip (in-memory image

@@ -327,6 +327,9 @@ def test_skip_policy_in_a_run_reports_skips(tmp_path):
   config = tiny_config("lb+lr", nonfinite_policy="skip", log_every_steps=1)
   config.regime.lr = 1e6
   config.divergence_loss_factor = None
+  # No limit: tests/test_run_records.py checks the default one.
+  config.nonfinite_max_skip_fraction = 1.0
+  config.nonfinite_max_consecutive_skips = 10**6
   summary = training.train_and_evaluate(config, str(tmp_path))
   assert summary["skipped_steps"] > 0
 

@@ -73,6 +73,9 @@ class DivergenceGuard:
     advice = (
       "Lower the learning rate, clip the gradients (variant part 'clip' or "
       "--config.grad_clip_norm), or skip non-finite updates with --config.nonfinite_policy=skip"
+      if self.skip_limit is None
+      else "Lower the learning rate or clip the gradients (variant part 'clip' or "
+      "--config.grad_clip_norm)"
     )
     return FloatingPointError(
       f"training diverged: {what} at step {step}, learning rate {lr:.4g} "

@@ -40,7 +40,7 @@ def _start(workdir, *flags, inject=""):
   )
 
 
-def _run(workdir, *flags, inject="", timeout=300):
+def _run(workdir, *flags, inject="", timeout=150):
   """Runs to the end: (status, seconds, output)."""
   start = time.monotonic()
   proc = _start(workdir, *flags, inject=inject)
@@ -63,7 +63,7 @@ def test_a_failed_checkpoint_write_ends_the_process_with_the_cause(tmp_path):
   assert status == 1, out[-3000:]
   assert f"writing checkpoint 4 to {tmp_path}/checkpoints failed" in out
   assert "No space left on device" in out
-  assert seconds < 120  # startup and compilation on a loaded machine; a hang is the timeout
+  assert seconds < 150  # startup and compilation on a loaded machine; a hang times out
 
 
 def test_a_second_run_on_a_held_workdir_refuses_at_once_naming_the_holder(tmp_path):
@@ -96,7 +96,9 @@ def test_a_process_that_is_not_the_writer_takes_no_lock(tmp_path):
     pass
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+  "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=str
+)
 def test_signals_during_the_stop_are_reported_and_ignored(tmp_path, sig):
   # The first signal at step 5; another right after the stop's checkpoint, and a
   # third 0.3 s later, while the process exits (where the default action killed it).

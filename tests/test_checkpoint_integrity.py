@@ -83,6 +83,14 @@ def test_the_unreadable_checkpoint_warning_is_one_readable_line(tmp_path, capsys
   assert "is unreadable" in lines[0] and "resuming from checkpoint 1" in lines[1]
 
 
+def test_checkpoints_over_max_to_keep_left_by_a_kill_are_removed_on_resume(tmp_path):
+  directory = _saved(tmp_path, steps=(1, 2, 3))  # as if killed before orbax deleted 1
+  checkpoints = training.Checkpointer(str(directory), max_to_keep=2)
+  assert checkpoints.restore_latest_good(_state(0))[1] == 3
+  assert sorted(os.listdir(directory)) == ["2", "3", "digests"]
+  assert sorted(os.listdir(directory / "digests")) == ["2.json", "3.json"]
+
+
 def test_a_failed_write_raises_naming_the_directory_and_the_cause(tmp_path, monkeypatch):
   from orbax.checkpoint._src.path import atomicity
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -174,6 +175,7 @@ class Checkpointer:
       for bad, _ in failures:
         where = self._set_aside(bad) if jax.process_index() == 0 else "the side"
         _say(f"checkpoint {bad} was moved to {where}; resuming from checkpoint {step}")
+      self._remove_beyond_max_to_keep()
       return state, step
     if failures:
       tried = "; ".join(f"{step}: {reason}" for step, reason in failures)
@@ -182,6 +184,19 @@ class Checkpointer:
         "a checkpoint back, or start the run afresh in a new --workdir"
       )
     return like, None
+
+  def _remove_beyond_max_to_keep(self) -> None:
+    """Deletes the oldest checkpoints over ``max_to_keep``, as the next write would.
+
+    A process killed after a write and before orbax deleted the oldest leaves
+    one too many; a run resumed at its last step writes nothing more.
+    """
+    if jax.process_index() != 0:
+      return
+    for step in self.all_steps()[: -self.max_to_keep]:
+      log.info("deleting checkpoint %d, over max_to_keep=%d", step, self.max_to_keep)
+      shutil.rmtree(self._path(step))
+    checkpoint_digest.remove_digests_except(self.directory, self.all_steps())
 
   def _set_aside(self, step: int) -> str:
     """Moves checkpoint ``step`` (and its digests) out of the directory; returns where to."""

@@ -13,7 +13,8 @@ from bigbatch_jax import training
 from bigbatch_jax.training import json_files
 from bigbatch_jax.training.guard import divergence_cause
 from bigbatch_jax.training.run_limits import SkipLimit
-from experiments.table1 import runner
+from experiments.table1 import report, runner
+from experiments.table1.aggregate import row_numbers
 from tests.test_training import tiny_config
 
 
@@ -56,6 +57,14 @@ def test_the_resumed_run_finishes_and_is_counted(stopped, tmp_path):
   assert not runner.finished(str(workdir))
   with pytest.raises(ValueError, match=r"summary.json is empty\. Delete it and rerun"):
     runner.read_json(str(workdir / "summary.json"))
+  # The table counts a finished run's skipped updates and shows them.
+  table = tmp_path / "table"
+  shutil.copytree(workdir, table / "lb" / "seed_0")
+  summary["skipped_steps"] = 3
+  json_files.write_json_atomic(table / "lb" / "seed_0" / "summary.json", summary)
+  row = row_numbers(str(table), "lb", [0])
+  assert row["skipped_updates"] == 3 and row["seeds"] == [0]
+  assert report._seeds_cell(row) == "1 (3 updates skipped)"
 
 
 def test_a_workdir_without_its_config_record_is_refused(stopped, tmp_path):

@@ -110,6 +110,8 @@ def row_numbers(workdir: str, row: str, seeds: Sequence[int]) -> dict:
     "seeds": [s["seed"] for s in summaries],
     "diverged_seeds": runs["diverged"],
     "missing_seeds": runs["missing"],
+    # Updates dropped for a non-finite loss or gradient (nonfinite_policy="skip"), all seeds.
+    "skipped_updates": sum(s.get("skipped_steps", 0) for s in summaries),
     **{k: _first(summaries, k) for k in ("updates", "epochs", "batch_size", "lr")},
     "wall_time_s": _mean([t["wall_time_s"] for t in runs["times"]]),
     "weight_distance": _mean(distances),

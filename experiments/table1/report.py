@@ -34,6 +34,8 @@ def _seeds_cell(r: dict) -> str:
     cell += f" ({len(r['diverged_seeds'])} diverged)"
   if r["missing_seeds"]:
     cell += f" ({len(r['missing_seeds'])} missing)"
+  if r.get("skipped_updates"):
+    cell += f" ({r['skipped_updates']} updates skipped)"
   return cell
 
 

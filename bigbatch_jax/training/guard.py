@@ -102,7 +102,8 @@ def divergence_cause(
   if resumed_from is not None and resumed_from > 0 and first_loss is None:
     return (
       f"The run diverged before its first logged loss after resuming from checkpoint "
-      f"{resumed_from}: that checkpoint's state may be at fault (its digests matched what "
-      "was saved, so it was saved so); resume from an earlier one by setting it aside"
+      f"{resumed_from}: that checkpoint passed its checksums, so its state was already near "
+      "divergence when saved; move it out of the checkpoints directory to resume from the "
+      "one before"
     )
   return None

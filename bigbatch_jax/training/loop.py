@@ -141,7 +141,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """``train_and_evaluate`` while holding the workdir's lock."""
-  maybe_initialize_distributed(config)
   dataset = data_lib.load_data(config)
   mesh = parallel.make_mesh(config.num_devices)
   plan = make_plan(config, dataset.num_train, mesh.size, jax.process_count())

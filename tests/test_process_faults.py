@@ -97,7 +97,9 @@ def test_a_process_that_is_not_the_writer_takes_no_lock(tmp_path):
 
 
 @pytest.mark.parametrize(
-  "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=str
+  "sig",
+  [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+  ids=["SIGTERM", "SIGINT"],
 )
 def test_signals_during_the_stop_are_reported_and_ignored(tmp_path, sig):
   # The first signal at step 5; another right after the stop's checkpoint, and a

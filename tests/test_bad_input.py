@@ -25,6 +25,11 @@ def _npz(tmp_path, name, **overrides):
   return f"npz:{path}"
 
 
+def _write(path, content: bytes) -> str:
+  path.write_bytes(content)
+  return str(path)
+
+
 NAN_INPUTS = np.ones((32, 4), np.float32)
 NAN_INPUTS[3, 1] = np.nan
 
@@ -199,6 +204,45 @@ CASES = [
     lambda t: {"dataset": _npz(t, "shape", x_test=np.zeros((8, 5), np.float32))},
     ValueError,
     r"\(4,\).*\(5,\)|\(5,\).*\(4,\)",
+  ),
+  (
+    "npz empty test split",
+    lambda t: {
+      "dataset": _npz(t, "empty", x_test=np.zeros((0, 4), np.float32), y_test=np.zeros(0, int))
+    },
+    ValueError,
+    r"the test split \(x_test\) is empty",
+  ),
+  (
+    "npz examples with no features",
+    lambda t: {
+      "dataset": _npz(
+        t, "zero", x_train=np.zeros((32, 0), np.float32), x_test=np.zeros((8, 0), np.float32)
+      )
+    },
+    ValueError,
+    r"examples have shape \(0,\), with no features",
+  ),
+  (
+    "npz label 255 without the number of classes",
+    lambda t: {"dataset": _npz(t, "void", y_train=np.r_[np.arange(3).repeat(10), [255, 255]])},
+    ValueError,
+    r"label 255 makes 256 classes, but 252 of the labels 0..255 have no example.*npz_num_classes",
+  ),
+  (
+    "npz label beyond the given number of classes",
+    lambda t: {
+      "dataset": _npz(t, "beyond", y_train=np.r_[np.arange(3).repeat(10), [255, 255]]),
+      "npz_num_classes": 3,
+    },
+    ValueError,
+    r"label 255 is out of range \[0, 3\) for num_classes=3",
+  ),
+  (
+    "npz file that is not a zip",
+    lambda t: {"dataset": "npz:" + _write(t / "text.npz", b"PK\x03\x04 not really a zip")},
+    ValueError,
+    r"text.npz' is not a readable numpy .npz file \(a zip archive written by numpy.savez\)",
   ),
   (
     "batch does not fit in memory",

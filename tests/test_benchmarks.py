@@ -78,3 +78,30 @@ def test_quick_benchmark_of_every_part_writes_every_table(tmp_path):
   ):
     assert title in text, title
   assert "| train-step compilations over an epoch | 1.000 | == 1 | yes |" in text
+
+
+def test_the_checkpoint_part_times_both_ways_and_replaces_only_its_section(tmp_path):
+  import types
+
+  from experiments.benchmarks import checkpoint, report
+
+  args = types.SimpleNamespace(batch=256, hidden=32, rounds=1)
+  (section,) = checkpoint.run(args)
+  assert [row[0] for row in section.rows] == [
+    "save, with checksums",
+    "save, without",
+    "restore, checking the checksums",
+    "restore, without",
+    "the digests alone (host copy and SHA-256)",
+  ]
+  assert len(section.targets) == 2 and all(t.measured > 0 for t in section.targets)
+  output = tmp_path / "RESULTS.md"
+  output.write_text(
+    f"# B\n\n## Other\n\nkept\n\n## {section.title}\n\nold\n\n## Last\n\nkept too\n"
+  )
+  machine = {"load average at start": "1", "load average at end": "2", "cpu": "c"}
+  report.update_markdown(str(output), "cmd", machine, [section])
+  text = output.read_text()
+  assert "## Other\n\nkept\n" in text and text.endswith("## Last\n\nkept too\n")
+  assert "old" not in text and "| save, with checksums |" in text
+  assert "Measured by `cmd` (load average 1 -> 2; CPU: c)." in text

@@ -99,7 +99,7 @@ def _assert_same_metrics(expected_dir, actual_dir):
 @pytest.mark.slow
 def test_two_processes_resume_a_checkpoint_written_once(single_process_run, tmp_path):
   _run_two_processes(tmp_path, "--config.stop_after_steps=12")
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "6"]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "6", "digests"]
   _run_two_processes(tmp_path)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),

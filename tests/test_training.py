@@ -81,7 +81,7 @@ def test_every_variant_trains_and_writes_its_outputs(variant, tmp_path):
   )
   assert any(k.startswith("weight_distance/fc") for k in train_records[-1])
   assert [r for r in records if "test_accuracy" in r]
-  steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints"))
+  steps = training.Checkpointer(str(tmp_path / "checkpoints")).all_steps()
   assert steps[-1] == summary["updates"]
   expected_updates = {"sb": 64, "lb+lr+gbn+ra": 64}.get(variant, 16)  # 512 train, 2 epochs
   assert summary["updates"] == expected_updates
@@ -253,7 +253,7 @@ def test_resume_in_a_new_process_is_exact(tmp_path):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   _run_main(straight)
   _run_main(resumed, "--config.stop_after_steps=12")
-  assert sorted(os.listdir(resumed / "checkpoints")) == ["12"]
+  assert training.Checkpointer(str(resumed / "checkpoints")).all_steps() == [12]
   _run_main(resumed)
   a, b = _final_params(str(straight)), _final_params(str(resumed))
   jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -270,7 +270,7 @@ def test_divergence_stops_with_the_step_lr_and_quantity_keeping_the_last_good_ch
   message = info.value.args[0]
   bad_step = int(message.split(" at step ")[1].split(",")[0])
   assert "learning rate 2e+06" in message and "'sqrt' rule at batch 64" in message
-  kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+  kept = training.Checkpointer(str(tmp_path / "checkpoints")).all_steps()
   assert kept and kept[-1] <= bad_step
   assert f"last good checkpoint (step {kept[-1]})" in message
   params, _ = _final_params(str(tmp_path))
@@ -327,6 +327,9 @@ def test_skip_policy_in_a_run_reports_skips(tmp_path):
   config = tiny_config("lb+lr", nonfinite_policy="skip", log_every_steps=1)
   config.regime.lr = 1e6
   config.divergence_loss_factor = None
+  # No limit: tests/test_run_records.py checks the default one.
+  config.nonfinite_max_skip_fraction = 1.0
+  config.nonfinite_max_consecutive_skips = 10**6
   summary = training.train_and_evaluate(config, str(tmp_path))
   assert summary["skipped_steps"] > 0
 
@@ -346,7 +349,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
   broken = tmp_path / "broken"
   config.stop_after_steps = 12
   training.train_and_evaluate(config, str(broken))
-  assert sorted(int(s) for s in os.listdir(broken / "checkpoints")) == [4, 8, 12]
+  assert training.Checkpointer(str(broken / "checkpoints")).all_steps() == [4, 8, 12]
   # Damage every data file of the newest checkpoint.
   for root, _, files in os.walk(broken / "checkpoints" / "12"):
     for name in files:

@@ -63,6 +63,14 @@ class ArrayDataset:
         raise ValueError(f"{self.name}: x_{split} has {len(x)} examples but y_{split} has {len(y)}")
     if len(self.x_train) == 0:
       raise ValueError(f"{self.name}: the training split is empty")
+    if len(self.x_test) == 0:
+      # Every evaluation (and the run's result) is on the test split.
+      raise ValueError(f"{self.name}: the test split (x_test) is empty; it needs >= 1 example")
+    if 0 in self.x_train.shape[1:]:
+      raise ValueError(
+        f"{self.name}: examples have shape {self.x_train.shape[1:]}, with no features; "
+        "every dimension of an example must be >= 1"
+      )
     if self.x_train.dtype != self.x_test.dtype:
       raise ValueError(
         f"{self.name}: x_train is {self.x_train.dtype} but x_test is "

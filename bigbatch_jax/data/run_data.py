@@ -71,6 +71,8 @@ def load_data(config: ml_collections.ConfigDict) -> ArrayDataset | StreamedDatas
   options = {}
   if config.dataset == "mnist1d":
     options["num_samples"] = config.mnist1d_num_samples
+  if config.dataset.startswith("npz:") and config.npz_num_classes is not None:
+    options["num_classes"] = config.npz_num_classes
   if config.dataset.startswith("tfds:"):
     if config.tfds_data_dir is not None:
       options["data_dir"] = config.tfds_data_dir

@@ -18,6 +18,7 @@ import os
 import pathlib
 import random
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -290,8 +291,11 @@ def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Arra
     raise FileNotFoundError(f"npz dataset file not found: {str(path)!r}")
   try:
     archive = np.load(path, allow_pickle=False)
-  except (ValueError, OSError) as e:
-    raise ValueError(f"{str(path)!r} is not a readable numpy .npz file: {e}") from e
+  except (ValueError, OSError, zipfile.BadZipFile) as e:
+    raise ValueError(
+      f"{str(path)!r} is not a readable numpy .npz file (a zip archive written by "
+      f"numpy.savez): {type(e).__name__}: {e}"
+    ) from e
   if not isinstance(archive, np.lib.npyio.NpzFile):
     raise ValueError(f"{str(path)!r} holds a single array; expected an .npz with keys {_NPZ_KEYS}")
   with archive:
@@ -342,6 +346,13 @@ def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Arra
     if labels.max() >= np.iinfo(np.int32).max:
       raise ValueError(f"{name}: label {labels.max()} does not fit in int32")
     num_classes = int(labels.max()) + 1
+    absent = num_classes - len(np.unique(labels))
+    if absent:
+      raise ValueError(
+        f"{name}: label {labels.max()} makes {num_classes} classes, but {absent} of the labels "
+        f"0..{labels.max()} have no example. Pass the number of classes "
+        "(--config.npz_num_classes=N) or remove the examples of an 'ignore' label"
+      )
   else:
     num_classes = check_int("npz num_classes", num_classes, 1)
     if labels.max() >= num_classes:

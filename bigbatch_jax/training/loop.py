@@ -29,10 +29,12 @@ from bigbatch_jax.training.guard import DivergenceGuard
 from bigbatch_jax.training.metrics import MetricsLog
 from bigbatch_jax.training.plan import RunPlan, make_plan
 from bigbatch_jax.training.preemption import Preempted, PreemptionWatch
+from bigbatch_jax.training.run_limits import SkipLimit, check_limit_keys
 from bigbatch_jax.training.setup import RunSetup, set_up_run
 from bigbatch_jax.training.state import TrainState
 from bigbatch_jax.training.summary import run_summary, write_outputs
 from bigbatch_jax.training.workdir import check_and_save_config
+from bigbatch_jax.training.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +126,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The summary dict (also written to ``summary.json``).
 
   Raises:
+    WorkdirLocked: when another live run holds ``workdir`` (docs/reliability.md).
+    CheckpointWriteError: when a checkpoint cannot be written.
     Preempted: after SIGTERM or SIGINT during training, once the step every
       process reached is checkpointed (``preemption.py``); calling again
       with the same config and workdir resumes it.
   """
   maybe_initialize_distributed(config)
+  os.makedirs(workdir, exist_ok=True)
+  # One writer per workdir: process 0 of a multi-host run writes its files.
+  with WorkdirLock(workdir, writer=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """``train_and_evaluate`` while holding the workdir's lock."""
   dataset = data_lib.load_data(config)
   mesh = parallel.make_mesh(config.num_devices)
   plan = make_plan(config, dataset.num_train, mesh.size, jax.process_count())
+  check_limit_keys(config)
   data_lib.input_pipeline(config, dataset)  # checks config.augment before any compute
   if config.eval_batch_size % mesh.size:
     raise ValueError(
@@ -171,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.shard_eval_step(step_lib.eval_step, mesh, model=run.model),
     checkpoints,
     metrics_log,
-    DivergenceGuard(plan, checkpoints, config.divergence_loss_factor),
+    _divergence_guard(config, plan, checkpoints, dataset, state, restored),
     bar,
   )
   start_time = loop.last_time = time.perf_counter()
@@ -210,6 +223,7 @@ def _checkpoint_and_stop(loop: _Loop, watch, state, step: int, start_step: int) 
     loop.guard.check_state(state)
     checkpoints.save(step, state)
     checkpoints.wait()
+    loop.metrics_log.sync()
   saved = checkpoints.latest_step()
   where = (
     f"checkpoint {saved} is in {checkpoints.directory}"
@@ -223,6 +237,21 @@ def _checkpoint_and_stop(loop: _Loop, watch, state, step: int, start_step: int) 
   )
   log.warning(message)
   return Preempted(message, watch.signal_name, step, saved)
+
+
+def _divergence_guard(config, plan: RunPlan, checkpoints, dataset, state, restored):
+  """The run's ``DivergenceGuard`` with its skip limit and what its message can name."""
+  guard = DivergenceGuard(
+    plan,
+    checkpoints,
+    config.divergence_loss_factor,
+    SkipLimit.from_config(config, plan.num_steps) if config.nonfinite_policy == "skip" else None,
+  )
+  guard.resumed_from = restored
+  guard.train_inputs = getattr(dataset, "x_train", None)
+  if restored is not None and guard.skip_limit is not None:
+    guard.skip_limit.start(restored, int(state.skipped_steps))
+  return guard
 
 
 def _train_batches(config, dataset, plan: RunPlan, start_step: int) -> data_lib.BatchIterator:
@@ -277,6 +306,7 @@ def _after_call(loop: _Loop, state: TrainState, metrics, step: int, length: int,
   if any(d % checkpoint_every == 0 for d in finished) or done in (plan.num_steps, end_step):
     loop.guard.check_state(state)
     loop.checkpoints.save(done, state)
+    loop.metrics_log.sync()  # the log on disk reaches at least the checkpoint
   loop.bar.update(length)
 
 

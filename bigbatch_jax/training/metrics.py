@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from bigbatch_jax.training.json_files import fsync_file, read_json_lines, write_lines_atomic
+
 
 class MetricsLog:
   """Appends one JSON object per line to ``path``; survives restarts.
@@ -28,13 +30,19 @@ class MetricsLog:
     self.writer = writer
 
   def truncate_after(self, step: int) -> None:
+    """Keeps the records up to ``step`` (the restored checkpoint), atomically."""
     if not self.writer:
       return
-    records = [r for r in self.read() if r["step"] <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, self.path)
+    if not os.path.exists(self.path):
+      return
+    # A crash during an append leaves a torn last line: it is after the checkpoint.
+    records = read_json_lines(self.path, _METRICS_REMEDY, drop_torn_end=True)
+    write_lines_atomic(self.path, [r for r in records if r["step"] <= step])
+
+  def sync(self) -> None:
+    """Flushes the appended records to disk (called at each checkpoint)."""
+    if self.writer and os.path.exists(self.path):
+      fsync_file(self.path)
 
   def write(self, record: dict) -> None:
     if not self.writer:
@@ -52,8 +60,13 @@ def read_metrics(path: str) -> list[dict]:
     path = os.path.join(path, "metrics.jsonl")
   if not os.path.exists(path):
     raise FileNotFoundError(f"no metrics file at {path}")
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return read_json_lines(path, _METRICS_REMEDY)
+
+
+_METRICS_REMEDY = (
+  "Delete the damaged line and the ones after it (a resumed run writes the records after its "
+  "checkpoint again), or rerun the run in a new --workdir"
+)
 
 
 def distances_at_drops(workdir: str) -> tuple[float, ...]:

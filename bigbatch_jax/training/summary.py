@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 
+from bigbatch_jax.training.json_files import write_json_atomic
 from bigbatch_jax.training.metrics import fit_log_growth, plot_run
 from bigbatch_jax.training.plan import RunPlan
 
@@ -16,6 +16,10 @@ def run_summary(config, plan: RunPlan, records: list[dict], wall_time: float) ->
   evals = [r for r in records if "test_accuracy" in r]
   train = [r for r in records if "weight_distance" in r and r["step"] > 0]
   final = evals[-1] if evals else {}
+  # Finished: the planned updates were trained and their final evaluation recorded
+  # (a run stopped earlier by stop_after_steps, a signal or a crash is not).
+  trained = max((r["step"] for r in records), default=0)
+  finished = trained == plan.num_steps and bool(evals) and final["step"] == plan.num_steps
   summary = {
     "variant": plan.variant.name,
     "model": config.model,
@@ -31,6 +35,8 @@ def run_summary(config, plan: RunPlan, records: list[dict], wall_time: float) ->
     "num_devices": plan.num_devices,
     "num_train": plan.num_train,
     "updates": plan.num_steps,
+    "trained_updates": trained,
+    "finished": finished,
     "epochs": plan.regime.epochs,
     "test_accuracy": final.get("test_accuracy"),
     "test_error": final.get("test_error"),
@@ -50,6 +56,5 @@ def write_outputs(summary: dict, records: list[dict], workdir: str, title: str) 
   """``summary.json`` and the run's figures, written by process 0."""
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  write_json_atomic(os.path.join(workdir, "summary.json"), summary, indent=2)
   plot_run(records, workdir, title=title)

@@ -8,6 +8,8 @@ import os
 import jax
 import ml_collections
 
+from bigbatch_jax.training.json_files import read_json, write_json_atomic
+
 # Config keys that may change between a run and its resumption (and that
 # differ between the processes of one multi-host run).
 RESUMABLE_KEYS = frozenset(
@@ -23,21 +25,31 @@ RESUMABLE_KEYS = frozenset(
     "tfds_data_dir",
     "tfds_download",
     "prefetch_batches",
+    # When checkpoints are written and how many are kept change no result.
+    "checkpoint_every_steps",
+    "max_checkpoints_to_keep",
   }
 )
+
+# What shows that a workdir holds (part of) a run.
+RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json")
 
 
 def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """``"key: saved -> current"`` for each result-changing key that differs from ``workdir``'s.
 
   Empty when the workdir holds no ``config.json`` or the same config (keys
-  in :data:`RESUMABLE_KEYS` aside).
+  in :data:`RESUMABLE_KEYS` aside); an unreadable ``config.json`` raises
+  ``ValueError`` naming it.
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    previous = json.load(f)
+  previous = read_json(
+    path,
+    "It records the run's config, which a resumed run must match: put a good copy back, or "
+    "start the run afresh in a new --workdir",
+  )
   current = json.loads(config.to_json())
   changed = sorted(
     k
@@ -49,6 +61,14 @@ def config_changes(config: ml_collections.ConfigDict, workdir: str) -> list[str]
 
 def check_and_save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume a workdir holding a run of a different config, then saves ``config``."""
+  path = os.path.join(workdir, "config.json")
+  held = [f for f in RUN_FILES if os.path.exists(os.path.join(workdir, f))]
+  if held and not os.path.exists(path) and not config.allow_config_change:
+    raise ValueError(
+      f"workdir {workdir} holds a run ({', '.join(held)}) but no config.json, so whether this "
+      "config is that run's cannot be checked. Put its config.json back, use a new --workdir, "
+      "or pass --config.allow_config_change=True to resume it with this config"
+    )
   changes = config_changes(config, workdir)
   if changes and not config.allow_config_change:
     raise ValueError(
@@ -57,7 +77,4 @@ def check_and_save_config(config: ml_collections.ConfigDict, workdir: str) -> No
     )
   if jax.process_index() == 0:
     # Atomically: the other processes may be reading it for the same check.
-    path = os.path.join(workdir, "config.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(json.loads(config.to_json()), f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_json_atomic(path, json.loads(config.to_json()), indent=2, sort_keys=True)

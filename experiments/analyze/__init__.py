@@ -24,10 +24,10 @@ diagnostic) and ``analysis_<what>.png`` into --workdir:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 
+from bigbatch_jax.training import json_files
 from experiments.analyze import compute, figures
 from experiments.analyze.compute import DIAGNOSTICS, Options, parse_what
 
@@ -76,14 +76,11 @@ def analyze(
   path = os.path.join(workdir, "analysis.json")
   analysis = {}
   if os.path.exists(path):
-    with open(path) as f:
-      analysis = json.load(f)
+    analysis = json_files.read_json(path, "Delete it to compute the diagnostics again")
   for name in names:
     analysis[name] = _compute_one(name, run, other, extra, load, options)
     analysis[name]["figure"] = figures.PLOTS[name](analysis[name], workdir)
-    with open(path, "w") as f:
-      json.dump(analysis, f, indent=2)
+    json_files.write_json_atomic(path, analysis, indent=2)
   analysis["options"] = dataclasses.asdict(options)
-  with open(path, "w") as f:
-    json.dump(analysis, f, indent=2)
+  json_files.write_json_atomic(path, analysis, indent=2)
   return analysis

@@ -9,7 +9,9 @@ Flags are absl flags, as in the other entry points (--helpfull lists them).
 Parts: step (throughput vs BatchNorm, the chunked reference and the jnp.dot
 peak, with a profile), overheads (optional parts vs the plain step), pipeline
 (epoch vs steps x step), compile_memory (compilations, peak RSS), scaling
-(1/2/4 simulated devices). Timings are interleaved side by side and reported
+(1/2/4 simulated devices), checkpoint (save and restore with and without the
+checksums). A run of only some parts replaces their sections of an existing
+results file and keeps the others. Timings are interleaved side by side and reported
 as medians and ratios; the machine's load is recorded with them.
 """
 
@@ -26,6 +28,7 @@ from absl import app, flags
 
 from bigbatch_jax.training.host_memory import retain_freed_host_memory
 from experiments.benchmarks import (
+  checkpoint,
   compile_memory,
   overheads,
   pipeline,
@@ -41,6 +44,7 @@ PARTS = {
   "pipeline": pipeline,
   "compile_memory": compile_memory,
   "scaling": scaling,
+  "checkpoint": checkpoint,
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
@@ -141,7 +145,10 @@ def main(argv: list[str]) -> None:
     "every comparison is a ratio of candidates timed interleaved in the same rounds. "
     "See the README's performance section for what the numbers mean."
   )
-  report.write_markdown(args.output, command.strip(), machine, sections, preface)
+  if set(args.parts) != set(PARTS) and os.path.exists(args.output):
+    report.update_markdown(args.output, command.strip(), machine, sections)
+  else:
+    report.write_markdown(args.output, command.strip(), machine, sections, preface)
   print(f"\nwrote {args.output}")
 
 

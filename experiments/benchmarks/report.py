@@ -85,3 +85,46 @@ def write_markdown(
       parts.append(markdown_table(section.header, section.rows))
   with open(path, "w") as f:
     f.write("\n".join(parts) + "\n")
+
+
+def _section_block(section: Section, note: str) -> list[str]:
+  lines = [f"## {section.title}", ""]
+  if note:
+    lines += [note, ""]
+  if section.text:
+    lines += [section.text, ""]
+  if section.header:
+    lines += [markdown_table(section.header, section.rows), ""]
+  if section.targets and note:
+    lines += [markdown_table(*targets_table(section.targets)), ""]
+  return lines
+
+
+def update_markdown(path: str, command: str, machine: dict[str, str], sections: list[Section]):
+  """Replaces (or appends) only ``sections`` in the results file ``path``, keeping the rest.
+
+  For a run of some parts: each section then says its own command and
+  machine load, and carries its targets (the file's Targets table is the
+  last full run's).
+  """
+  with open(path) as f:
+    lines = f.read().rstrip("\n").split("\n")
+  load = (
+    f"load average {machine.get('load average at start')} -> {machine.get('load average at end')}"
+  )
+  note = f"Measured by `{command}` ({load}; CPU: {machine.get('cpu', '?')})."
+  for section in sections:
+    heading = f"## {section.title}"
+    block = _section_block(section, note)
+    if heading in lines:
+      start = lines.index(heading)
+      end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+      )
+      lines[start:end] = block
+    else:
+      lines += ["", *block]
+  while lines and not lines[-1]:
+    lines.pop()
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")

@@ -18,6 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Data.
   config.dataset = "mnist1d"  # "mnist1d" | "synthetic" | "npz:/path.npz" | "tfds:NAME"
   config.mnist1d_num_samples = 5000  # MNIST-1D examples generated (train + test)
+  # npz: the number of classes (None: largest label + 1, every label in between present)
+  config.npz_num_classes = placeholder(int)
   config.data_seed = placeholder(int)  # dataset generation/split seed (None: the source's default)
   # Training augmentation, as the bigBatch reference (preprocess.get_transform):
   # "none"; "cifar": pad 4, random crop, horizontal flip (in-memory image
@@ -102,8 +104,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.partial_last_batch = placeholder(bool)  # 5: each epoch's partial batch kept (in neither)
   config.mult_noise_variance = placeholder(float)  # "mult" noise sigma^2 (None: matched, r - 1)
   config.nonfinite_policy = "stop"  # non-finite loss/gradient: "stop" (error) | "skip" (the update)
+  # "skip": stop with the divergence error past this fraction of the planned updates
+  # skipped, or this many consecutive skips (seen at the logged steps).
+  config.nonfinite_max_skip_fraction = 0.05
+  config.nonfinite_max_consecutive_skips = 10
   # Stop when the logged loss exceeds this many times the first logged loss.
-  config.divergence_loss_factor = FieldReference(1000.0, field_type=float)  # None: off
+  config.divergence_loss_factor = FieldReference(1000.0, field_type=object)  # None: off
   config.noise_alpha = 1e-5  # "white" noise: variance alpha / (1 + t)^gamma (Jaiswal & Taura)
   config.noise_gamma = 0.55
 

@@ -6,13 +6,13 @@ that file alone (``experiments.sweep.figure.draw``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 
+from bigbatch_jax.training import json_files
 from experiments.sweep.grid import PLAIN, row
 from experiments.table1.aggregate import std
-from experiments.table1.runner import read_json, run_dir
+from experiments.table1.runner import finished, read_json, run_dir
 
 JSON_FILE = "sweep.json"
 
@@ -22,7 +22,7 @@ def _accuracies(workdir: str, name: str, seeds: Sequence[int]) -> tuple[list[flo
   values, diverged = [], 0
   for seed in seeds:
     directory = run_dir(workdir, name, seed)
-    if os.path.exists(os.path.join(directory, "summary.json")):
+    if finished(directory):
       values.append(100 * read_json(os.path.join(directory, "summary.json"))["test_accuracy"])
     elif os.path.exists(os.path.join(directory, "failed.json")):
       diverged += 1
@@ -85,6 +85,5 @@ def summarize(
 
 def write(summary: Mapping, workdir: str) -> str:
   path = os.path.join(workdir, JSON_FILE)
-  with open(path, "w") as f:
-    json.dump(summary, f, indent=2)
+  json_files.write_json_atomic(path, summary, indent=2)
   return path

@@ -9,13 +9,13 @@ resumed sweep measures it once.
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import jax
 
 from bigbatch_jax import diagnostics
 from bigbatch_jax.diagnostics import runs as runs_lib
+from bigbatch_jax.training import json_files
 from experiments.configs import default
 from experiments.table1.runner import read_json
 
@@ -42,6 +42,5 @@ def measure_b_simple(probe_directory: str, workdir: str, b_small: int, seed: int
   record = {k: float(v) for k, v in out.items()}
   epoch = float(run.plan.epoch_at(run.step))
   record |= {"probe": probe_directory, "step": run.step, "epoch": epoch}
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
+  json_files.write_json_atomic(path, record, indent=2)
   return record

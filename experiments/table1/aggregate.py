@@ -18,7 +18,7 @@ from bigbatch_jax.training.metrics import read_metrics
 from experiments.table1.measures import HESSIAN_FILE
 from experiments.table1.paper_claims import welch_p
 from experiments.table1.rows import label
-from experiments.table1.runner import RUN_TIME_FILE, read_json, run_dir
+from experiments.table1.runner import RUN_TIME_FILE, finished, read_json, run_dir
 
 CURVES = ("error_step", "error_epoch", "distance", "initial_distance")
 
@@ -72,7 +72,7 @@ def _read_runs(workdir: str, row: str, seeds: Sequence[int]) -> dict[str, list]:
   out = {k: [] for k in ("summaries", "times", "sharpness", "curves", "diverged", "missing")}
   for seed in seeds:
     directory = run_dir(workdir, row, seed)
-    if os.path.exists(os.path.join(directory, "summary.json")):
+    if finished(directory):
       summary = read_json(os.path.join(directory, "summary.json"))
       out["summaries"].append(summary)
       timing = os.path.join(directory, RUN_TIME_FILE)
@@ -110,6 +110,8 @@ def row_numbers(workdir: str, row: str, seeds: Sequence[int]) -> dict:
     "seeds": [s["seed"] for s in summaries],
     "diverged_seeds": runs["diverged"],
     "missing_seeds": runs["missing"],
+    # Updates dropped for a non-finite loss or gradient (nonfinite_policy="skip"), all seeds.
+    "skipped_updates": sum(s.get("skipped_steps", 0) for s in summaries),
     **{k: _first(summaries, k) for k in ("updates", "epochs", "batch_size", "lr")},
     "wall_time_s": _mean([t["wall_time_s"] for t in runs["times"]]),
     "weight_distance": _mean(distances),

@@ -7,7 +7,6 @@ in the workdir), so a resumed table measures only what is new.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Mapping
 
@@ -16,7 +15,7 @@ import ml_collections
 
 from bigbatch_jax import diagnostics
 from bigbatch_jax.diagnostics import runs as runs_lib
-from bigbatch_jax.training import make_plan
+from bigbatch_jax.training import json_files, make_plan
 from experiments.analyze.compute import regime_update_fn
 from experiments.configs import default
 from experiments.table1.runner import finished, read_json
@@ -35,8 +34,7 @@ def top_hessian_eigenvalue(directory: str) -> float:
     value = diagnostics.top_hessian_eigenvalue_of_run(
       directory, batch_size=min(256, num_train // 4), defaults=default.get_config()
     )
-    with open(path, "w") as f:
-      json.dump({"top_hessian_eigenvalue": value}, f)
+    json_files.write_json_atomic(path, {"top_hessian_eigenvalue": value})
   return read_json(path)["top_hessian_eigenvalue"]
 
 
@@ -67,6 +65,5 @@ def update_covariance_traces(
     update_fn = regime_update_fn(plan, run.model, stats)
     measure = jax.jit(functools.partial(diagnostics.update_covariance, update_fn))
     cached[row] = float(measure(run.initial_params, batches, jax.random.key(i))["trace"])
-  with open(path, "w") as f:
-    json.dump(cached, f, indent=2)
+  json_files.write_json_atomic(path, cached, indent=2)
   return {row: cached[row] for row in configs if row in cached}

@@ -6,11 +6,11 @@ curves the figures are drawn from), ``claims`` (see ``paper_claims``) and ``meta
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bigbatch_jax.training import json_files
 from experiments.table1.paper_claims import claims
 
 TABLE_FILE = "table1.md"
@@ -34,6 +34,8 @@ def _seeds_cell(r: dict) -> str:
     cell += f" ({len(r['diverged_seeds'])} diverged)"
   if r["missing_seeds"]:
     cell += f" ({len(r['missing_seeds'])} missing)"
+  if r.get("skipped_updates"):
+    cell += f" ({r['skipped_updates']} updates skipped)"
   return cell
 
 
@@ -108,20 +110,19 @@ def format_table(rows: Sequence[dict], meta: Mapping[str, Any]) -> str:
 
 def write_table(rows: Sequence[dict], workdir: str, meta: Mapping[str, Any]) -> None:
   """Writes ``table1.md`` and ``table1.json`` (``rows``, ``claims``, ``meta``)."""
-  with open(os.path.join(workdir, TABLE_FILE), "w") as f:
-    f.write(format_table(rows, meta) + "\n")
+  json_files.write_text_atomic(os.path.join(workdir, TABLE_FILE), format_table(rows, meta) + "\n")
   payload = {
     "rows": list(rows),
     "claims": claims(rows),
     "meta": {**meta, "accuracy_unit": "percent"},
   }
-  with open(os.path.join(workdir, JSON_FILE), "w") as f:
-    json.dump(payload, f, indent=2)
+  json_files.write_json_atomic(os.path.join(workdir, JSON_FILE), payload, indent=2)
 
 
 def read_table(workdir: str) -> dict:
-  with open(os.path.join(workdir, JSON_FILE)) as f:
-    return json.load(f)
+  return json_files.read_json(
+    os.path.join(workdir, JSON_FILE), "Rerun the same command to write it again"
+  )
 
 
 def _ablation_cell(cell: dict) -> str:
@@ -167,7 +168,6 @@ def write_ablation(
   """Writes ``table1.json`` (``ablation``, ``runs``, ``meta``) and ``table1.md`` from it."""
   meta = {**meta, "accuracy_unit": "percent"}
   payload = {"ablation": list(rows), "runs": dict(runs), "meta": meta}
-  with open(os.path.join(workdir, JSON_FILE), "w") as f:
-    json.dump(payload, f, indent=2)
-  with open(os.path.join(workdir, TABLE_FILE), "w") as f:
-    f.write(format_ablation(payload["ablation"], payload["meta"]) + "\n")
+  json_files.write_json_atomic(os.path.join(workdir, JSON_FILE), payload, indent=2)
+  table = format_ablation(payload["ablation"], payload["meta"]) + "\n"
+  json_files.write_text_atomic(os.path.join(workdir, TABLE_FILE), table)

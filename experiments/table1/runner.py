@@ -1,14 +1,15 @@
 """Runs every (row, seed) of the table not yet finished, resumably, with progress lines.
 
-A run with a ``summary.json`` (or a ``failed.json``, written when a run
-diverges) is not run again, and an interrupted run resumes from its last
-checkpoint. A finished run whose config differs from the one the flags now
-give is refused, so a table never mixes two configs.
+A finished run (its ``summary.json`` says the planned updates were trained
+and recorded) or a diverged one (a ``failed.json``) is not run again; any other
+run (stopped by ``stop_after_steps``, a signal or a crash, or with a damaged
+``summary.json``) resumes from its last checkpoint. A finished run whose
+config differs from the one the flags now give is refused, so a table never
+mixes two configs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 import ml_collections
 
+from bigbatch_jax.training import json_files
 from bigbatch_jax.training.workdir import config_changes
 
 # Per run: the driver's measure of the whole run's wall time.
@@ -27,12 +29,22 @@ def run_dir(workdir: str, row: str, seed: int) -> str:
 
 
 def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  """The JSON in ``path``; a damaged file raises ``ValueError`` naming it and what to do."""
+  return json_files.read_json(
+    path, "Delete it and rerun the same command: the run is resumed or measured again"
+  )
 
 
 def finished(directory: str) -> bool:
-  return os.path.exists(os.path.join(directory, "summary.json"))
+  """Whether the run in ``directory`` trained all its planned updates and recorded them."""
+  path = os.path.join(directory, "summary.json")
+  if not os.path.exists(path):
+    return False
+  try:
+    summary = json_files.read_json(path)
+  except ValueError:
+    return False  # torn or emptied: the run is resumed and writes it again
+  return isinstance(summary, dict) and summary.get("finished") is True
 
 
 def check_same_config(config: ml_collections.ConfigDict, directory: str) -> None:
@@ -54,14 +66,19 @@ def _run_one(config: ml_collections.ConfigDict, directory: str, head: str, train
   except FloatingPointError as e:
     # A diverged run is a result (the table says so), not a crash of the driver.
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "failed.json"), "w") as f:
-      json.dump({"variant": config.variant, "seed": config.seed, "error": str(e)}, f, indent=2)
+    failure = {"variant": config.variant, "seed": config.seed, "error": str(e)}
+    json_files.write_json_atomic(os.path.join(directory, "failed.json"), failure, indent=2)
     echo(f"{head}: diverged: {e}")
+    return True
+  if not summary.get("finished"):
+    echo(
+      f"{head}: stopped after {summary['trained_updates']} of {summary['updates']} updates "
+      "(not counted); rerun the same command to resume it"
+    )
     return True
   # The whole run's time (data, compilation, checkpoints), not only the loop's.
   run_time = time.perf_counter() - run_start
-  with open(os.path.join(directory, RUN_TIME_FILE), "w") as f:
-    json.dump({"wall_time_s": run_time}, f)
+  json_files.write_json_atomic(os.path.join(directory, RUN_TIME_FILE), {"wall_time_s": run_time})
   echo(
     f"{head}: test accuracy {100 * summary['test_accuracy']:.2f}%, "
     f"{summary['updates']} updates, {run_time:.0f} s"
@@ -86,7 +103,7 @@ def run_all(
     config.seed = seed
     directory = run_dir(workdir, row, seed)
     head = f"[{i}/{len(jobs)}] {row} seed {seed}"
-    if any(os.path.exists(os.path.join(directory, f)) for f in ("summary.json", "failed.json")):
+    if finished(directory) or os.path.exists(os.path.join(directory, "failed.json")):
       check_same_config(config, directory)
       echo(f"{head}: done before, skipped")
       continue

@@ -122,6 +122,6 @@ class Members:
       shared.pop(key)
     shared.pop("weight_distance")
     shared.pop("skipped_steps")
-    finished = [m["test_accuracy"] for m in members if "diverged" not in m]
+    finished = [m["test_accuracy"] for m in members if m.get("test_accuracy") is not None]
     shared["mean_test_accuracy"] = float(np.mean(finished)) if finished else None
     return {**shared, "seeds": list(self.seeds), "members": members}

@@ -1,0 +1,116 @@
+"""Populations: member i of a population equals the single run of its seed.
+
+Each case trains a population of two seeds and the single run of the second
+seed for 20 updates and compares the final parameters, optimizer state and
+batch statistics (rel 1e-5: vmapped matrix products may round differently).
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from bigbatch_jax import training
+from bigbatch_jax.training import population
+from experiments.configs import default
+from tests.test_training import tiny_config
+
+SEEDS = (4, 7)
+
+
+def equivalence_config(variant, **overrides):
+  """A tiny F1 (one hidden layer of 16) for 20 updates, no evaluation until the end."""
+  base = {
+    "model_options.hidden": 16,
+    "model_options.depth": 1,
+    "log_every_steps": 5,
+    "checkpoint_every_steps": 0,
+    "eval_every_epochs": 100.0,
+    "eval_on_train": False,
+    "regime.epochs": 3.0,
+    "stop_after_steps": 20,
+  }
+  return tiny_config(variant, **{**base, **overrides})
+
+
+def _final_state(workdir):
+  state = training.Checkpointer(os.path.join(workdir, "checkpoints")).restore_raw()
+  return {k: state[k] for k in ("params", "batch_stats", "opt_state")}
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def assert_member_equals_single(tmp_path, variant, **overrides):
+  pop_dir, single_dir = str(tmp_path / "population"), str(tmp_path / "single")
+  training.train_and_evaluate(equivalence_config(variant, seeds=SEEDS, **overrides), pop_dir)
+  training.train_and_evaluate(equivalence_config(variant, seed=SEEDS[1], **overrides), single_dir)
+  members, single = _final_state(pop_dir), _final_state(single_dir)
+  assert training.Checkpointer(os.path.join(single_dir, "checkpoints")).latest_step() == 20
+  member = population.take_member(members, 1)
+  other = population.take_member(members, 0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member, single)
+  # The members differ from each other: their own initialization, stream and keys.
+  assert not np.allclose(other["params"]["fc1"]["kernel"], member["params"]["fc1"]["kernel"])
+  single_losses = [r["loss"] for r in _records(single_dir) if "loss" in r]
+  member_losses = [r["loss"] for r in _records(pop_dir) if r.get("member") == 1 and "loss" in r]
+  np.testing.assert_allclose(member_losses, single_losses, rtol=1e-5)
+
+
+# Each case together covers: BN and GBN, multiplicative and white noise, clipping,
+# momentum restart, warmup, LARS/LAMB, the kept partial last batch, regime adaptation.
+FAST_CASES = {
+  "gbn+ra+mult+white+clip+warmup+restart+partial": (
+    "lb+linear+gbn+ra+mult+white+clip+warmup",
+    {"momentum_restart": True, "partial_last_batch": True, "base_batch_size": 24},
+  ),
+}
+SLOW_CASES = {
+  "bn+white+warmup": ("lb+linear+white+warmup", {"warmup_epochs": 1.0}),
+  "lars": ("lb+lr+lars", {}),
+  "sb": ("sb", {}),
+  "gbn": ("lb+lr+gbn", {}),
+  "mult": ("lb+mult", {}),
+  "white": ("lb+linear+white", {}),
+  "clip": ("lb+lr+clip", {}),
+  "restart": ("lb+lr", {"momentum_restart": True}),
+  "lamb": ("lb+lr+lamb", {}),
+  "partial": ("sb", {"partial_last_batch": True, "base_batch_size": 24}),
+  "ra": ("lb+lr+gbn+ra", {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAST_CASES))
+def test_a_member_equals_the_single_run_of_its_seed(case, tmp_path):
+  variant, overrides = FAST_CASES[case]
+  assert_member_equals_single(tmp_path, variant, **overrides)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(SLOW_CASES))
+def test_a_member_equals_the_single_run_of_its_seed_for_each_remedy(case, tmp_path):
+  variant, overrides = SLOW_CASES[case]
+  assert_member_equals_single(tmp_path, variant, **overrides)
+
+
+def test_seeds_resolve_to_a_population_or_a_single_run():
+  config = default.get_config()
+  assert population.member_seeds(config) is None
+  config.seeds = 0
+  assert population.member_seeds(config) is None
+  config.seeds = (2, 0, 5)
+  assert population.member_seeds(config) == (2, 0, 5)
+  for bad, words in [
+    (3, "differs from config.seed=0"),
+    ((), "non-empty tuple"),
+    ((1, 1), "repeats a seed"),
+    ((0, -1), "every seed must be an int >= 0"),
+    ("0,1", "non-empty tuple"),
+  ]:
+    config.seeds = bad
+    with pytest.raises(ValueError, match=words):
+      population.member_seeds(config)

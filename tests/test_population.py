@@ -9,6 +9,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -114,3 +115,67 @@ def test_seeds_resolve_to_a_population_or_a_single_run():
     config.seeds = bad
     with pytest.raises(ValueError, match=words):
       population.member_seeds(config)
+
+
+def _population_step(config, seeds):
+  """The real population step of ``config`` on one device, its first state and plan."""
+  from bigbatch_jax import data as data_lib
+  from bigbatch_jax.training import parallel, setup
+
+  data = data_lib.load_data(config)
+  mesh = parallel.make_mesh(1)
+  plan = training.make_plan(config, data.num_train, 1)
+  run = setup.set_up_run(config, plan, mesh, data.num_classes, data.input_shape, seeds=seeds)
+  fn = parallel.shard_train_step(
+    population.population_train_step, mesh, members=True, **run.step_args
+  )
+  batches = lambda: data_lib.PopulationBatches(  # noqa: E731
+    data, plan.batch_schedule, seeds=seeds, prefetch=0
+  )
+  return fn, run.state, mesh, plan, batches
+
+
+def test_a_member_driven_to_nan_is_frozen_and_reported_while_the_others_go_on(tmp_path):
+  from bigbatch_jax.training import members as members_lib
+  from bigbatch_jax.training import parallel
+
+  config = equivalence_config("lb+lr+gbn")
+  results = []
+  fn, first, mesh, plan, make_batches = _population_step(config, (0, 1, 2))
+  for inject in (False, True):
+    state, batches = jax.tree.map(jnp.copy, first), make_batches()
+    history = []
+    for step in range(4):
+      batch = next(batches)
+      if inject and step == 2:
+        batch["x"][1, 0, 0] = np.nan  # one example of member 1
+      state, metrics = fn(state, parallel.put_batch(batch, mesh, members=True))
+      history.append(jax.device_get(state.params))
+    results.append((state, history))
+  (clean, _), (state, history) = results
+  # Members 0 and 2 end identical to the population without the NaN.
+  for member in (0, 2):
+    jax.tree.map(
+      np.testing.assert_array_equal,
+      population.take_member(jax.device_get(clean.params), member),
+      population.take_member(history[-1], member),
+    )
+  # Member 1 is frozen at its state before the bad update, and recorded.
+  np.testing.assert_array_equal(np.asarray(state.nonfinite_step), [-1, 2, -1])
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    population.take_member(history[1], 1),
+    population.take_member(history[-1], 1),
+  )
+  checkpoints = training.Checkpointer(str(tmp_path / "ckpt"))
+  members = members_lib.Members((0, 1, 2), plan, checkpoints, None)
+  members.check_state(state)
+  assert members.live() == [0, 2]
+  report = members.diverged[1]
+  assert report["step"] == 2 and report["lr"] == pytest.approx(float(training.lr_schedule(plan)(2)))
+  assert "non-finite loss and gradient at step 2" in report["error"]
+  # The "stop" policy ends the run only when every member has diverged.
+  all_bad = state.replace(nonfinite_step=np.array([3, 2, 5], np.int32))
+  all_bad = all_bad.replace(nonfinite_kind=np.array([1, 3, 2], np.int32))
+  with pytest.raises(FloatingPointError, match="every member of the population diverged"):
+    members.check_state(all_bad)

@@ -10,13 +10,16 @@ every member has diverged (the "stop" policy).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 import jax
 import numpy as np
 
 from bigbatch_jax.training.checkpoint import Checkpointer
 from bigbatch_jax.training.guard import NONFINITE_KINDS, DivergenceGuard
+from bigbatch_jax.training.metrics import read_metrics
 from bigbatch_jax.training.plan import RunPlan, lr_schedule
 from bigbatch_jax.training.summary import run_summary
 
@@ -125,3 +128,54 @@ class Members:
     finished = [m["test_accuracy"] for m in members if m.get("test_accuracy") is not None]
     shared["mean_test_accuracy"] = float(np.mean(finished)) if finished else None
     return {**shared, "seeds": list(self.seeds), "members": members}
+
+
+def split_population(workdir: str, directories: dict[int, str]) -> None:
+  """Writes each member of the finished population in ``workdir`` as a single run's workdir.
+
+  ``directories`` maps each seed to its directory, which gets what a single
+  run of that seed writes: ``config.json`` (``seed`` set, ``seeds`` None),
+  ``metrics.jsonl`` (the member's records without ``member``/``seed``),
+  ``summary.json`` (written last: it marks the run finished) and the final
+  checkpoint; a diverged member gets ``failed.json`` instead, as a diverged single run does.
+  """
+  summary = _read_json(os.path.join(workdir, "summary.json"))
+  config = _read_json(os.path.join(workdir, "config.json"))
+  records = read_metrics(workdir)
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = checkpoints.latest_step()
+  state = checkpoints.restore_raw(step)
+  checkpoints.close()
+  members = summary["members"]
+  for entry in members:
+    member, seed = entry["member"], entry["seed"]
+    directory = directories[seed]
+    os.makedirs(directory, exist_ok=True)
+    if "diverged" in entry:
+      failure = {"variant": summary["variant"], "seed": seed, **entry["diverged"]}
+      _write_json(os.path.join(directory, "failed.json"), failure)
+      continue
+    _write_json(os.path.join(directory, "config.json"), {**config, "seed": seed, "seeds": None})
+    with open(os.path.join(directory, "metrics.jsonl"), "w") as f:
+      for record in records:
+        if record.get("member") == member:
+          own = {k: v for k, v in record.items() if k not in ("member", "seed")}
+          f.write(json.dumps(own) + "\n")
+    saved = Checkpointer(os.path.join(directory, "checkpoints"))
+    saved.save(step, jax.tree.map(lambda x, m=member: x[m], state))
+    saved.wait()
+    saved.close()
+    _write_json(
+      os.path.join(directory, "summary.json"), {k: v for k, v in entry.items() if k != "member"}
+    )
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, value) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=2, sort_keys=path.endswith("config.json"))
+  os.replace(path + ".tmp", path)

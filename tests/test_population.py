@@ -179,3 +179,39 @@ def test_a_member_driven_to_nan_is_frozen_and_reported_while_the_others_go_on(tm
   all_bad = all_bad.replace(nonfinite_kind=np.array([1, 3, 2], np.int32))
   with pytest.raises(FloatingPointError, match="every member of the population diverged"):
     members.check_state(all_bad)
+
+
+def test_a_split_population_gives_each_seed_a_single_runs_workdir(tmp_path):
+  from bigbatch_jax.diagnostics import runs
+  from bigbatch_jax.training import members as members_lib
+  from bigbatch_jax.training.workdir import config_changes
+
+  config = equivalence_config("lb+lr+gbn", seeds=SEEDS, stop_after_steps=None, num_epochs=1.0)
+  workdir = str(tmp_path / "population")
+  summary = training.train_and_evaluate(config, workdir)
+  assert [m["seed"] for m in summary["members"]] == list(SEEDS)
+  assert summary["mean_test_accuracy"] == pytest.approx(
+    np.mean([m["test_accuracy"] for m in summary["members"]])
+  )
+  records = _records(workdir)
+  assert {(r["member"], r["seed"]) for r in records} == {(0, 4), (1, 7)}
+  assert any("test_accuracy" in r for r in records)
+  directories = {s: str(tmp_path / f"seed_{s}") for s in SEEDS}
+  members_lib.split_population(workdir, directories)
+  for member, seed in enumerate(SEEDS):
+    directory = directories[seed]
+    own = _records(directory)
+    assert own and all("member" not in r and "seed" not in r for r in own)
+    assert len(own) == sum(r["member"] == member for r in records)
+    with open(os.path.join(directory, "summary.json")) as f:
+      assert json.load(f) == {
+        k: v for k, v in summary["members"][member].items() if k != "member"
+      }
+    single = equivalence_config("lb+lr+gbn", seed=seed, stop_after_steps=None, num_epochs=1.0)
+    assert config_changes(single, directory) == []
+    run = runs.load_run(directory)
+    jax.tree.map(
+      np.testing.assert_array_equal,
+      run.params,
+      population.take_member(_final_state(workdir)["params"], member),
+    )

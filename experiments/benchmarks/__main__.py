@@ -9,7 +9,8 @@ Flags are absl flags, as in the other entry points (--helpfull lists them).
 Parts: step (throughput vs BatchNorm, the chunked reference and the jnp.dot
 peak, with a profile), overheads (optional parts vs the plain step), pipeline
 (epoch vs steps x step), compile_memory (compilations, peak RSS), scaling
-(1/2/4 simulated devices). Timings are interleaved side by side and reported
+(1/2/4 simulated devices), population (P single runs vs a population of P on
+Table 1's rows). Timings are interleaved side by side and reported
 as medians and ratios; the machine's load is recorded with them.
 """
 
@@ -29,6 +30,7 @@ from experiments.benchmarks import (
   compile_memory,
   overheads,
   pipeline,
+  population,
   report,
   scaling,
   throughput,
@@ -41,6 +43,7 @@ PARTS = {
   "pipeline": pipeline,
   "compile_memory": compile_memory,
   "scaling": scaling,
+  "population": population,
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 

@@ -144,7 +144,11 @@ def main(argv: list[str]) -> None:
     "every comparison is a ratio of candidates timed interleaved in the same rounds. "
     "See the README's performance section for what the numbers mean."
   )
-  report.write_markdown(args.output, command.strip(), machine, sections, preface)
+  if set(args.parts) < set(PARTS) and os.path.exists(args.output):
+    # Some parts only: their sections replace theirs; the other parts' stay.
+    report.merge_sections(args.output, command.strip(), machine, sections)
+  else:
+    report.write_markdown(args.output, command.strip(), machine, sections, preface)
   print(f"\nwrote {args.output}")
 
 

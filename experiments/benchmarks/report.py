@@ -85,3 +85,38 @@ def write_markdown(
       parts.append(markdown_table(section.header, section.rows))
   with open(path, "w") as f:
     f.write("\n".join(parts) + "\n")
+
+
+def section_markdown(section: Section) -> list[str]:
+  """A section as markdown lines: its heading, text, table and targets."""
+  parts = [f"## {section.title}", ""]
+  if section.text:
+    parts += [section.text, ""]
+  if section.header:
+    parts += [markdown_table(section.header, section.rows), ""]
+  if section.targets:
+    parts += [markdown_table(*targets_table(section.targets)), ""]
+  return parts
+
+
+def merge_sections(path: str, command: str, machine: dict[str, str], sections: list[Section]):
+  """Replaces (or appends) ``sections`` in an existing results file, keeping the others.
+
+  For a run of some of the parts: each merged section says the command and
+  the load it was measured under, since the file's machine table is another
+  run's.
+  """
+  with open(path) as f:
+    text = f.read()
+  # The preamble, then the "## " sections keyed by title, each kept verbatim.
+  head, *rest = text.split("\n## ")
+  chunks = {chunk.split("\n", 1)[0]: chunk for chunk in rest}
+  load = f"{machine.get('load average at start')} -> {machine.get('load average at end')}"
+  for section in sections:
+    note = f"Measured by `{command}` (load average {load}, {machine.get('cores')} cores)."
+    lines = section_markdown(section)
+    lines.insert(2, note + "\n")
+    chunks[section.title] = "\n".join(lines)[len("## ") :].rstrip("\n") + "\n"
+  out = head + "".join("\n## " + chunk for chunk in chunks.values())
+  with open(path, "w") as f:
+    f.write(out if out.endswith("\n") else out + "\n")

@@ -78,3 +78,22 @@ def test_quick_benchmark_of_every_part_writes_every_table(tmp_path):
   ):
     assert title in text, title
   assert "| train-step compilations over an epoch | 1.000 | == 1 | yes |" in text
+
+
+def test_a_run_of_some_parts_replaces_their_sections_and_keeps_the_others(tmp_path):
+  from experiments.benchmarks import report
+
+  path = tmp_path / "RESULTS.md"
+  path.write_text("# Benchmarks\n\nintro\n\n## Kept\n\nold kept\n\n## Population\n\nold\n")
+  machine = {"load average at start": "1.0", "load average at end": "2.0", "cores": "2"}
+  section = report.Section("Population", ["a"], [["new row"]], "new text")
+  report.merge_sections(str(path), "python -m experiments.benchmarks --parts=p", machine, [section])
+  text = path.read_text()
+  assert text.startswith("# Benchmarks\n\nintro\n\n## Kept\n\nold kept\n\n## Population\n")
+  assert "old\n" not in text.split("## Population")[1] and "| new row |" in text
+  assert "Measured by `python -m experiments.benchmarks --parts=p` (load average 1.0" in text
+  added = report.Section("Other", [], [], "other text")
+  report.merge_sections(str(path), "cmd", machine, [added])
+  assert path.read_text().endswith(
+    "## Other\n\nMeasured by `cmd` (load average 1.0 -> 2.0, 2 cores).\n\nother text\n"
+  )

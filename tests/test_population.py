@@ -149,7 +149,7 @@ def test_a_member_driven_to_nan_is_frozen_and_reported_while_the_others_go_on(tm
       batch = next(batches)
       if inject and step == 2:
         batch["x"][1, 0, 0] = np.nan  # one example of member 1
-      state, metrics = fn(state, parallel.put_batch(batch, mesh, members=True))
+      state, _ = fn(state, parallel.put_batch(batch, mesh, members=True))
       history.append(jax.device_get(state.params))
     results.append((state, history))
   (clean, _), (state, history) = results
@@ -204,9 +204,7 @@ def test_a_split_population_gives_each_seed_a_single_runs_workdir(tmp_path):
     assert own and all("member" not in r and "seed" not in r for r in own)
     assert len(own) == sum(r["member"] == member for r in records)
     with open(os.path.join(directory, "summary.json")) as f:
-      assert json.load(f) == {
-        k: v for k, v in summary["members"][member].items() if k != "member"
-      }
+      assert json.load(f) == {k: v for k, v in summary["members"][member].items() if k != "member"}
     single = equivalence_config("lb+lr+gbn", seed=seed, stop_after_steps=None, num_epochs=1.0)
     assert config_changes(single, directory) == []
     run = runs.load_run(directory)

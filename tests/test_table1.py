@@ -54,7 +54,8 @@ class CountingTrain:
 
   def __call__(self, config, workdir):
     row = os.path.basename(os.path.dirname(workdir))  # WORKDIR/ROW/seed_N: sb@2x's variant is sb
-    self.calls.append((row, config.seed))
+    # A population (WORKDIR/ROW/population_S1-S2) trains several seeds in one call.
+    self.calls.extend((row, seed) for seed in config.seeds or (config.seed,))
     return training.train_and_evaluate(config, workdir)
 
 

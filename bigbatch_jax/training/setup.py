@@ -111,6 +111,7 @@ def set_up_run(
   *,
   norm: Callable | None = None,
   seed: int | None = None,
+  seeds: tuple[int, ...] | None = None,
 ) -> RunSetup:
   """Builds the model (norm layer: the plan's, unless given), optimizer and initial state.
 
@@ -122,6 +123,8 @@ def set_up_run(
     input_shape: one example's shape.
     norm: a norm-layer constructor replacing the plan's GhostBatchNorm.
     seed: the run's seed (None: ``config.seed``).
+    seeds: a population's seeds: the state gets a leading member axis, member
+      i initialized as the single run of ``seeds[i]`` (``population.py``).
 
   Returns:
     A :class:`RunSetup`.
@@ -131,10 +134,22 @@ def set_up_run(
   state_key, noise_key = run_keys(config.seed if seed is None else seed)
   tx = run_optimizer(plan, config, noise_key)
   example = jnp.zeros((1, *input_shape), jnp.float32)
-  init = jax.jit(
-    lambda key: create_train_state(model, tx, example, key),
-    out_shardings=parallel.replicated(mesh),
-  )
+  if seeds is not None:
+    # The optimizer's update reads its noise key from the state, so one tx
+    # serves every member; each member's init gets its own keys.
+    keys = [run_keys(s) for s in seeds]
+    state_keys, noise_keys = (jnp.stack([k[i] for k in keys]) for i in (0, 1))
+    member_init = lambda key, noise: create_train_state(  # noqa: E731
+      model, run_optimizer(plan, config, noise), example, key
+    )
+    init = jax.jit(jax.vmap(member_init), out_shardings=parallel.replicated(mesh))
+    state = init(state_keys, noise_keys)
+  else:
+    init = jax.jit(
+      lambda key: create_train_state(model, tx, example, key),
+      out_shardings=parallel.replicated(mesh),
+    )
+    state = init(state_key)
   step_args = step_arguments(plan, config, model, tx)
   partial = plan.partial_batch_size
   partial_args = None
@@ -143,4 +158,4 @@ def set_up_run(
     partial_norm = functools.partial(norm, ghost_batch_size=plan.ghost_batch_size_at(partial))
     partial_model = build_model(config, num_classes, partial_norm)
     partial_args = step_arguments(plan, config, partial_model, tx)
-  return RunSetup(model, tx, init(state_key), step_args, partial_args)
+  return RunSetup(model, tx, state, step_args, partial_args)

@@ -10,8 +10,9 @@ Parts: step (throughput vs BatchNorm, the chunked reference and the jnp.dot
 peak, with a profile), overheads (optional parts vs the plain step), pipeline
 (epoch vs steps x step), compile_memory (compilations, peak RSS), scaling
 (1/2/4 simulated devices), checkpoint (save and restore with and without the
-checksums). A run of only some parts replaces their sections of an existing
-results file and keeps the others. Timings are interleaved side by side and reported
+checksums), population (P single runs vs a population of P on Table 1's rows).
+A run of only some parts replaces their sections of an existing results file
+and keeps the others. Timings are interleaved side by side and reported
 as medians and ratios; the machine's load is recorded with them.
 """
 
@@ -32,6 +33,7 @@ from experiments.benchmarks import (
   compile_memory,
   overheads,
   pipeline,
+  population,
   report,
   scaling,
   throughput,
@@ -45,6 +47,7 @@ PARTS = {
   "compile_memory": compile_memory,
   "scaling": scaling,
   "checkpoint": checkpoint,
+  "population": population,
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 

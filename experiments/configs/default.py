@@ -124,6 +124,11 @@ def get_config() -> ml_collections.ConfigDict:
 def _declare_run(config: ml_collections.ConfigDict) -> None:
   """The keys of how a run is carried out (seed, devices, hosts, logging, checkpoints)."""
   config.seed = 0  # parameters, data order, dropout and noise
+  # A population: a tuple of seeds, e.g. --config.seeds='(0,1,2)', trains one
+  # member per seed in one compiled step (bigbatch_jax/training/population.py);
+  # member i equals the single run of seeds[i]. None or an int (equal to
+  # config.seed): the single run of config.seed.
+  config.seeds = FieldReference(None, field_type=object)
   config.num_devices = placeholder(int)  # devices of the data-parallel mesh (None: all)
   # Multi-host: jax.distributed.initialize(). Unset address/count/id are taken
   # from the cluster environment (SLURM, Kubernetes, Cloud TPU).

@@ -81,6 +81,7 @@ def run_table(
   hessian: bool = True,
   covariance: bool = True,
   paper_data: bool | None = None,
+  population: bool = True,
 ) -> list[dict]:
   """Runs every (row, seed) not yet finished, then writes the table, JSON and figures.
 
@@ -98,12 +99,13 @@ def run_table(
     covariance: measure each row's update covariance at SB's w0 (a column).
     paper_data: whether the data is the paper's (``rows.is_mnist``); None:
       whether the configs' dataset is named ``paper_dataset``.
+    population: train each row's seeds as one population (``runner.run_all``).
 
   Returns:
     The table rows (also in ``workdir/table1.json``).
   """
   start = time.perf_counter()
-  ran = run_all(configs, seeds, workdir, train_fn, echo)
+  ran = run_all(configs, seeds, workdir, train_fn, echo, population)
   traces = _measure(configs, seeds, workdir, hessian, covariance)
   some = next(iter(configs.values()))
   if paper_data is None:

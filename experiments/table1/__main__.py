@@ -91,6 +91,12 @@ flags.DEFINE_string(
   "SB_ROW,LB_ROW, e.g. sb,lb: run the reference protocol's artefacts alone and together on "
   "these two rows (the ablation table) instead of --variants.",
 )
+flags.DEFINE_bool(
+  "population",
+  True,
+  "Train each row's seeds as one population in one compiled step (member i equals the run "
+  "of seed i); false: one run per seed, one after another.",
+)
 flags.DEFINE_bool("hessian", True, "Measure each run's top Hessian eigenvalue (the λ_max column).")
 flags.DEFINE_bool(
   "covariance", True, "Measure each row's update covariance at SB's w0 (the tr cov column)."
@@ -189,7 +195,7 @@ def run_ablation_from_flags(seeds: list[int]) -> None:
   )
   ablation.run_ablation(
     configs, skipped, pair, seeds, FLAGS.workdir, preset=preset,
-    echo=lambda line: print(line, file=sys.stdout, flush=True),
+    echo=lambda line: print(line, file=sys.stdout, flush=True), population=FLAGS.population,
   )  # fmt: skip
 
 
@@ -231,6 +237,7 @@ def main(argv):
       hessian=FLAGS.hessian,
       covariance=FLAGS.covariance,
       paper_data=setup.paper_data,
+      population=FLAGS.population,
     )
   except Preempted as stopped:  # the same command resumes the run and then the table
     exit_for_rerun(stopped, "experiments.table1")

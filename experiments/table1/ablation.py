@@ -232,18 +232,20 @@ def run_ablation(
   preset: str = "",
   train_fn: Callable[[ml_collections.ConfigDict, str], dict] = train_and_evaluate,
   echo: Callable[[str], None] = print,
+  population: bool = True,
 ) -> list[dict]:
   """Runs every (setting, row, seed) not yet finished, then writes the ablation table.
 
   Runs go to ``workdir/SETTING/ROW/seed_N`` (resumable, as the table's);
   ``table1.json`` holds ``ablation`` (:func:`ablation_rows`), ``runs`` (each
   run's numbers, ``aggregate.row_numbers`` without the curves) and ``meta``;
-  ``table1.md`` is drawn from it.
+  ``table1.md`` is drawn from it. With ``population`` each run's seeds train
+  as one population (``runner.run_all``).
 
   Returns:
     The ablation rows.
   """
-  ran = run_all(configs, seeds, workdir, train_fn, echo)
+  ran = run_all(configs, seeds, workdir, train_fn, echo, population)
   numbers = {name: row_numbers(workdir, name, seeds) for name in configs}
   rows = ablation_rows(numbers, pair, skipped)
   some = configs[run_name("clean", pair[0])]

@@ -398,6 +398,15 @@ def test_recipes_set_builds_a_plan_for_every_recipe_in_both_protocols():
       restarts = protocol == "reference" and "lamb" not in variant
       assert bool(plan.momentum_restart_steps) == restarts
   assert rows_lib.LABELS["lb+lars"] == "LARS" and "lb+lars" not in rows_lib.DEFAULT_VARIANTS
+  # Smith et al. grow from B_S; Goyal et al.'s batch norm runs over 32 examples (per worker).
+  assert {"sb+grow", "lb+linear", "lb+linear+white"} <= set(variants) and "lb+grow" not in variants
+  goyal = rows_lib.variant_config(f1, "lb+linear+warmup+gbn", "quick")
+  assert training.make_plan(goyal, num_train=16000, num_devices=1).ghost_batch_size == 32
+  smith = rows_lib.variant_config(f1, "sb+grow", "quick", {"batch_growth_max": 8000})
+  phases = training.make_plan(smith, num_train=8000, num_devices=1).batch_phases
+  assert [size for _, size in phases] == [64, 640, 6400]  # x10 at each drop, capped at 8000
+  mine = rows_lib.variant_config(f1, "lb+linear+warmup+gbn", "quick", {"ghost_batch_size": 128})
+  assert mine.ghost_batch_size == 128
 
 
 def test_every_row_gets_welch_p_against_sb_and_lb_in_json_and_table(table_dir):

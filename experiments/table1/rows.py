@@ -48,7 +48,8 @@ LABELS = {
 # starts at B_L, where on small data its first growth is already capped: it
 # stays a variant but is not Smith et al.'s row.
 RECIPE_LABELS = {
-  "lb+linear+warmup": "Goyal warmup",
+  "lb+linear+warmup+gbn": "Goyal (warmup, BN per 32)",
+  "lb+linear+warmup": "warmup, BN over B_L",
   "lb+lars": "LARS",
   "lb+lamb": "LAMB",
   "sb+grow": "Smith grow from B_S",
@@ -90,7 +91,7 @@ VARIANT_SETS = {
     "sb",
     "lb",
     "lb+lr+gbn",
-    "lb+linear+warmup",
+    "lb+linear+warmup+gbn",
     "lb+lars",
     "lb+lamb",
     "lb+linear",
@@ -99,6 +100,11 @@ VARIANT_SETS = {
   ),
 }
 LABELS |= RECIPE_LABELS
+# Goyal et al. sec. 2.3 normalise batch norm over each worker's n = 32
+# examples, not over the whole large batch: their row is Ghost BN with ghost
+# batches of 32 (a --config.ghost_batch_size override still wins).
+GOYAL_GHOST_BATCH_SIZE = 32
+ROW_SETTINGS = {"lb+linear+warmup+gbn": {"ghost_batch_size": GOYAL_GHOST_BATCH_SIZE}}
 DEFAULT_VARIANTS = VARIANT_SETS["default"]
 MODIFIERS = ("2x", "r4")
 PRESETS = ("auto", "quick", "full")
@@ -182,7 +188,8 @@ def apply_modifier(config: ml_collections.ConfigDict, modifier: str | None) -> N
 def variant_config(
   module: ModuleType, row: str, preset: str, overrides: Mapping[str, Any] = ()
 ) -> ml_collections.ConfigDict:
-  """``module.get_config("VARIANT[,OPTION]")`` for the preset, overrides, then the modifier."""
+  """``module.get_config("VARIANT[,OPTION]")`` for the preset, the row's ``ROW_SETTINGS``, the
+  overrides, then the modifier."""
   overrides = dict(overrides)
   if "variant" in overrides:
     raise ValueError("--config.variant cannot be set here; choose variants with --variants")
@@ -193,6 +200,7 @@ def variant_config(
     config = module.get_config(arg)
   except ValueError as e:
     raise ValueError(f"preset {preset!r} uses get_config({arg!r}) of {module.__file__}: {e}") from e
+  override(config, ROW_SETTINGS.get(variant, {}))
   override(config, overrides)
   config.variant = variant
   apply_modifier(config, modifier)

@@ -69,14 +69,20 @@ config_flags.DEFINE_config_file(
   lock_config=True,
 )
 flags.DEFINE_string("workdir", "runs/table1", "Output directory (resumable).")
-flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds, e.g. 0,1,2.")
+flags.DEFINE_string(
+  "seeds",
+  ",".join(str(s) for s in range(10)),
+  "Comma-separated seeds, e.g. 0,1,2. Ten by default: with three, the tests of the claims have "
+  "little power (docs/statistics.md).",
+)
 flags.DEFINE_string(
   "variants",
   "default",
   f"Comma-separated rows (variants, optionally @2x or @r4), or a set: default "
-  f"({','.join(DEFAULT_VARIANTS)}), paper (Hoffer Table 1's columns and sb@2x) or reviewers "
+  f"({','.join(DEFAULT_VARIANTS)}), all (every row: default's, sb@2x, the RA rows without "
+  "Ghost BN and the r = 4 rows), paper (Hoffer Table 1's columns and sb@2x), reviewers "
   "(their questions' rows, with sb and lb+lr+gbn+ra) or recipes (the large-batch recipes "
-  "at B_L with SB's epochs).",
+  "with SB's epochs).",
 )
 flags.DEFINE_enum(
   "protocol",
@@ -97,7 +103,9 @@ flags.DEFINE_bool(
   "Train each row's seeds as one population in one compiled step (member i equals the run "
   "of seed i); false: one run per seed, one after another.",
 )
-flags.DEFINE_bool("hessian", True, "Measure each run's top Hessian eigenvalue (the λ_max column).")
+flags.DEFINE_bool(
+  "hessian", True, "Measure the top Hessian eigenvalue of each row's first three seeds (λ_max)."
+)
 flags.DEFINE_bool(
   "covariance", True, "Measure each row's update covariance at SB's w0 (the tr cov column)."
 )

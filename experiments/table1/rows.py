@@ -77,7 +77,23 @@ VARIANT_SETS = {
     "lb+grow",
   ),
 }
-LABELS |= RECIPE_LABELS
+# Ghost BN against Ghost Noise Injection (Kosson, Fan & Jaggi 2024), with and
+# without regime adaptation.
+NORMALIZER_LABELS = {
+  "lb+lr+gni": "+LR+GNI",
+  "lb+lr+gni+ra": "+LR+GNI+RA",
+}
+VARIANT_SETS["normalizers"] = (
+  "sb",
+  "lb",
+  "lb+lr",
+  "lb+lr+gbn",
+  "lb+lr+gni",
+  "lb+lr+ra",
+  "lb+lr+gbn+ra",
+  "lb+lr+gni+ra",
+)
+LABELS |= RECIPE_LABELS | NORMALIZER_LABELS
 DEFAULT_VARIANTS = VARIANT_SETS["default"]
 MODIFIERS = ("2x", "r4")
 PRESETS = ("auto", "quick", "full")

@@ -248,6 +248,8 @@ GOOD = {
   "lb+linear+white": [63.0, 63.5, 64.0],
   "lb+linear@r4": [70.0, 70.5, 71.0],
   "lb+linear+white@r4": [73.0, 73.5, 74.0],
+  "lb+lr+gni": [73.4, 73.9, 74.4],
+  "lb+lr+gni+ra": [80.6, 81.1, 81.6],
 }
 DISTANCE = {"sb": 30.0, "lb": 10.0, "lb+lr": 15.0, "lb+lr+gbn": 15.0, "lb+lr+gbn+ra": 35.0}
 COVARIANCE = {"sb": 1.0, "lb": 1 / 16, "lb+lr": 1.0, "lb+mult": 1.0}
@@ -370,3 +372,26 @@ def test_every_row_gets_welch_p_against_sb_and_lb_in_json_and_table(table_dir):
   )
   table = pathlib.Path(table_dir[0], "table1.md").read_text()
   assert "| p vs SB | p vs LB |" in table
+
+
+# The Ghost Noise Injection claims (the normalizers row set): prefix -> rows that break it.
+GNI_VIOLATIONS = {
+  "lb+lr+gni not below lb+lr+gbn": {"lb+lr+gni": [70.0, 70.5, 71.0]},
+  "lb+lr+gni+ra not below lb+lr+gbn+ra": {"lb+lr+gni+ra": [77.0, 77.5, 78.0]},
+  "+GNI+RA closes the gap": {"lb+lr+gni+ra": [75.0, 75.5, 76.0]},
+  "lb+lr+gni+ra not below lb+lr+ra": {"lb+lr+gni+ra": [77.0, 77.5, 78.0]},
+}
+
+
+def test_ghost_noise_claims_hold_on_good_numbers_and_fail_on_bad(table_dir):
+  template = table1.aggregate(table_dir[0], ["sb"], SEEDS)[0]
+
+  def claim(prefix, accuracy):
+    (match,) = [
+      c for c in table1.claims(claim_rows(template, accuracy)) if c["name"].startswith(prefix)
+    ]
+    return match
+
+  for prefix, bad in GNI_VIOLATIONS.items():
+    assert claim(prefix, GOOD)["holds"], prefix
+    assert not claim(prefix, {**GOOD, **bad})["holds"], prefix

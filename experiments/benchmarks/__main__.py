@@ -8,7 +8,8 @@ Flags are absl flags, as in the other entry points (--helpfull lists them).
 
 Parts: step (throughput vs BatchNorm, the chunked reference and the jnp.dot
 peak, with a profile), overheads (optional parts vs the plain step), pipeline
-(epoch vs steps x step), compile_memory (compilations, peak RSS), scaling
+(epoch vs steps x step), normalizers (the Ghost Noise Injection step vs the
+BatchNorm and Ghost BN steps), compile_memory (compilations, peak RSS), scaling
 (1/2/4 simulated devices). Timings are interleaved side by side and reported
 as medians and ratios; the machine's load is recorded with them.
 """
@@ -27,6 +28,7 @@ from absl import app, flags
 from bigbatch_jax.training.host_memory import retain_freed_host_memory
 from experiments.benchmarks import (
   compile_memory,
+  normalizers,
   overheads,
   pipeline,
   report,
@@ -38,6 +40,7 @@ from experiments.benchmarks import (
 PARTS = {
   "step": throughput,
   "overheads": overheads,
+  "normalizers": normalizers,
   "pipeline": pipeline,
   "compile_memory": compile_memory,
   "scaling": scaling,

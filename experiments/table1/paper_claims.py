@@ -176,6 +176,25 @@ PAIRWISE = (
     ("lb+lr+ra", "lb+lr+gbn+ra"),
     lambda by: _not_below(by, "lb+lr+gbn+ra", "lb+lr+ra", ": Ghost BN beyond RA"),
   ),
+  # Kosson, Fan & Jaggi 2024: Ghost Noise Injection generalizes at least as well as Ghost BN.
+  (
+    ("lb+lr+gbn", "lb+lr+gni"),
+    lambda by: _not_below(by, "lb+lr+gni", "lb+lr+gbn", " (Kosson et al.: GNI at least GBN)"),
+  ),
+  (
+    ("lb+lr+gbn+ra", "lb+lr+gni+ra"),
+    lambda by: _not_below(by, "lb+lr+gni+ra", "lb+lr+gbn+ra", " (Kosson et al., with RA)"),
+  ),
+  (
+    ("sb", "lb+lr+gni+ra"),
+    lambda by: _similar(
+      by, "lb+lr+gni+ra", "sb", "+GNI+RA closes the gap: within max(2 seed-stds, 1 point) of SB"
+    ),
+  ),
+  (
+    ("lb+lr+ra", "lb+lr+gni+ra"),
+    lambda by: _not_below(by, "lb+lr+gni+ra", "lb+lr+ra", ": GNI beyond RA"),
+  ),
   (
     ("lb+lr+ra", "lb+mult+ra"),
     lambda by: _similar(

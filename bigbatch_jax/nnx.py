@@ -32,6 +32,8 @@ from bigbatch_jax.ghost_batch_norm import (
   num_ghost_batches,
   update_running_statistics,
 )
+from bigbatch_jax.ghost_noise import NOISE_EPSILON, RNG_COLLECTION, check_noise_options
+from bigbatch_jax.nnx_ghost_noise import GhostNoiseBatchNorm
 
 
 class GhostBatchNorm(nnx.BatchNorm):
@@ -140,8 +142,16 @@ def ghostify(
   *,
   stats_update: str = "sequential",
   ghost_variance: str = "shifted",
+  ghost_noise: nnx.Rngs | None = None,
+  ghost_draws: str = "per_ghost",
 ) -> nnx.Module:
   """Replaces every ``nnx.BatchNorm`` of ``model`` by a :class:`GhostBatchNorm`, in place.
+
+  With ``ghost_noise`` (an ``nnx.Rngs``: the noise's keys) the replacement is
+  a :class:`GhostNoiseBatchNorm` instead (Ghost Noise Injection, Kosson et
+  al.): whole-batch normalization with the noise of ghost batches of
+  ``ghost_batch_size`` drawn with replacement (``ghost_draws``), each layer its
+  own stream forked from ``ghost_noise``.
 
   Each replacement keeps the batch norm's configuration and its very
   ``scale``/``bias`` parameters and ``mean``/``var`` statistics (the same
@@ -167,9 +177,14 @@ def ghostify(
     "stats_update": stats_update,
     "ghost_variance": ghost_variance,
   }
+  if ghost_noise is not None:
+    check_noise_options(ghost_batch_size, ghost_draws, NOISE_EPSILON)
   found = [(p, n) for p, n in nnx.iter_graph(model) if isinstance(n, nnx.BatchNorm)]
   for path, norm in found:
-    ghost = _ghost_of(norm, options)
+    if ghost_noise is None:
+      ghost = _ghost_of(norm, options)
+    else:
+      ghost = _noisy_of(norm, ghost_batch_size, ghost_draws, ghost_variance, ghost_noise)
     if not path:
       return ghost
     parent = functools.reduce(_child, path[:-1], model)
@@ -186,6 +201,25 @@ def _child(parent: Any, key: Any) -> Any:
   return getattr(parent, key)
 
 
+def _noisy_of(norm, ghost_batch_size, ghost_draws, ghost_variance, rngs) -> GhostNoiseBatchNorm:
+  """A GhostNoiseBatchNorm holding ``norm``'s attributes and its very variables."""
+  noisy = GhostNoiseBatchNorm(
+    norm.num_features,
+    ghost_batch_size=ghost_batch_size,
+    ghost_draws=ghost_draws,
+    ghost_variance=ghost_variance,
+    # The parameters are replaced by norm's below: only the noise's key matters.
+    rngs=nnx.Rngs(0, **{RNG_COLLECTION: rngs[RNG_COLLECTION]()}),
+  )
+  for name, value in vars(norm).items():
+    if not name.startswith("_") and name not in _NOISE_ATTRIBUTES:
+      setattr(noisy, name, value)
+  return noisy
+
+
+_NOISE_ATTRIBUTES = ("ghost_batch_size", "ghost_draws", "ghost_variance", "noise_rngs")
+
+
 def _ghost_of(norm: nnx.BatchNorm, options: dict[str, Any]) -> GhostBatchNorm:
   """A GhostBatchNorm holding ``norm``'s attributes and its very variables."""
   if isinstance(norm, GhostBatchNorm):
@@ -199,4 +233,4 @@ def _ghost_of(norm: nnx.BatchNorm, options: dict[str, Any]) -> GhostBatchNorm:
   return ghost
 
 
-__all__ = ["GhostBatchNorm", "ghostify"]
+__all__ = ["GhostBatchNorm", "GhostNoiseBatchNorm", "ghostify"]

@@ -186,7 +186,8 @@ def test_bad_flags_name_the_value_and_the_choices():
   assert set(table1.parse_variants("reviewers")) <= set(table1.parse_variants("all"))
   assert set(table1.DEFAULT_VARIANTS) < set(table1.parse_variants("all"))
   # The default set holds the rows of the claims about Hoffer Table 1's columns and the noises.
-  needed = {r for c in paper_claims.CLAIMS if "ra" not in c.second and "@" not in c.first
+  needed = {r for c in paper_claims.CLAIMS
+            if "ra" not in c.second and "@" not in c.first and "gni" not in c.first
             for r in (c.first, c.second) if r != "sb@2x"}  # fmt: skip
   assert needed == set(table1.DEFAULT_VARIANTS), needed ^ set(table1.DEFAULT_VARIANTS)
   assert table1.parse_seeds("0,1,2") == [0, 1, 2]
@@ -261,6 +262,8 @@ MEANS = {
   "lb+linear+white": 63.5,
   "lb+linear@r4": 70.5,
   "lb+linear+white@r4": 73.5,
+  "lb+lr+gni": 73.8,
+  "lb+lr+gni+ra": 82.0,
 }
 GOOD = {v: [m - 0.1, m, m + 0.1] for v, m in MEANS.items()}
 DISTANCE = {"sb": 30.0, "lb": 10.0, "lb+lr": 15.0, "lb+lr+gbn": 15.0, "lb+lr+gbn+ra": 35.0}
@@ -290,8 +293,18 @@ def shifted(*names, by):
   return {**GOOD, **{n: [a + by for a in GOOD[n]] for n in names}}
 
 
-RA_ROWS = ("lb+lr+gbn+ra", "lb+lr+ra", "lb+mult+ra")  # moved together: only the gap to SB changes
-EQUAL_EPOCH_LR = ("lb+lr", "lb+lr+gbn", "lb+mult")  # moved together: +GBN and +mult keep pace
+RA_ROWS = (
+  "lb+lr+gbn+ra",
+  "lb+lr+ra",
+  "lb+mult+ra",
+  "lb+lr+gni+ra",
+)  # moved together: only the gap to SB changes
+EQUAL_EPOCH_LR = (
+  "lb+lr",
+  "lb+lr+gbn",
+  "lb+mult",
+  "lb+lr+gni",
+)  # moved together: +GBN and +mult keep pace
 
 # claim name prefix -> (rows that violate it, the claims that then are not shown).
 VIOLATIONS = {
@@ -303,11 +316,14 @@ VIOLATIONS = {
   # +RA 3.5 points below SB: neither closes the gap nor overshoots.
   "+RA closes the gap": (
     shifted(*RA_ROWS, by=-5.0),
-    ["+RA closes the gap", "+RA above SB"],
+    ["+RA closes the gap", "+RA above SB", "+GNI+RA closes the gap"],
   ),
   # +RA at SB's accuracy: the gap is closed, the overshoot is not there.
   "+RA above SB": (shifted(*RA_ROWS, by=-1.5), ["+RA above SB"]),
-  "Ghost BN beyond RA": (shifted("lb+lr+ra", "lb+mult+ra", by=4.0), ["Ghost BN beyond RA"]),
+  "Ghost BN beyond RA": (
+    shifted("lb+lr+ra", "lb+mult+ra", by=4.0),
+    ["Ghost BN beyond RA", "GNI beyond RA"],
+  ),
   "+mult similar to +LR at equal epochs": (
     shifted("lb+mult", by=-5.0),
     ["+mult similar to +LR at equal epochs"],
@@ -320,6 +336,21 @@ VIOLATIONS = {
   "White noise improves linear scaling at r = 4": (
     shifted("lb+linear+white@r4", by=-3.0),
     ["White noise improves linear scaling at r = 4"],
+  ),
+  "+GNI not below +GBN": (shifted("lb+lr+gni", by=-3.0), ["+GNI not below +GBN"]),
+  # +GNI+RA 3 points down: below +GBN+RA and below SB by more than the margin (both claims).
+  "+GNI+RA not below +GBN+RA": (
+    shifted("lb+lr+gni+ra", by=-3.0),
+    ["+GNI+RA not below +GBN+RA", "+GNI+RA closes the gap"],
+  ),
+  "+GNI+RA closes the gap": (
+    shifted("lb+lr+gni+ra", by=-3.0),
+    ["+GNI+RA not below +GBN+RA", "+GNI+RA closes the gap"],
+  ),
+  # +GNI+RA at +LR+RA's accuracy.
+  "GNI beyond RA": (
+    shifted("lb+lr+gni+ra", by=-4.0),
+    ["+GNI+RA not below +GBN+RA", "+GNI+RA closes the gap", "GNI beyond RA"],
   ),
 }
 RULES = {

@@ -19,6 +19,7 @@ import optax
 
 from bigbatch_jax import transforms
 from bigbatch_jax.data.schedule import BatchSchedule
+from bigbatch_jax.ghost_noise import GHOST_DRAWS
 from bigbatch_jax.noise import matched_noise_variance
 from bigbatch_jax.protocol import Protocol, resolve_protocol
 from bigbatch_jax.regimes import (
@@ -251,6 +252,7 @@ def _check_choices(config) -> None:
     ("compute_dtype", COMPUTE_DTYPES),
     ("nonfinite_policy", NONFINITE_POLICIES),
     ("ghost_stats_update", GHOST_STATS_UPDATES),
+    ("ghost_draws", GHOST_DRAWS),
   ):
     if config[key] not in valid:
       raise ValueError(f"config.{key}={config[key]!r}; valid: {valid}")
@@ -282,8 +284,12 @@ def _batch_sizes(config, variant: Variant, num_devices: int, process_count: int)
 
 
 def _ghost_batch_size(config, variant: Variant, base: int, batch: int, num_devices: int):
-  """The ghost batch of "gbn" (Hoffer Algorithm 1; default B_S), dividing each device's batch."""
-  if not variant.ghost_batch_norm:
+  """The ghost batch of "gbn" or "gni" (default B_S), dividing each device's batch.
+
+  Hoffer Algorithm 1's ghost batches; for "gni" the noise's equivalent batch
+  size (Kosson et al. section 4), one draw per ghost batch of each device.
+  """
+  if not (variant.ghost_batch_norm or variant.ghost_noise):
     return None
   ghost = base if config.ghost_batch_size is None else _positive_int(config, "ghost_batch_size")
   if ghost < 2:

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from bigbatch_jax import models
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
+from bigbatch_jax.ghost_noise import GhostNoiseBatchNorm
 from bigbatch_jax.models.layers import legacy_torch_bn_scale_init
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training.optimizer import distance_drop_scale, make_optimizer
@@ -28,21 +29,24 @@ from bigbatch_jax.training.state import TrainState, create_train_state
 from bigbatch_jax.training.step import AXIS
 
 
-def norm_layer(
-  plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str | None, layer=GhostBatchNorm
-):
+def norm_layer(plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str | None, layer=None):
   """The GhostBatchNorm constructor the model is built with.
 
   Every variant uses GhostBatchNorm so that all variants share one parameter
   tree (interpolating SB and LB parameters needs that); without ``gbn`` its
   ghost size is None, which is flax BatchNorm over the whole (global) batch.
-  ``layer`` replaces the class (same arguments), e.g. for a benchmark.
+  With ``gni`` it is GhostNoiseBatchNorm (the same variables), whose noise
+  comes from the step's ``"ghost_noise"`` rng. ``layer`` replaces the class
+  (same arguments), e.g. for a benchmark.
   """
   # PyTorch < 1.0's U(0, 1) scales (issue 17, item 3); flax's ones otherwise.
-  scale_init = {"scale_init": legacy_torch_bn_scale_init} if plan.bn_scale_uniform else {}
+  options = {"scale_init": legacy_torch_bn_scale_init} if plan.bn_scale_uniform else {}
+  if plan.variant.ghost_noise:
+    layer = layer or GhostNoiseBatchNorm
+    options["ghost_draws"] = config.ghost_draws
   return functools.partial(
-    layer,
-    **scale_init,
+    layer or GhostBatchNorm,
+    **options,
     ghost_batch_size=plan.ghost_batch_size,
     stats_update=config.ghost_stats_update,
     ghost_variance=config.ghost_variance,

@@ -8,7 +8,8 @@ Flags are absl flags, as in the other entry points (--helpfull lists them).
 
 Parts: step (throughput vs BatchNorm, the chunked reference and the jnp.dot
 peak, with a profile), overheads (optional parts vs the plain step), pipeline
-(epoch vs steps x step), compile_memory (compilations, peak RSS), scaling
+(epoch vs steps x step), normalizers (the Ghost Noise Injection step vs the
+BatchNorm and Ghost BN steps), compile_memory (compilations, peak RSS), scaling
 (1/2/4 simulated devices), checkpoint (save and restore with and without the
 checksums), population (P single runs vs a population of P on Table 1's rows).
 A run of only some parts replaces their sections of an existing results file
@@ -31,6 +32,7 @@ from bigbatch_jax.training.host_memory import retain_freed_host_memory
 from experiments.benchmarks import (
   checkpoint,
   compile_memory,
+  normalizers,
   overheads,
   pipeline,
   population,
@@ -43,6 +45,7 @@ from experiments.benchmarks import (
 PARTS = {
   "step": throughput,
   "overheads": overheads,
+  "normalizers": normalizers,
   "pipeline": pipeline,
   "compile_memory": compile_memory,
   "scaling": scaling,

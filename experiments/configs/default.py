@@ -51,13 +51,17 @@ def get_config() -> ml_collections.ConfigDict:
   # "one_pass" (flax's fast E[x^2] - E[x]^2, which cancels in float32 when the
   # mean is large against the spread). Plain BatchNorm (no gbn) is flax's.
   config.ghost_variance = "shifted"
+  # "gni" (Ghost Noise Injection): who shares a ghost batch drawn with
+  # replacement, "per_ghost" (ghost_batch_size consecutive examples) or
+  # "per_example" (every example its own, as Kosson et al.'s code).
+  config.ghost_draws = "per_ghost"
 
   # Variant and batch sizes (Hoffer Table 1 columns; see training/variants.py).
   config.variant = "sb"  # e.g. "lb+lr+gbn+ra"
   config.base_batch_size = 128  # B_S: the batch the regime was tuned for
   config.large_batch_size = 4096  # B_L: the batch of "lb" variants
   config.batch_size = placeholder(int)  # None: base_batch_size for "sb", large_batch_size for "lb"
-  config.ghost_batch_size = placeholder(int)  # with "gbn"; None: base_batch_size
+  config.ghost_batch_size = placeholder(int)  # with "gbn" or "gni"; None: base_batch_size
   config.lr_rule = placeholder(
     str
   )  # None: from the variant ("lr": sqrt, "linear": linear, else none)

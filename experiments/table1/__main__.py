@@ -4,7 +4,7 @@ Flags: ``--config`` (a config module; its ``get_config(VARIANT[,OPTION])``
 builds each row, and its optional ``PAPER_ACCURACY`` / ``PAPER_DATASET``
 give the paper's numbers), ``--config.KEY=VALUE`` (applied to every row),
 ``--workdir``, ``--seeds``, ``--variants`` (rows, or a set: ``default``,
-``paper``, ``reviewers``) and ``--preset``:
+``paper``, ``reviewers``, ``recipes``, ``normalizers``) and ``--preset``:
 
 * ``quick``: the config's ``table1`` option, the laptop-sized reproduction.
 * ``full``: the config as the paper defines it (e.g. F1: 50 epochs, batch
@@ -81,8 +81,9 @@ flags.DEFINE_string(
   f"Comma-separated rows (variants, optionally @2x or @r4), or a set: default "
   f"({','.join(DEFAULT_VARIANTS)}), all (every row: default's, sb@2x, the RA rows without "
   "Ghost BN and the r = 4 rows), paper (Hoffer Table 1's columns and sb@2x), reviewers "
-  "(their questions' rows, with sb and lb+lr+gbn+ra) or recipes (the large-batch recipes "
-  "with SB's epochs).",
+  "(their questions' rows, with sb and lb+lr+gbn+ra), recipes (the large-batch recipes "
+  "with SB's epochs) or normalizers (Ghost BN against Ghost Noise Injection, without "
+  "and with RA).",
 )
 flags.DEFINE_enum(
   "protocol",

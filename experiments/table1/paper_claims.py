@@ -128,6 +128,26 @@ CLAIMS = (
     "White noise improves linear scaling at r = 4 (Jaiswal & Taura: +1.8 to +3.2 points)",
     "lb+linear+white@r4", "lb+linear@r4", _superiority(JAISWAL_WHITE), WHITE_REASON,
   ),
+  # Kosson, Fan & Jaggi 2024: Ghost Noise Injection generalizes at least as
+  # well as Ghost BN; they give no number for Hoffer's large-batch setting.
+  Claim(
+    "+GNI not below +GBN (Kosson et al.)", "lb+lr+gni", "lb+lr+gbn", _non_inferiority(0.0),
+    "Kosson, Fan & Jaggi 2024: GNI at least Ghost BN (no number here: effect 0)",
+  ),
+  Claim(
+    "+GNI+RA not below +GBN+RA (Kosson et al., with RA)", "lb+lr+gni+ra", "lb+lr+gbn+ra",
+    _non_inferiority(0.0),
+    "Kosson, Fan & Jaggi 2024 applied with regime adaptation (effect 0)",
+  ),
+  Claim(
+    "+GNI+RA closes the gap: not below SB", "lb+lr+gni+ra", "sb", _non_inferiority(0.0),
+    "Hoffer sec. 5's claim with GNI in Ghost BN's place (effect 0)",
+  ),
+  Claim(
+    "GNI beyond RA: +GNI+RA above +LR+RA", "lb+lr+gni+ra", "lb+lr+ra",
+    _superiority(SMALLEST_EFFECT),
+    "the reviewers' question for GNI; no paper number: power for an effect of the margin",
+  ),
 )  # fmt: skip
 STATISTICS = ("difference", "ci95", "p_value", "p_holm", "power", "seeds_needed")
 

@@ -99,12 +99,28 @@ VARIANT_SETS = {
     "sb+grow",
   ),
 }
-LABELS |= RECIPE_LABELS
 # Goyal et al. sec. 2.3 normalise batch norm over each worker's n = 32
 # examples, not over the whole large batch: their row is Ghost BN with ghost
 # batches of 32 (a --config.ghost_batch_size override still wins).
 GOYAL_GHOST_BATCH_SIZE = 32
 ROW_SETTINGS = {"lb+linear+warmup+gbn": {"ghost_batch_size": GOYAL_GHOST_BATCH_SIZE}}
+# Ghost BN against Ghost Noise Injection (Kosson, Fan & Jaggi 2024), with and
+# without regime adaptation.
+NORMALIZER_LABELS = {
+  "lb+lr+gni": "+LR+GNI",
+  "lb+lr+gni+ra": "+LR+GNI+RA",
+}
+VARIANT_SETS["normalizers"] = (
+  "sb",
+  "lb",
+  "lb+lr",
+  "lb+lr+gbn",
+  "lb+lr+gni",
+  "lb+lr+ra",
+  "lb+lr+gbn+ra",
+  "lb+lr+gni+ra",
+)
+LABELS |= RECIPE_LABELS | NORMALIZER_LABELS
 DEFAULT_VARIANTS = VARIANT_SETS["default"]
 MODIFIERS = ("2x", "r4")
 PRESETS = ("auto", "quick", "full")

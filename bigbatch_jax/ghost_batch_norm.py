@@ -21,6 +21,7 @@ from bigbatch_jax._compat import compute_stats
 
 STATS_UPDATES = ("sequential", "mean")
 GHOST_VARIANCES = ("shifted", "two_pass", "one_pass")
+RUNNING_VARIANCES = ("biased", "unbiased")
 
 
 def canonical_axes(ndim: int, axes: int | Iterable[int]) -> tuple[int, ...]:
@@ -298,6 +299,7 @@ class GhostOptions(NamedTuple):
   axis_name: str | None  # data-parallel axis, or None
   axis_index_groups: Any
   force_float32_reductions: bool = True  # linen only; NNX's BatchNorm has no such field
+  running_variance: str = "biased"  # "biased" (flax) or "unbiased" (PyTorch), see below
 
   @classmethod
   def of(cls, norm: Any) -> GhostOptions:
@@ -356,19 +358,67 @@ def ghost_batch_norm_train(
   return y.reshape(x.shape), mean.reshape((num_ghosts, -1)), var.reshape((num_ghosts, -1))
 
 
+def check_running_variance(running_variance: str) -> None:
+  """Raises ValueError unless ``running_variance`` is ``"biased"`` or ``"unbiased"``."""
+  if running_variance not in RUNNING_VARIANCES:
+    raise ValueError(
+      f"GhostBatchNorm: unknown running_variance={running_variance!r}; valid values are "
+      f"{RUNNING_VARIANCES}"
+    )
+
+
+def running_variance_factor(x_shape, num_ghosts: int, feature_axes, options: GhostOptions, mask):
+  """n / (n - 1) with ``running_variance="unbiased"`` (n examples per statistic), else None.
+
+  PyTorch's ``BatchNorm`` normalizes with the biased batch variance but puts
+  the unbiased one, n / (n - 1) times it, into its running average; flax keeps
+  the biased one. n counts the entries each ghost statistic reduces over (the
+  whole batch across ``axis_name`` for plain batch norm, whose statistics are
+  averaged over devices).
+  """
+  check_running_variance(options.running_variance)
+  if options.running_variance == "biased":
+    return None
+  if mask is not None:
+    raise ValueError(
+      "GhostBatchNorm: running_variance='unbiased' with a mask is not supported (the number "
+      "of entries behind each statistic would depend on the mask); use 'biased'"
+    )
+  features = 1
+  for ax in feature_axes:
+    features *= x_shape[ax]
+  size = 1
+  for dim in x_shape:
+    size *= dim
+  count = size // (num_ghosts * features)
+  if count < 2:
+    raise ValueError(
+      f"GhostBatchNorm: running_variance='unbiased' needs >= 2 entries per statistic; an input "
+      f"of shape {tuple(x_shape)} in {num_ghosts} ghost batch(es) gives {count}"
+    )
+  if options.ghost_batch_size is None and options.axis_name is not None:
+    count = count * lax.psum(1, options.axis_name, axis_index_groups=options.axis_index_groups)
+  return count / (count - 1)
+
+
 def update_running_statistics(
   running_mean: jax.Array,
   running_var: jax.Array,
   mean: jax.Array,
   var: jax.Array,
   options: GhostOptions,
+  variance_factor: Any = None,
 ) -> tuple[jax.Array, jax.Array]:
   """The running mean and variance after the ghost statistics (K, features) of one call.
 
   :func:`ghost_running_average` on each; plain batch norm's statistics are
   already averaged across devices, so only ghost statistics are combined over
-  ``options.axis_name``. The results keep the shapes of the running statistics.
+  ``options.axis_name``. ``variance_factor`` (:func:`running_variance_factor`)
+  multiplies the variances that enter the average (None: 1). The results keep
+  the shapes of the running statistics.
   """
+  if variance_factor is not None:
+    var = var * variance_factor
   update = functools.partial(
     ghost_running_average,
     momentum=options.momentum,
@@ -416,8 +466,11 @@ class GhostBatchNorm(Module):
   same parameters, variables and outputs.
 
   Variables are those of ``nn.BatchNorm``: params ``scale``/``bias`` and
-  batch_stats ``mean``/``var`` (the running variance is the biased one, as in
-  flax; PyTorch keeps the unbiased variance). ``momentum`` follows flax: the
+  batch_stats ``mean``/``var``. The running variance is the biased one, as in
+  flax, or with ``running_variance="unbiased"`` PyTorch's: n / (n - 1) times
+  each ghost batch's variance (n its examples) enters the running average,
+  while the batch is still normalized by the biased one (the bigBatch
+  reference code's convention). ``momentum`` follows flax: the
   decay of the moving average (PyTorch momentum 0.1 is flax momentum 0.9).
 
   During initialization the running statistics are not updated; if the
@@ -436,6 +489,8 @@ class GhostBatchNorm(Module):
       ``"one_pass"`` (``E[x^2] - E[x]^2``, what flax's fast variance does; it
       cancels to 0 in float32 at a mean of 3000 std). Plain batch norm
       (``ghost_batch_size=None``) follows ``use_fast_variance``, as flax.
+    running_variance: ``"biased"`` (default, flax) or ``"unbiased"`` (PyTorch),
+      the variance the running average keeps, see above.
     use_running_average, axis, momentum, epsilon, dtype, param_dtype, use_bias,
     use_scale, bias_init, scale_init, axis_name, axis_index_groups,
     use_fast_variance, force_float32_reductions: as ``flax.linen.BatchNorm``.
@@ -471,6 +526,7 @@ class GhostBatchNorm(Module):
   ghost_batch_size: int | None = None
   stats_update: str = "sequential"
   ghost_variance: str = "shifted"
+  running_variance: str = "biased"
 
   def _params(self, feature_shape):
     """scale and bias (or None), created as flax's ``_normalize`` creates them."""
@@ -502,6 +558,7 @@ class GhostBatchNorm(Module):
       The normalized input, of the shape of ``x``.
     """
     check_options(self.ghost_batch_size, self.stats_update, self.ghost_variance)
+    check_running_variance(self.running_variance)
     use_running_average = module.merge_param(
       "use_running_average", self.use_running_average, use_running_average
     )
@@ -539,8 +596,9 @@ class GhostBatchNorm(Module):
       normalize_ghosts_fn=self._normalize_ghosts,
     )
     if not initializing:
+      factor = running_variance_factor(x.shape, mean.shape[0], feature_axes, options, mask)
       ra_mean.value, ra_var.value = update_running_statistics(
-        ra_mean.value, ra_var.value, mean, var, options
+        ra_mean.value, ra_var.value, mean, var, options, factor
       )
     return y
 

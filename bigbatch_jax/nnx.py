@@ -26,10 +26,12 @@ from flax import nnx
 from bigbatch_jax.ghost_batch_norm import (
   GhostOptions,
   check_options,
+  check_running_variance,
   feature_axes_of,
   ghost_batch_norm_train,
   normalize,
   num_ghost_batches,
+  running_variance_factor,
   update_running_statistics,
 )
 
@@ -60,6 +62,9 @@ class GhostBatchNorm(nnx.BatchNorm):
     stats_update: ``"sequential"`` (the paper's rule) or ``"mean"``.
     ghost_variance: ``"shifted"`` (default), ``"two_pass"`` or ``"one_pass"``;
       see :func:`bigbatch_jax.ghost_batch_norm.ghost_statistics`.
+    running_variance: ``"biased"`` (default, flax) or ``"unbiased"``: PyTorch's
+      convention, n / (n - 1) times each ghost batch's variance enters the
+      running average while the batch is normalized by the biased one.
     **kwargs: the keyword arguments of ``flax.nnx.BatchNorm`` (``rngs``,
       ``momentum``, ``epsilon``, ``axis_name``, ...), with its defaults.
 
@@ -75,13 +80,16 @@ class GhostBatchNorm(nnx.BatchNorm):
     ghost_batch_size: int | None = None,
     stats_update: str = "sequential",
     ghost_variance: str = "shifted",
+    running_variance: str = "biased",
     **kwargs: Any,
   ):
     check_options(ghost_batch_size, stats_update, ghost_variance)
+    check_running_variance(running_variance)
     super().__init__(num_features, **kwargs)
     self.ghost_batch_size = ghost_batch_size
     self.stats_update = stats_update
     self.ghost_variance = ghost_variance
+    self.running_variance = running_variance
 
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
     """Normalizes ``x`` with ghost-batch (training) or running (inference) statistics.
@@ -125,8 +133,9 @@ class GhostBatchNorm(nnx.BatchNorm):
     y, batch_mean, batch_var = ghost_batch_norm_train(
       x, scale, bias, feature_axes, options, num_ghosts=num_ghosts, mask=mask
     )
+    factor = running_variance_factor(x.shape, num_ghosts, feature_axes, options, mask)
     new_mean, new_var = update_running_statistics(
-      self.mean[...], self.var[...], batch_mean, batch_var, options
+      self.mean[...], self.var[...], batch_mean, batch_var, options, factor
     )
     # The running statistics carry no gradient (nnx.BatchNorm's rule).
     self.mean[...] = jax.lax.stop_gradient(new_mean)
@@ -140,6 +149,7 @@ def ghostify(
   *,
   stats_update: str = "sequential",
   ghost_variance: str = "shifted",
+  running_variance: str = "biased",
 ) -> nnx.Module:
   """Replaces every ``nnx.BatchNorm`` of ``model`` by a :class:`GhostBatchNorm`, in place.
 
@@ -156,16 +166,19 @@ def ghostify(
     ghost_batch_size: examples per ghost batch (>= 2), or None.
     stats_update: ``"sequential"`` or ``"mean"``.
     ghost_variance: ``"shifted"``, ``"two_pass"`` or ``"one_pass"``.
+    running_variance: ``"biased"`` or ``"unbiased"`` (PyTorch's running variance).
 
   Returns:
     ``model``, changed in place (the new module if ``model`` itself is a batch
     norm).
   """
   check_options(ghost_batch_size, stats_update, ghost_variance)
+  check_running_variance(running_variance)
   options = {
     "ghost_batch_size": ghost_batch_size,
     "stats_update": stats_update,
     "ghost_variance": ghost_variance,
+    "running_variance": running_variance,
   }
   found = [(p, n) for p, n in nnx.iter_graph(model) if isinstance(n, nnx.BatchNorm)]
   for path, norm in found:

@@ -46,6 +46,7 @@ def norm_layer(
     ghost_batch_size=plan.ghost_batch_size,
     stats_update=config.ghost_stats_update,
     ghost_variance=config.ghost_variance,
+    running_variance=plan.running_variance,
     momentum=config.bn_momentum,
     epsilon=config.bn_epsilon,
     axis_name=axis_name,

@@ -95,6 +95,9 @@ class Protocol:
       reference protocols skip runs without SGD momentum, e.g. LAMB; asking
       for it explicitly there is an error).
     mnist_normalize_explicit: ``reference_mnist_normalize`` was set in the config.
+    script_columns_explicit: ``script_columns`` was set in the config (the
+      reference protocol leaves variants no script runs, e.g. LAMB or a
+      growing batch, to the config's own rule; asking for it there is an error).
   """
 
   name: str
@@ -109,6 +112,7 @@ class Protocol:
   mnist_augment_explicit: bool = False
   momentum_restart_explicit: bool = False
   mnist_normalize_explicit: bool = False
+  script_columns_explicit: bool = False
 
   def lr_base_batch_size(self, base_batch_size: int) -> int:
     """The batch size the learning-rate rule divides by: B_S, or 256 (main_normal.py)."""
@@ -151,6 +155,7 @@ def resolve_protocol(config: ml_collections.ConfigDict) -> Protocol:
     mnist_augment_explicit=config.reference_mnist_augment is not None,
     momentum_restart_explicit=config.momentum_restart is not None,
     mnist_normalize_explicit=config.reference_mnist_normalize is not None,
+    script_columns_explicit=config.script_columns is not None,
     **values,
   )
 
@@ -168,11 +173,14 @@ def column_of(
 
   Returns:
     The :class:`~bigbatch_jax.reference_columns.ScriptColumn` at the config's
-    sizes, or None.
+    sizes, or None (also, by the protocol's default, for a variant no script
+    runs: a growing batch, LARS or LAMB).
   """
   if not protocol.script_columns:
     return None
   if variant.grow_batch or variant.optimizer != "sgd":
+    if not protocol.script_columns_explicit:
+      return None  # the reference protocol's default: no script runs this variant
     raise ValueError(
       f"config.script_columns runs each column with a bigBatch script (momentum SGD at one "
       f"batch size); variant {variant.name!r} is not one of them: set "

@@ -98,6 +98,9 @@ class Protocol:
     script_columns_explicit: ``script_columns`` was set in the config (the
       reference protocol leaves variants no script runs, e.g. LAMB or a
       growing batch, to the config's own rule; asking for it there is an error).
+    partial_last_batch_explicit: ``partial_last_batch`` was set in the config
+      (the reference protocol keeps a growing batch's epochs whole; asking for
+      both is an error).
   """
 
   name: str
@@ -113,6 +116,7 @@ class Protocol:
   momentum_restart_explicit: bool = False
   mnist_normalize_explicit: bool = False
   script_columns_explicit: bool = False
+  partial_last_batch_explicit: bool = False
 
   def lr_base_batch_size(self, base_batch_size: int) -> int:
     """The batch size the learning-rate rule divides by: B_S, or 256 (main_normal.py)."""
@@ -156,6 +160,7 @@ def resolve_protocol(config: ml_collections.ConfigDict) -> Protocol:
     momentum_restart_explicit=config.momentum_restart is not None,
     mnist_normalize_explicit=config.reference_mnist_normalize is not None,
     script_columns_explicit=config.script_columns is not None,
+    partial_last_batch_explicit=config.partial_last_batch is not None,
     **values,
   )
 

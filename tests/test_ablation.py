@@ -4,13 +4,14 @@ import json
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats
 
 from bigbatch_jax import protocol as protocol_lib
 from bigbatch_jax.data import ArrayDataset, load_data
-from bigbatch_jax.training import make_plan
+from bigbatch_jax.training import Checkpointer, make_plan
 from experiments.configs import f1
 from experiments.table1 import ablation, rows
 from experiments.table1 import report as report_lib
@@ -190,11 +191,20 @@ def test_ablation_set_runs_on_a_tiny_preset_and_writes_its_table(tmp_path):
     )
     assert r["p_value"] is None or 0 <= r["p_value"] <= 1
   assert by["reference_mnist_augment"]["gap"] is None
-  # Each artefact that applies changes the run: its final ||w - w0|| differs from the clean one.
+  # Each artefact that applies changes the run: its final ||w - w0|| differs from the clean
+  # one; the unbiased running variance changes only the running statistics.
   distance = {name: run["weight_distance"] for name, run in payload["runs"].items()}
   for name in configs:
-    if not name.startswith("clean/"):
-      assert distance[name] != distance["clean/" + name.split("/")[1]], name
+    setting, row = name.split("/")
+    if setting == "unbiased_running_variance":
+      stats = [
+        Checkpointer(os.path.join(workdir, s, row, "seed_0", "checkpoints")).restore_raw()
+        for s in ("clean", setting)
+      ]
+      pairs = zip(*(jax.tree.leaves(x["batch_stats"]) for x in stats), strict=True)
+      assert not all(np.allclose(a, b) for a, b in pairs), name
+    elif setting != "clean":
+      assert distance[name] != distance["clean/" + row], name
   with open(os.path.join(workdir, "table1.md")) as f:
     assert "| clean protocol |" in f.read()
 

@@ -155,6 +155,12 @@ def test_rows_the_table_does_not_name_take_the_flags_pattern():
   lamb.script_columns = True
   with pytest.raises(ValueError, match=r"variant 'lb\+lamb' is not one of them"):
     plan_lib.make_plan(lamb, 512, 1)
+  # A growing batch keeps whole epochs by default; asking for the partial batch is an error.
+  grow = tiny_config("lb+grow", protocol="reference", batch_growth_max=512)
+  assert not plan_lib.make_plan(grow, 512, 1).partial_last_batch
+  grow.partial_last_batch = True
+  with pytest.raises(ValueError, match=r"variant 'lb\+grow' grows the batch"):
+    plan_lib.make_plan(grow, 512, 1)
 
 
 def test_the_protocols_item_sets():

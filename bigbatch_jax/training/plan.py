@@ -160,7 +160,10 @@ def make_plan(
   base, batch = _batch_sizes(config, variant, num_devices, process_count, column)
   ghost = _ghost_batch_size(config, variant, base, batch, num_devices, column)
   regime = _adapted_regime(config, variant, base, batch, protocol, column)
-  partial = protocol.partial_last_batch
+  # By the reference protocol's default a growing batch (no script grows one) keeps whole epochs.
+  partial = protocol.partial_last_batch and (
+    protocol.partial_last_batch_explicit or not variant.grow_batch
+  )
   batch_phases, num_steps, regime = _durations(
     config, variant, regime, num_train, num_devices, ghost, partial
   )

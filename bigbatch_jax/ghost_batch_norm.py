@@ -18,10 +18,10 @@ from flax.linen.module import Module, compact
 from jax import lax
 
 from bigbatch_jax._compat import compute_stats
+from bigbatch_jax.running_variance import check_running_variance, running_variance_factor
 
 STATS_UPDATES = ("sequential", "mean")
 GHOST_VARIANCES = ("shifted", "two_pass", "one_pass")
-RUNNING_VARIANCES = ("biased", "unbiased")
 
 
 def canonical_axes(ndim: int, axes: int | Iterable[int]) -> tuple[int, ...]:
@@ -356,49 +356,6 @@ def ghost_batch_norm_train(
   else:
     y = normalize_ghosts_fn(ghosts, mean, var, scale, bias, ghost_feature_axes)
   return y.reshape(x.shape), mean.reshape((num_ghosts, -1)), var.reshape((num_ghosts, -1))
-
-
-def check_running_variance(running_variance: str) -> None:
-  """Raises ValueError unless ``running_variance`` is ``"biased"`` or ``"unbiased"``."""
-  if running_variance not in RUNNING_VARIANCES:
-    raise ValueError(
-      f"GhostBatchNorm: unknown running_variance={running_variance!r}; valid values are "
-      f"{RUNNING_VARIANCES}"
-    )
-
-
-def running_variance_factor(x_shape, num_ghosts: int, feature_axes, options: GhostOptions, mask):
-  """n / (n - 1) with ``running_variance="unbiased"`` (n examples per statistic), else None.
-
-  PyTorch's ``BatchNorm`` normalizes with the biased batch variance but puts
-  the unbiased one, n / (n - 1) times it, into its running average; flax keeps
-  the biased one. n counts the entries each ghost statistic reduces over (the
-  whole batch across ``axis_name`` for plain batch norm, whose statistics are
-  averaged over devices).
-  """
-  check_running_variance(options.running_variance)
-  if options.running_variance == "biased":
-    return None
-  if mask is not None:
-    raise ValueError(
-      "GhostBatchNorm: running_variance='unbiased' with a mask is not supported (the number "
-      "of entries behind each statistic would depend on the mask); use 'biased'"
-    )
-  features = 1
-  for ax in feature_axes:
-    features *= x_shape[ax]
-  size = 1
-  for dim in x_shape:
-    size *= dim
-  count = size // (num_ghosts * features)
-  if count < 2:
-    raise ValueError(
-      f"GhostBatchNorm: running_variance='unbiased' needs >= 2 entries per statistic; an input "
-      f"of shape {tuple(x_shape)} in {num_ghosts} ghost batch(es) gives {count}"
-    )
-  if options.ghost_batch_size is None and options.axis_name is not None:
-    count = count * lax.psum(1, options.axis_name, axis_index_groups=options.axis_index_groups)
-  return count / (count - 1)
 
 
 def update_running_statistics(

@@ -26,14 +26,13 @@ from flax import nnx
 from bigbatch_jax.ghost_batch_norm import (
   GhostOptions,
   check_options,
-  check_running_variance,
   feature_axes_of,
   ghost_batch_norm_train,
   normalize,
   num_ghost_batches,
-  running_variance_factor,
   update_running_statistics,
 )
+from bigbatch_jax.running_variance import check_running_variance, running_variance_factor
 
 
 class GhostBatchNorm(nnx.BatchNorm):

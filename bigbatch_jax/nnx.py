@@ -34,6 +34,7 @@ from bigbatch_jax.ghost_batch_norm import (
 )
 from bigbatch_jax.ghost_noise import NOISE_EPSILON, RNG_COLLECTION, check_noise_options
 from bigbatch_jax.nnx_ghost_noise import GhostNoiseBatchNorm
+from bigbatch_jax.running_variance import check_running_variance, running_variance_factor
 
 
 class GhostBatchNorm(nnx.BatchNorm):
@@ -62,6 +63,9 @@ class GhostBatchNorm(nnx.BatchNorm):
     stats_update: ``"sequential"`` (the paper's rule) or ``"mean"``.
     ghost_variance: ``"shifted"`` (default), ``"two_pass"`` or ``"one_pass"``;
       see :func:`bigbatch_jax.ghost_batch_norm.ghost_statistics`.
+    running_variance: ``"biased"`` (default, flax) or ``"unbiased"``: PyTorch's
+      convention, n / (n - 1) times each ghost batch's variance enters the
+      running average while the batch is normalized by the biased one.
     **kwargs: the keyword arguments of ``flax.nnx.BatchNorm`` (``rngs``,
       ``momentum``, ``epsilon``, ``axis_name``, ...), with its defaults.
 
@@ -77,13 +81,16 @@ class GhostBatchNorm(nnx.BatchNorm):
     ghost_batch_size: int | None = None,
     stats_update: str = "sequential",
     ghost_variance: str = "shifted",
+    running_variance: str = "biased",
     **kwargs: Any,
   ):
     check_options(ghost_batch_size, stats_update, ghost_variance)
+    check_running_variance(running_variance)
     super().__init__(num_features, **kwargs)
     self.ghost_batch_size = ghost_batch_size
     self.stats_update = stats_update
     self.ghost_variance = ghost_variance
+    self.running_variance = running_variance
 
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
     """Normalizes ``x`` with ghost-batch (training) or running (inference) statistics.
@@ -127,8 +134,9 @@ class GhostBatchNorm(nnx.BatchNorm):
     y, batch_mean, batch_var = ghost_batch_norm_train(
       x, scale, bias, feature_axes, options, num_ghosts=num_ghosts, mask=mask
     )
+    factor = running_variance_factor(x.shape, num_ghosts, feature_axes, options, mask)
     new_mean, new_var = update_running_statistics(
-      self.mean[...], self.var[...], batch_mean, batch_var, options
+      self.mean[...], self.var[...], batch_mean, batch_var, options, factor
     )
     # The running statistics carry no gradient (nnx.BatchNorm's rule).
     self.mean[...] = jax.lax.stop_gradient(new_mean)
@@ -144,6 +152,7 @@ def ghostify(
   ghost_variance: str = "shifted",
   ghost_noise: nnx.Rngs | None = None,
   ghost_draws: str = "per_ghost",
+  running_variance: str = "biased",
 ) -> nnx.Module:
   """Replaces every ``nnx.BatchNorm`` of ``model`` by a :class:`GhostBatchNorm`, in place.
 
@@ -166,19 +175,27 @@ def ghostify(
     ghost_batch_size: examples per ghost batch (>= 2), or None.
     stats_update: ``"sequential"`` or ``"mean"``.
     ghost_variance: ``"shifted"``, ``"two_pass"`` or ``"one_pass"``.
+    running_variance: ``"biased"`` or ``"unbiased"`` (PyTorch's running variance).
 
   Returns:
     ``model``, changed in place (the new module if ``model`` itself is a batch
     norm).
   """
   check_options(ghost_batch_size, stats_update, ghost_variance)
+  check_running_variance(running_variance)
   options = {
     "ghost_batch_size": ghost_batch_size,
     "stats_update": stats_update,
     "ghost_variance": ghost_variance,
+    "running_variance": running_variance,
   }
   if ghost_noise is not None:
     check_noise_options(ghost_batch_size, ghost_draws, NOISE_EPSILON)
+    if running_variance != "biased":
+      raise ValueError(
+        f"running_variance={running_variance!r} with ghost_noise: GhostNoiseBatchNorm keeps "
+        "flax's biased running variance; use running_variance='biased' or ghost_noise=None"
+      )
   found = [(p, n) for p, n in nnx.iter_graph(model) if isinstance(n, nnx.BatchNorm)]
   for path, norm in found:
     if ghost_noise is None:

@@ -421,13 +421,15 @@ def test_three_noisy_seeds_leave_the_white_noise_claim_inconclusive_with_the_see
 def test_recipes_set_builds_a_plan_for_every_recipe_in_both_protocols():
   variants = rows_lib.parse_variants("recipes")
   assert variants == list(rows_lib.VARIANT_SETS["recipes"]) and "lb+lars" in variants
-  for protocol in ("clean", "reference"):
+  for protocol in ("clean", "reference", "reference-fitted"):
     for variant in variants:
       config = rows_lib.variant_config(f1, variant, "quick", {"protocol": protocol})
       config.batch_growth_max = 16000  # what the driver sets for "grow"
       plan = training.make_plan(config, num_train=16000, num_devices=1)
-      assert plan.batch_size == (64 if variant.startswith("sb") else 1024)
-      restarts = protocol == "reference" and "lamb" not in variant
+      # The reference runs LB as run_experiments.sh does: at half the large batch.
+      lb = 512 if protocol == "reference" and variant == "lb" else 1024
+      assert plan.batch_size == (64 if variant.startswith("sb") else lb)
+      restarts = protocol != "clean" and "lamb" not in variant
       assert bool(plan.momentum_restart_steps) == restarts
   assert rows_lib.LABELS["lb+lars"] == "LARS" and "lb+lars" not in rows_lib.DEFAULT_VARIANTS
   # Smith et al. grow from B_S; Goyal et al.'s batch norm runs over 32 examples (per worker).

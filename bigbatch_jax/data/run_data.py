@@ -79,7 +79,9 @@ def load_data(config: ml_collections.ConfigDict) -> ArrayDataset | StreamedDatas
     options["download"] = config.tfds_download
     if config.dataset == "tfds:caltech101":
       options["image_size"] = config.image_size
-  return load_dataset(config.dataset, seed=config.data_seed, **options)
+  dataset = load_dataset(config.dataset, seed=config.data_seed, **options)
+  # The reference protocol's Normalize(0.5, 0.5) for MNIST on every route (npz too).
+  return protocol.reference_mnist_normalization(protocol.resolve_protocol(config), dataset)
 
 
 @dataclasses.dataclass(frozen=True)

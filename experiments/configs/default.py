@@ -96,16 +96,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.warmup_epochs = 5.0  # "warmup": Goyal et al.'s linear ramp to the scaled lr
   config.lars_trust_coefficient = 0.001  # "lars": eta of You et al. 2017
 
-  # Protocol (issue 17): "clean" (what the papers describe) or "reference" (what
-  # the bigBatch code did: items 1, 2 and 4 below). Each key overrides its
-  # protocol's default when set; None takes the protocol's (bigbatch_jax.protocol).
+  # Protocol: "clean" (what the papers describe), "reference" (everything the
+  # bigBatch code does, per Table 1 column: items 1-7 below) or
+  # "reference-fitted" (items 1, 2 and main_normal_lr: the selection fitted to
+  # the paper's numbers). Each key overrides its protocol's default when set;
+  # None takes the protocol's (bigbatch_jax.protocol).
   config.protocol = "clean"
   config.momentum_restart = placeholder(bool)  # 1: a fresh SGD momentum every epoch
   # 2: pad 2 with black, crop, flip on in-memory image data (MNIST)
   config.reference_mnist_augment = placeholder(bool)
-  config.bn_scale_uniform = placeholder(bool)  # 3: BN scales U(0, 1) (in neither protocol)
-  config.main_normal_lr = placeholder(bool)  # 4: lr x (B/256)**p, regime stretch ceil(B/256)
-  config.partial_last_batch = placeholder(bool)  # 5: each epoch's partial batch kept (in neither)
+  config.bn_scale_uniform = placeholder(bool)  # 3: BN scales U(0, 1)
+  # 4: each column's script, batch, ghost size, lr rule, stretch (bigbatch_jax.reference_columns)
+  config.script_columns = placeholder(bool)
+  # fitted alternative to 4: lr x (B/256)**p, regime stretch ceil(B/256) on every column
+  config.main_normal_lr = placeholder(bool)
+  config.partial_last_batch = placeholder(bool)  # 5: each epoch's partial batch kept
+  config.unbiased_running_variance = placeholder(bool)  # 6: BN keeps PyTorch's n/(n-1) variance
+  config.reference_mnist_normalize = placeholder(bool)  # 7: MNIST Normalize(0.5, 0.5), any route
   config.mult_noise_variance = placeholder(float)  # "mult" noise sigma^2 (None: matched, r - 1)
   config.nonfinite_policy = "stop"  # non-finite loss/gradient: "stop" (error) | "skip" (the update)
   # "skip": stop with the divergence error past this fraction of the planned updates

@@ -20,7 +20,7 @@ The modules, one job each: ``rows`` (row names, flags, one config per row),
 of ``bigbatch_jax.statistics`` that can come out shown, contradicted or
 inconclusive), ``report`` (Markdown and JSON), ``figures`` (plots from the JSON),
 ``__main__`` (the command line), and ``ablation`` (``--ablation=sb,lb``:
-each artefact of the reference protocol alone and all together, issue 17).
+each artefact of the reference protocol alone and all together).
 How the quick preset was chosen is in docs/table1_preset.md.
 """
 

@@ -11,10 +11,15 @@ give the paper's numbers), ``--config.KEY=VALUE`` (applied to every row),
   128 against 4096, 784-512x5-10).
 * ``auto`` (default): ``full`` when the dataset is the paper's, else ``quick``.
 
-``--protocol=reference`` runs every row under the bigBatch reference code's
-protocol (``bigbatch_jax.protocol``: momentum restart every epoch, the MNIST
-augmentation on in-memory image data, main_normal.py's sqrt(B/256) lr and
-ceil(B/256) epoch stretch), the protocol measured to reproduce Hoffer Table 1.
+``--protocol=reference`` runs every column as the bigBatch reference code
+runs it (``bigbatch_jax.protocol``, ``bigbatch_jax.reference_columns``): its
+script's batch size, ghost size, lr rule and epoch stretch, the momentum
+restart every epoch, the MNIST augmentation and Normalize(0.5, 0.5) on
+in-memory images, U(0, 1) batch-norm scales, each epoch's partial last batch
+and PyTorch's unbiased running variance (docs/reference_protocol.md).
+``--protocol=reference-fitted`` is the earlier selection fitted to the paper's
+numbers: the momentum restart, the MNIST augmentation and main_normal.py's
+sqrt(B/256) lr and ceil(B/256) stretch on every column.
 
 ``--ablation=SB_ROW,LB_ROW`` (e.g. ``sb,lb``, or ``sb,lb+lr`` where the lr
 rule matters) runs the ablation set instead of the table (``ablation``): the
@@ -89,8 +94,9 @@ flags.DEFINE_enum(
   "protocol",
   None,
   PROTOCOLS,
-  "The protocol of every run (bigbatch_jax.protocol): clean, or the bigBatch reference "
-  "code's; same as --config.protocol.",
+  "The protocol of every run (bigbatch_jax.protocol): clean; reference, each column as the "
+  "bigBatch code runs it; or reference-fitted, the selection fitted to the paper's numbers. "
+  "Same as --config.protocol.",
 )
 flags.DEFINE_string(
   "ablation",

@@ -1,4 +1,4 @@
-"""The Table 1 driver's ablation set and its --protocol=reference rows (issue 17)."""
+"""The Table 1 driver's ablation set and its --protocol=reference rows."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""The bigBatch reference code's protocol artefacts against closed forms (issue 17)."""
+"""The bigBatch reference code's protocol artefacts against closed forms."""
 
 import functools
 

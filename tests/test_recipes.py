@@ -1,4 +1,4 @@
-"""The large-batch recipes of issue 14 against their closed forms."""
+"""The large-batch recipes against their closed forms."""
 
 import functools
 import json

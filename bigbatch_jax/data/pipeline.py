@@ -7,7 +7,7 @@ Batches take consecutive stream positions and may cross epoch boundaries (no
 remainder is dropped), so `epochs * N / batch_size` steps see exactly `epochs`
 epochs, and a regime adapted to a larger batch takes exactly the planned
 number of updates. A `BatchSchedule` with `epoch_size` instead keeps each
-epoch's last partial batch (the bigBatch reference's DataLoader; issue 17):
+epoch's last partial batch (the bigBatch reference's DataLoader):
 the batch sizes and offsets come from the schedule either way. Resuming
 needs only the (step, offset) of the next batch: everything else,
 augmentation included, is recomputed from the seed.

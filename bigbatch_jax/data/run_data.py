@@ -98,7 +98,7 @@ def input_pipeline(config: ml_collections.ConfigDict, dataset) -> InputPipeline:
   kind = config.augment
   if kind not in AUGMENTATIONS:
     raise ValueError(f"config.augment={kind!r}; valid: {', '.join(AUGMENTATIONS)}")
-  # The reference protocol's MNIST augmentation (issue 17, item 2), where it applies.
+  # The reference protocol's MNIST augmentation, where it applies.
   reference = protocol.reference_mnist_augmentation(
     protocol.resolve_protocol(config), dataset, kind
   )

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 class CompiledSteps:
   """The run's train calls, compiled ahead of time once per (batch size, call length).
 
-  A kept partial last batch (issue 17) is a batch size of its own: its step
+  A kept partial last batch is a batch size of its own: its step
   computes the loss and the batch statistics over its real examples, with its
   own ghost batches where ``RunSetup.partial_step_args`` says so.
   """

@@ -56,14 +56,14 @@ class RunPlan:
   # (first step, global batch size) of each phase; one phase unless "grow".
   batch_phases: tuple[tuple[int, int], ...] = ()
   drop_distances: tuple[float, ...] = ()  # "dist": ||w - w0|| targets of the lr drops
-  # The batch the lr rule divides by: base_batch_size, or 256 with main_normal_lr (issue 17).
+  # The batch the lr rule divides by: base_batch_size, or 256 with main_normal_lr.
   lr_base_batch_size: int | None = None
   grow_lr_follows_batch: bool = False  # "grow": the lr rule reads the growing batch
   warmup_steps: int = 0  # "warmup": Goyal's linear ramp to the scaled lr over these updates
   momentum_restart_steps: tuple[int, ...] = ()  # the momentum is zeroed before these updates
   lars_trust_coefficient: float = 0.001  # "lars": eta
   bn_scale_uniform: bool = False  # batch-norm scales start U(0, 1) (PyTorch < 1.0)
-  # Each epoch is ceil(N / B) updates, the last of N mod B examples (issue 17, item 5).
+  # Each epoch is ceil(N / B) updates, the last of N mod B examples.
   partial_last_batch: bool = False
   running_variance: str = "biased"  # batch norm's running variance: "biased" or "unbiased"
   script_command: str = ""  # with script_columns: the bigBatch command the run reproduces
@@ -223,7 +223,7 @@ def _warmup_steps(config, variant: Variant, num_train: int, schedule: BatchSched
 
 
 def _momentum_restart_steps(protocol: Protocol, variant, regime, num_train, schedule, num_steps):
-  """The first update of every epoch when the momentum restarts (issue 17, item 1)."""
+  """The first update of every epoch when the momentum restarts."""
   if not protocol.momentum_restart:
     return ()
   if variant.optimizer == "lamb" or not regime.momentum:

@@ -103,7 +103,7 @@ class RunSetup:
   tx: optax.GradientTransformation
   state: TrainState  # replicated on the mesh
   step_args: dict[str, Any]  # static keyword arguments of step.train_step
-  # The partial last batch's step arguments where its ghost batches differ (issue 17).
+  # The partial last batch's step arguments where its ghost batches differ.
   partial_step_args: dict[str, Any] | None = None
 
   def step_args_at(self, batch_size: int, plan: RunPlan) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Runs the benchmarks of issue 7 and writes experiments/benchmarks/RESULTS.md.
+"""Runs the benchmarks and writes experiments/benchmarks/RESULTS.md.
 
   python -m experiments.benchmarks                       # everything, ~6 minutes on 2 cores
   python -m experiments.benchmarks --quick               # smaller sizes

@@ -2,10 +2,12 @@
 
 The methods of Hoffer, Hubara & Soudry 2017 ("Train longer, generalize
 better") and Jaiswal & Taura as composable JAX parts: Optax transforms, a
-Flax GhostBatchNorm, regimes, and multiplicative noise weights.
+Flax GhostBatchNorm (and Kosson et al.'s Ghost Noise Injection), regimes,
+and multiplicative noise weights.
 """
 
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm, ghost_running_average
+from bigbatch_jax.ghost_noise import GhostNoiseBatchNorm
 from bigbatch_jax.noise import matched_noise_variance, multiplicative_noise_weights
 from bigbatch_jax.regimes import Regime, adapt_regime, epochs_to_steps
 from bigbatch_jax.transforms import (
@@ -22,6 +24,7 @@ __version__ = "0.3.0.dev0"
 
 __all__ = [
   "GhostBatchNorm",
+  "GhostNoiseBatchNorm",
   "Regime",
   "adapt_regime",
   "add_decaying_noise",

@@ -18,6 +18,7 @@ from flax.linen.module import Module, compact
 from jax import lax
 
 from bigbatch_jax._compat import compute_stats
+from bigbatch_jax.running_variance import check_running_variance, running_variance_factor
 
 STATS_UPDATES = ("sequential", "mean")
 GHOST_VARIANCES = ("shifted", "two_pass", "one_pass")
@@ -298,6 +299,7 @@ class GhostOptions(NamedTuple):
   axis_name: str | None  # data-parallel axis, or None
   axis_index_groups: Any
   force_float32_reductions: bool = True  # linen only; NNX's BatchNorm has no such field
+  running_variance: str = "biased"  # "biased" (flax) or "unbiased" (PyTorch), see below
 
   @classmethod
   def of(cls, norm: Any) -> GhostOptions:
@@ -362,13 +364,18 @@ def update_running_statistics(
   mean: jax.Array,
   var: jax.Array,
   options: GhostOptions,
+  variance_factor: Any = None,
 ) -> tuple[jax.Array, jax.Array]:
   """The running mean and variance after the ghost statistics (K, features) of one call.
 
   :func:`ghost_running_average` on each; plain batch norm's statistics are
   already averaged across devices, so only ghost statistics are combined over
-  ``options.axis_name``. The results keep the shapes of the running statistics.
+  ``options.axis_name``. ``variance_factor`` (:func:`running_variance_factor`)
+  multiplies the variances that enter the average (None: 1). The results keep
+  the shapes of the running statistics.
   """
+  if variance_factor is not None:
+    var = var * variance_factor
   update = functools.partial(
     ghost_running_average,
     momentum=options.momentum,
@@ -416,8 +423,11 @@ class GhostBatchNorm(Module):
   same parameters, variables and outputs.
 
   Variables are those of ``nn.BatchNorm``: params ``scale``/``bias`` and
-  batch_stats ``mean``/``var`` (the running variance is the biased one, as in
-  flax; PyTorch keeps the unbiased variance). ``momentum`` follows flax: the
+  batch_stats ``mean``/``var``. The running variance is the biased one, as in
+  flax, or with ``running_variance="unbiased"`` PyTorch's: n / (n - 1) times
+  each ghost batch's variance (n its examples) enters the running average,
+  while the batch is still normalized by the biased one (the bigBatch
+  reference code's convention). ``momentum`` follows flax: the
   decay of the moving average (PyTorch momentum 0.1 is flax momentum 0.9).
 
   During initialization the running statistics are not updated; if the
@@ -442,6 +452,8 @@ class GhostBatchNorm(Module):
       ``"one_pass"`` (``E[x^2] - E[x]^2``, what flax's fast variance does; it
       cancels to 0 in float32 at a mean of 3000 std). Plain batch norm
       (``ghost_batch_size=None``) follows ``use_fast_variance``, as flax.
+    running_variance: ``"biased"`` (default, flax) or ``"unbiased"`` (PyTorch),
+      the variance the running average keeps, see above.
 
   Examples:
     >>> import functools, jax, jax.numpy as jnp
@@ -474,6 +486,7 @@ class GhostBatchNorm(Module):
   ghost_batch_size: int | None = None
   stats_update: str = "sequential"
   ghost_variance: str = "shifted"
+  running_variance: str = "biased"
 
   def __new__(cls, *args, **kwargs):
     # NNX's constructor (num_features first, rngs=...) reaches this linen
@@ -519,6 +532,7 @@ class GhostBatchNorm(Module):
       The normalized input, of the shape of ``x``.
     """
     check_options(self.ghost_batch_size, self.stats_update, self.ghost_variance)
+    check_running_variance(self.running_variance)
     use_running_average = module.merge_param(
       "use_running_average", self.use_running_average, use_running_average
     )
@@ -556,8 +570,9 @@ class GhostBatchNorm(Module):
       normalize_ghosts_fn=self._normalize_ghosts,
     )
     if not initializing:
+      factor = running_variance_factor(x.shape, mean.shape[0], feature_axes, options, mask)
       ra_mean.value, ra_var.value = update_running_statistics(
-        ra_mean.value, ra_var.value, mean, var, options
+        ra_mean.value, ra_var.value, mean, var, options, factor
       )
     return y
 

@@ -36,6 +36,9 @@ from bigbatch_jax.ghost_batch_norm import (
   num_ghost_batches,
   update_running_statistics,
 )
+from bigbatch_jax.ghost_noise import NOISE_EPSILON, RNG_COLLECTION, check_noise_options
+from bigbatch_jax.nnx_ghost_noise import GhostNoiseBatchNorm
+from bigbatch_jax.running_variance import check_running_variance, running_variance_factor
 
 
 class GhostBatchNorm(nnx.BatchNorm):
@@ -83,6 +86,9 @@ class GhostBatchNorm(nnx.BatchNorm):
     bias_metadata: the bias ``nnx.Param``'s metadata.
     scale_metadata: the scale ``nnx.Param``'s metadata.
     rngs: the ``nnx.Rngs`` of the parameters' initializers.
+    running_variance: ``"biased"`` (default, flax) or ``"unbiased"``: PyTorch's
+      convention, n / (n - 1) times each ghost batch's variance enters the
+      running average while the batch is normalized by the biased one.
 
   References:
     Hoffer, Hubara, Soudry 2017, "Train longer, generalize better", section 4,
@@ -96,6 +102,7 @@ class GhostBatchNorm(nnx.BatchNorm):
     ghost_batch_size: int | None = None,
     stats_update: str = "sequential",
     ghost_variance: str = "shifted",
+    running_variance: str = "biased",
     use_running_average: bool | None = False,
     axis: int = -1,
     momentum: float = 0.99,
@@ -115,6 +122,7 @@ class GhostBatchNorm(nnx.BatchNorm):
     rngs: nnx.Rngs,
   ):
     check_options(ghost_batch_size, stats_update, ghost_variance)
+    check_running_variance(running_variance)
     newer = {
       "promote_dtype": promote_dtype,
       "bias_metadata": bias_metadata,
@@ -141,6 +149,7 @@ class GhostBatchNorm(nnx.BatchNorm):
     self.ghost_batch_size = ghost_batch_size
     self.stats_update = stats_update
     self.ghost_variance = ghost_variance
+    self.running_variance = running_variance
 
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
     """Normalizes ``x`` with ghost-batch (training) or running (inference) statistics.
@@ -184,8 +193,9 @@ class GhostBatchNorm(nnx.BatchNorm):
     y, batch_mean, batch_var = ghost_batch_norm_train(
       x, scale, bias, feature_axes, options, num_ghosts=num_ghosts, mask=mask
     )
+    factor = running_variance_factor(x.shape, num_ghosts, feature_axes, options, mask)
     new_mean, new_var = update_running_statistics(
-      self.mean[...], self.var[...], batch_mean, batch_var, options
+      self.mean[...], self.var[...], batch_mean, batch_var, options, factor
     )
     # The running statistics carry no gradient (nnx.BatchNorm's rule).
     self.mean[...] = jax.lax.stop_gradient(new_mean)
@@ -199,8 +209,17 @@ def ghostify(
   *,
   stats_update: str = "sequential",
   ghost_variance: str = "shifted",
+  ghost_noise: nnx.Rngs | None = None,
+  ghost_draws: str = "per_ghost",
+  running_variance: str = "biased",
 ) -> int:
   """Replaces every ``nnx.BatchNorm`` inside ``model`` by a :class:`GhostBatchNorm`, in place.
+
+  With ``ghost_noise`` (an ``nnx.Rngs``: the noise's keys) the replacement is
+  a :class:`GhostNoiseBatchNorm` instead (Ghost Noise Injection, Kosson et
+  al.): whole-batch normalization with the noise of ghost batches of
+  ``ghost_batch_size`` drawn with replacement (``ghost_draws``), each layer its
+  own stream forked from ``ghost_noise``.
 
   Each replacement keeps the batch norm's configuration and its very
   ``scale``/``bias`` parameters and ``mean``/``var`` statistics (the same
@@ -216,6 +235,7 @@ def ghostify(
     ghost_batch_size: examples per ghost batch (>= 2), or None.
     stats_update: ``"sequential"`` or ``"mean"``.
     ghost_variance: ``"shifted"``, ``"two_pass"`` or ``"one_pass"``.
+    running_variance: ``"biased"`` or ``"unbiased"`` (PyTorch's running variance).
 
   Returns:
     How many batch norms were replaced (or updated).
@@ -241,11 +261,20 @@ def ghostify(
   """
   check_options(ghost_batch_size, stats_update, ghost_variance)
   _check_ghostify_target(model)
+  check_running_variance(running_variance)
   options = {
     "ghost_batch_size": ghost_batch_size,
     "stats_update": stats_update,
     "ghost_variance": ghost_variance,
+    "running_variance": running_variance,
   }
+  if ghost_noise is not None:
+    check_noise_options(ghost_batch_size, ghost_draws, NOISE_EPSILON)
+    if running_variance != "biased":
+      raise ValueError(
+        f"running_variance={running_variance!r} with ghost_noise: GhostNoiseBatchNorm keeps "
+        "flax's biased running variance; use running_variance='biased' or ghost_noise=None"
+      )
   found = [(p, n) for p, n in nnx.iter_graph(model) if isinstance(n, nnx.BatchNorm)]
   if not found:
     raise ValueError(
@@ -254,13 +283,21 @@ def ghostify(
       "bigbatch_jax.nnx.GhostBatchNorm in it directly)"
     )
   for path, norm in found:
-    ghost = _ghost_of(norm, options)
+    if ghost_noise is None:
+      ghost = _ghost_of(norm, options)
+    else:
+      ghost = _noisy_of(norm, ghost_batch_size, ghost_draws, ghost_variance, ghost_noise)
     if path:
       parent = functools.reduce(_child, path[:-1], model)
       if hasattr(type(parent), "__setitem__"):
         parent[path[-1]] = ghost
       else:
         setattr(parent, path[-1], ghost)
+    elif ghost is not norm:
+      raise TypeError(
+        f"ghostify cannot replace the bare {type(norm).__name__} it was given by a "
+        f"{type(ghost).__name__} in place; build that module directly, or pass a model holding it"
+      )
   return len(found)
 
 
@@ -301,6 +338,25 @@ def _child(parent: Any, key: Any) -> Any:
   return getattr(parent, key)
 
 
+def _noisy_of(norm, ghost_batch_size, ghost_draws, ghost_variance, rngs) -> GhostNoiseBatchNorm:
+  """A GhostNoiseBatchNorm holding ``norm``'s attributes and its very variables."""
+  noisy = GhostNoiseBatchNorm(
+    norm.num_features,
+    ghost_batch_size=ghost_batch_size,
+    ghost_draws=ghost_draws,
+    ghost_variance=ghost_variance,
+    # The parameters are replaced by norm's below: only the noise's key matters.
+    rngs=nnx.Rngs(0, **{RNG_COLLECTION: rngs[RNG_COLLECTION]()}),
+  )
+  for name, value in vars(norm).items():
+    if not name.startswith("_") and name not in _NOISE_ATTRIBUTES:
+      setattr(noisy, name, value)
+  return noisy
+
+
+_NOISE_ATTRIBUTES = ("ghost_batch_size", "ghost_draws", "ghost_variance", "noise_rngs")
+
+
 def _ghost_of(norm: nnx.BatchNorm, options: dict[str, Any]) -> GhostBatchNorm:
   """A GhostBatchNorm holding ``norm``'s attributes and its very variables."""
   if isinstance(norm, GhostBatchNorm):
@@ -314,4 +370,4 @@ def _ghost_of(norm: nnx.BatchNorm, options: dict[str, Any]) -> GhostBatchNorm:
   return ghost
 
 
-__all__ = ["GhostBatchNorm", "ghostify"]
+__all__ = ["GhostBatchNorm", "GhostNoiseBatchNorm", "ghostify"]

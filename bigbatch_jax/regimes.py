@@ -20,6 +20,8 @@ import itertools
 import numbers
 from collections.abc import Sequence
 
+import jax
+import numpy as np
 import optax
 
 from bigbatch_jax.transforms import lr_scaling_exponent
@@ -353,6 +355,19 @@ def growing_batch_phases(
   return GrowingBatch(phases=tuple(phases), num_steps=step, lr_drop_steps=tuple(lr_drops))
 
 
+def kernel_mask(params: optax.Params) -> optax.Params:
+  """True for the arrays LARS and LAMB adapt (kernels, ndim >= 2); False for 1-D ones.
+
+  The 1-D parameters of the models here are biases and the normalization
+  layers' scales and biases. Layer-wise adaptation and weight decay leave
+  them out, as the reference implementations of LARS (TensorFlow's, used
+  for MLPerf ResNet-50: ``exclude_from_layer_adaptation`` and
+  ``exclude_from_weight_decay`` of batch norm and biases) and of LAMB (BERT's:
+  layer norm and biases) do; optax applies both to every array by default.
+  """
+  return jax.tree.map(lambda p: np.ndim(p) > 1, params)
+
+
 def lars_for_regime(
   regime: Regime,
   learning_rate: optax.ScalarOrSchedule,
@@ -374,10 +389,11 @@ def lars_for_regime(
     decay and warmup; here LARS runs on the same schedule as the SGD it is
     compared with.
   * eta: ``trust_coefficient`` (the paper's 0.001).
-  * "Layer": every parameter array (kernels, biases and norm scales each get
-    their own ratio), as optax does; the paper's denominator
-    ||g|| + beta ||w|| is optax's ||g + beta w||, which equals it when g and w
-    are parallel and is never larger. Both are choices the paper leaves open.
+  * "Layer": every kernel (:func:`kernel_mask`) gets its own ratio and the
+    weight decay; biases and normalization parameters get neither (plain
+    momentum SGD at gamma). The paper's denominator ||g|| + beta ||w|| is
+    optax's ||g + beta w||, which equals it when g and w are parallel and is
+    never larger. Both are choices the paper leaves open.
 
   Args:
     regime: the regime whose weight decay, momentum and Nesterov flag are used.
@@ -395,8 +411,10 @@ def lars_for_regime(
   return optax.lars(
     learning_rate,
     weight_decay=regime.weight_decay,
+    weight_decay_mask=kernel_mask,
     trust_coefficient=trust_coefficient,
     eps=eps,
+    trust_ratio_mask=kernel_mask,
     momentum=regime.momentum,
     nesterov=regime.nesterov,
   )
@@ -420,6 +438,10 @@ def lamb_for_regime(
   * lambda: the regime's weight decay, applied decoupled as LAMB does (the
     regime's SGD adds it to the gradient): a choice, equal strength per unit
     of the normalized step.
+  * "Layer": every kernel (:func:`kernel_mask`) gets the weight decay and
+    the trust ratio; biases and normalization parameters take the plain Adam
+    step at gamma (optax.lamb's own ``mask`` covers the weight decay only, so
+    the chain is optax.lamb's with the trust ratio masked too).
   * gamma: ``learning_rate``, the regime's schedule times the batch-size
     scale (the paper uses square-root scaling and warmup). A choice: LAMB's
     step is ||w|| * gamma per layer, so an SGD rate tuned for the base batch
@@ -438,8 +460,11 @@ def lamb_for_regime(
     You et al. 2019, "Large Batch Optimization for Deep Learning: Training
     BERT in 76 minutes", section 3, Algorithm 2.
   """
-  return optax.lamb(
-    learning_rate, b1=regime.momentum, b2=b2, eps=eps, weight_decay=regime.weight_decay
+  return optax.chain(
+    optax.scale_by_adam(b1=regime.momentum, b2=b2, eps=eps),
+    optax.add_decayed_weights(regime.weight_decay, mask=kernel_mask),
+    optax.masked(optax.scale_by_trust_ratio(), kernel_mask),
+    optax.scale_by_learning_rate(learning_rate),
   )
 
 

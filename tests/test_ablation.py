@@ -1,16 +1,17 @@
-"""The Table 1 driver's ablation set and its --protocol=reference rows (issue 17)."""
+"""The Table 1 driver's ablation set and its --protocol=reference rows."""
 
 import json
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats
 
 from bigbatch_jax import protocol as protocol_lib
 from bigbatch_jax.data import ArrayDataset, load_data
-from bigbatch_jax.training import make_plan
+from bigbatch_jax.training import Checkpointer, make_plan
 from experiments.configs import f1
 from experiments.table1 import ablation, rows
 from experiments.table1 import report as report_lib
@@ -61,8 +62,11 @@ def test_ablation_rows_gap_p_value_and_not_applicable_cells():
   skipped = {
     "reference_mnist_augment": {"sb": "not images", "lb": "not images"},
     "bn_scale_uniform": {"sb": "no batch norm", "lb": "no batch norm"},
+    "script_columns": {"sb": "no lr rule", "lb": "no lr rule"},
     "main_normal_lr": {"sb": "no lr rule", "lb": "no lr rule"},
     "partial_last_batch": {"sb": "batch divides", "lb": "batch divides"},
+    "unbiased_running_variance": {"sb": "no batch norm", "lb": "no batch norm"},
+    "reference_mnist_normalize": {"sb": "not images", "lb": "not images"},
     "all": {"sb": "no artefact applies"},
   }
   by = {r["setting"]: r for r in ablation.ablation_rows(numbers, ("sb", "lb"), skipped)}
@@ -90,7 +94,7 @@ def test_ablation_rows_gap_p_value_and_not_applicable_cells():
   )  # fmt: skip
   assert "| clean protocol | 81.00 ± 1.00 | 72.00 ± 2.00 | +9.00 |" in text
   assert "| batch-norm scales U(0, 1) (item 3) | n/a | n/a | n/a | - | n/a |" in text
-  assert "- all that apply together, sb: no artefact applies" in text
+  assert "- all that apply together (the reference protocol), sb: no artefact applies" in text
 
 
 def test_parse_ablation_names_the_value():
@@ -120,7 +124,11 @@ def test_what_applies_on_vectors_and_on_images():
   assert "momentum_restart/sb" in configs and "main_normal_lr/lb+lr" in configs
   everything = configs["all/lb+lr"]
   assert everything.protocol == "clean" and not everything.reference_mnist_augment
-  assert everything.momentum_restart and everything.bn_scale_uniform and everything.main_normal_lr
+  assert everything.momentum_restart and everything.bn_scale_uniform
+  # "all" is the reference protocol's items: each column's script, not the fitted rule.
+  assert everything.script_columns and not everything.main_normal_lr
+  assert everything.unbiased_running_variance and not everything.reference_mnist_normalize
+  assert "not one-channel in-memory images" in skipped["reference_mnist_normalize"]["sb"]
   assert not any(configs["clean/sb"][k] for k in ablation.ARTEFACTS)
   images = _mnist_shaped()
   config = rows.variant_config(f1, "lb", "quick", {})
@@ -135,10 +143,10 @@ def test_what_applies_on_vectors_and_on_images():
     ablation.ablation_configs(f1, ("sb", "lb"), "quick", {"protocol": "reference"}, images)
 
 
-def test_reference_protocol_builds_the_papers_rows_without_training():
+def test_fitted_protocol_builds_the_papers_rows_without_training():
   # What `python -m experiments.table1 --config=experiments/configs/f1.py
-  # --protocol=reference` builds, here at the paper's size on MNIST's 60 000.
-  overrides = with_protocol({}, "reference")
+  # --protocol=reference-fitted` builds, here at the paper's size on MNIST's 60 000.
+  overrides = with_protocol({}, "reference-fitted")
   configs = {r: rows.variant_config(f1, r, "full", overrides) for r in rows.VARIANT_SETS["paper"]}
   plans = {r: make_plan(c, 60_000, num_devices=1) for r, c in configs.items()}
   # Momentum restarts at each epoch's first update: 469 SB updates, 15 LB updates an epoch.
@@ -156,7 +164,7 @@ def test_reference_protocol_builds_the_papers_rows_without_training():
   assert protocol_lib.reference_mnist_augmentation(protocol, _mnist_shaped(), "none") is not None
   vectors = load_data(rows.variant_config(f1, "sb", "quick", TINY))
   assert protocol_lib.reference_mnist_augmentation(protocol, vectors, "none") is None
-  assert not any(plans[r].bn_scale_uniform for r in plans)  # item 3 is in neither protocol
+  assert not any(plans[r].bn_scale_uniform for r in plans)  # item 3 is not in the fitted one
   with pytest.raises(ValueError, match=r"--protocol=reference and --config.protocol=clean"):
     with_protocol({"protocol": "clean"}, "reference")
 
@@ -183,11 +191,20 @@ def test_ablation_set_runs_on_a_tiny_preset_and_writes_its_table(tmp_path):
     )
     assert r["p_value"] is None or 0 <= r["p_value"] <= 1
   assert by["reference_mnist_augment"]["gap"] is None
-  # Each artefact that applies changes the run: its final ||w - w0|| differs from the clean one.
+  # Each artefact that applies changes the run: its final ||w - w0|| differs from the clean
+  # one; the unbiased running variance changes only the running statistics.
   distance = {name: run["weight_distance"] for name, run in payload["runs"].items()}
   for name in configs:
-    if not name.startswith("clean/"):
-      assert distance[name] != distance["clean/" + name.split("/")[1]], name
+    setting, row = name.split("/")
+    if setting == "unbiased_running_variance":
+      stats = [
+        Checkpointer(os.path.join(workdir, s, row, "seed_0", "checkpoints")).restore_raw()
+        for s in ("clean", setting)
+      ]
+      pairs = zip(*(jax.tree.leaves(x["batch_stats"]) for x in stats), strict=True)
+      assert not all(np.allclose(a, b) for a, b in pairs), name
+    elif setting != "clean":
+      assert distance[name] != distance["clean/" + row], name
   with open(os.path.join(workdir, "table1.md")) as f:
     assert "| clean protocol |" in f.read()
 

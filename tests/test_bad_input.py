@@ -110,6 +110,18 @@ CASES = [
   ),
   ("repeated part", {"variant": "lb+gbn+gbn"}, ValueError, r"repeats \['gbn'\]"),
   (
+    "two ghost normalizations",
+    {"variant": "lb+lr+gbn+gni"},
+    ValueError,
+    r"contradictory: 'gbn' and 'gni' \(two normalizations of the ghost batches",
+  ),
+  (
+    "unknown ghost draws",
+    {"variant": "lb+lr+gni", "ghost_draws": "all"},
+    ValueError,
+    r"ghost_draws='all'; valid: \('per_ghost', 'per_example'\)",
+  ),
+  (
     "remedy without large batch",
     {"variant": "sb+mult"},
     ValueError,

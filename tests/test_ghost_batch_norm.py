@@ -381,7 +381,7 @@ def test_no_ghost_size_with_axis_name_is_flax_cross_device_batchnorm():
 @pytest.mark.parametrize("mean", [100.0, 3000.0])
 def test_ghost_statistics_stay_accurate_for_a_large_mean(ghost_variance, mean):
   # E[x^2] - E[x]^2 in float32 cancels at a large mean: at 3000 (std 1) the
-  # variance comes out 0 and outputs scale by ~316 (issue 15's measurement).
+  # variance comes out 0 and outputs scale by ~316 (measured).
   ghost = 32
   x = mean + jax.random.normal(jax.random.key(7), (256, 8))
   gbn = GhostBatchNorm(momentum=MOMENTUM, ghost_batch_size=ghost, ghost_variance=ghost_variance)

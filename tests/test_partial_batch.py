@@ -1,4 +1,4 @@
-"""The kept partial last batch of every epoch (issue 17): schedule, plan, step, loop, table driver.
+"""The kept partial last batch of every epoch: schedule, plan, step, loop, table driver.
 
 The bigBatch reference code reads MNIST with PyTorch's DataLoader
 (``drop_last=False``): at B=4096 an epoch of 60000 is 14 batches of 4096 and

@@ -1,4 +1,4 @@
-"""The bigBatch reference code's protocol artefacts against closed forms (issue 17)."""
+"""The bigBatch reference code's protocol artefacts against closed forms."""
 
 import functools
 
@@ -188,27 +188,27 @@ def _protocol_config(protocol="clean", **keys):
 def test_protocols_switch_their_artefacts():
   clean = protocol_lib.resolve_protocol(_protocol_config("clean"))
   assert not (clean.momentum_restart or clean.reference_mnist_augment or clean.main_normal_lr)
-  reference = protocol_lib.resolve_protocol(_protocol_config("reference"))
+  reference = protocol_lib.resolve_protocol(_protocol_config("reference-fitted"))
   assert reference.momentum_restart and reference.reference_mnist_augment
   assert reference.main_normal_lr and not reference.bn_scale_uniform
   assert not reference.mnist_augment_explicit
   # Each artefact alone, on either protocol.
   alone = protocol_lib.resolve_protocol(_protocol_config("clean", bn_scale_uniform=True))
   assert alone.bn_scale_uniform and not alone.momentum_restart
-  off = protocol_lib.resolve_protocol(_protocol_config("reference", momentum_restart=False))
+  off = protocol_lib.resolve_protocol(_protocol_config("reference-fitted", momentum_restart=False))
   assert not off.momentum_restart and off.main_normal_lr
 
 
 def test_main_normal_lr_base_and_stretch():
   clean = protocol_lib.resolve_protocol(_protocol_config("clean"))
-  reference = protocol_lib.resolve_protocol(_protocol_config("reference"))
+  reference = protocol_lib.resolve_protocol(_protocol_config("reference-fitted"))
   assert clean.lr_base_batch_size(128) == 128 and reference.lr_base_batch_size(128) == 256
   assert clean.regime_stretch(4096, 128) == 32.0
   assert reference.regime_stretch(4096, 128) == 16.0 and reference.regime_stretch(300, 128) == 2.0
 
 
 def test_protocol_rejects_bad_values():
-  with pytest.raises(ValueError, match=r"config.protocol='paper'; valid: \('clean', 'reference'\)"):
+  with pytest.raises(ValueError, match=r"config.protocol='paper'; valid: \('clean', 'reference',"):
     protocol_lib.resolve_protocol(_protocol_config("paper"))
   with pytest.raises(ValueError, match=r"config\.momentum_restart must be True, False or None"):
     protocol_lib.resolve_protocol(_protocol_config(momentum_restart="yes"))
@@ -262,10 +262,10 @@ def test_clean_protocol_optimizer_is_todays_chain_bit_for_bit():
   assert plan.momentum_restart_steps == () and not plan.bn_scale_uniform
 
 
-def test_reference_protocol_plan_on_the_papers_f1():
+def test_fitted_protocol_plan_on_the_papers_f1():
 
   config = f1.get_config("lb+lr+gbn+ra")
-  config.protocol = "reference"
+  config.protocol = "reference-fitted"
   plan = plan_lib.make_plan(config, num_train=60_000, num_devices=1)
   # main_normal.py: lr x sqrt(4096 / 256) = 4, regime stretched by ceil(4096 / 256) = 16.
   assert plan.lr_scale == pytest.approx(4.0) and plan.lr_base == 256
@@ -279,7 +279,7 @@ def test_reference_protocol_plan_on_the_papers_f1():
 
 def test_reference_plans_optimizer_restarts_the_momentum_at_each_epoch():
 
-  config = tiny_config("lb+lr", protocol="reference", **{"regime.drop_epochs": ()})
+  config = tiny_config("lb+lr", protocol="reference-fitted", **{"regime.drop_epochs": ()})
   plan = plan_lib.make_plan(config, num_train=512, num_devices=1)
   assert plan.momentum_restart_steps == (0, 8)
   grads = _grads(10)
@@ -303,7 +303,7 @@ def test_momentum_restart_rejects_a_run_without_momentum():
 @pytest.mark.slow  # five tiny runs, ~70 s on two cores
 def test_reference_protocol_run_resumes_exactly_and_four_devices_equal_one(tmp_path):
 
-  config = tiny_config("lb+lr+gbn", protocol="reference", num_epochs=2.0)
+  config = tiny_config("lb+lr+gbn", protocol="reference-fitted", num_epochs=2.0)
   plan = training.make_plan(config, num_train=512, num_devices=1)
   assert plan.momentum_restart_steps == (0, 8)  # 512 examples at batch 64
   straight = str(tmp_path / "straight")

@@ -151,10 +151,11 @@ def _global_params_after(tmp_path, name, config):
   return _final_params(workdir)
 
 
-@pytest.mark.parametrize("variant", ["lb+lr+gbn", "lb+mult", "lb"])
+@pytest.mark.parametrize("variant", ["lb+lr+gbn", "lb+mult", "lb", "lb+lr+gni"])
 def test_four_devices_equal_one_device(variant, tmp_path):
   # Global batch 4 * 16 with ghost 8: each device holds two ghost batches.
-  config = tiny_config(variant, num_epochs=1.0)
+  # num_devices=None would take every (simulated) device: one device is asked for.
+  config = tiny_config(variant, num_epochs=1.0, num_devices=1)
   one = _global_params_after(tmp_path, "one", config)
   config.num_devices = 4
   four = _global_params_after(tmp_path, "four", config)

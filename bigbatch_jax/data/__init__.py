@@ -22,7 +22,7 @@ from bigbatch_jax.data.augment import (
   resize_image,
 )
 from bigbatch_jax.data.gather import RandomAccessSource
-from bigbatch_jax.data.pipeline import BatchIterator, eval_batches
+from bigbatch_jax.data.pipeline import BatchIterator, PopulationBatches, eval_batches
 from bigbatch_jax.data.run_data import (
   AUGMENTATIONS,
   InputPipeline,
@@ -59,6 +59,7 @@ __all__ = [
   "BatchSchedule",
   "BatchSize",
   "InputPipeline",
+  "PopulationBatches",
   "RandomAccessSource",
   "StreamedDataset",
   "TfdsStreamSource",

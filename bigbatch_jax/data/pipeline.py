@@ -7,7 +7,7 @@ Batches take consecutive stream positions and may cross epoch boundaries (no
 remainder is dropped), so `epochs * N / batch_size` steps see exactly `epochs`
 epochs, and a regime adapted to a larger batch takes exactly the planned
 number of updates. A `BatchSchedule` with `epoch_size` instead keeps each
-epoch's last partial batch (the bigBatch reference's DataLoader; issue 17):
+epoch's last partial batch (the bigBatch reference's DataLoader):
 the batch sizes and offsets come from the schedule either way. Resuming
 needs only the (step, offset) of the next batch: everything else,
 augmentation included, is recomputed from the seed.
@@ -362,3 +362,50 @@ def eval_batches(
   finally:
     if executor is not None:
       executor.shutdown(wait=False, cancel_futures=True)
+
+
+class PopulationBatches:
+  """The batches of a population: one seeded stream per member, stacked ``[P, B, ...]``.
+
+  Member i reads the example stream (and augmentation) of ``seeds[i]``,
+  exactly the batches a single run of that seed reads; each stream has its
+  own ``BatchIterator`` (and prefetch thread).
+
+  Args:
+    data: as for ``BatchIterator``.
+    batch_size: as for ``BatchIterator`` (every member shares the schedule).
+    seeds: the members' stream seeds, in member order.
+    **options: the other ``BatchIterator`` arguments (start_step, augment, ...).
+  """
+
+  def __init__(self, data, batch_size: BatchSize, *, seeds, **options):
+    if not seeds:
+      raise ValueError(f"seeds must name at least one member, got {seeds!r}")
+    self._members = []
+    try:
+      for seed in seeds:
+        self._members.append(BatchIterator(data, batch_size, seed=seed, **options))
+    except BaseException:
+      self.close()
+      raise
+
+  @property
+  def step(self) -> int:
+    return self._members[0].step
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batches = [next(member) for member in self._members]
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+  def close(self) -> None:
+    for member in self._members:
+      member.close()
+
+  def __enter__(self) -> PopulationBatches:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

@@ -79,7 +79,9 @@ def load_data(config: ml_collections.ConfigDict) -> ArrayDataset | StreamedDatas
     options["download"] = config.tfds_download
     if config.dataset == "tfds:caltech101":
       options["image_size"] = config.image_size
-  return load_dataset(config.dataset, seed=config.data_seed, **options)
+  dataset = load_dataset(config.dataset, seed=config.data_seed, **options)
+  # The reference protocol's Normalize(0.5, 0.5) for MNIST on every route (npz too).
+  return protocol.reference_mnist_normalization(protocol.resolve_protocol(config), dataset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +98,7 @@ def input_pipeline(config: ml_collections.ConfigDict, dataset) -> InputPipeline:
   kind = config.augment
   if kind not in AUGMENTATIONS:
     raise ValueError(f"config.augment={kind!r}; valid: {', '.join(AUGMENTATIONS)}")
-  # The reference protocol's MNIST augmentation (issue 17, item 2), where it applies.
+  # The reference protocol's MNIST augmentation, where it applies.
   reference = protocol.reference_mnist_augmentation(
     protocol.resolve_protocol(config), dataset, kind
   )

@@ -8,7 +8,7 @@ depends on one piece of arithmetic: step s reads stream positions
 Two ways to cut the stream into batches: by default batches may cross epoch
 boundaries (no remainder is dropped, so E epochs at batch B are E * N / B
 updates); with ``epoch_size`` (the bigBatch reference's PyTorch DataLoader,
-``drop_last=False``; issue 17) every epoch is its own ceil(N / B) updates,
+``drop_last=False``) every epoch is its own ceil(N / B) updates,
 the last of N mod B examples, and reads its permutation exactly once.
 """
 
@@ -44,7 +44,7 @@ class BatchSchedule:
 
   With ``epoch_size`` N (one phase of batch B <= N), each epoch keeps its last
   partial batch, as the bigBatch reference code's PyTorch DataLoader
-  (``drop_last=False``) does (issue 17): an epoch is S = ceil(N / B) updates,
+  (``drop_last=False``) does: an epoch is S = ceil(N / B) updates,
   the first S - 1 of B examples and the last of N - (S - 1) B, so update s
   reads stream positions [(s // S) N + (s % S) B, ... + size(s)): epoch
   s // S's permutation, every example once. A growing batch with a kept

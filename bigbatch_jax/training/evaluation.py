@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 
 from bigbatch_jax import data as data_lib
@@ -16,7 +17,11 @@ from bigbatch_jax.training.state import TrainState
 def evaluate(
   eval_fn, state: TrainState, dataset, config: ml_collections.ConfigDict, mesh: Mesh, split: str
 ) -> dict[str, float]:
-  """Loss, accuracy and error over a whole split, with the running statistics."""
+  """Loss, accuracy and error over a whole split, with the running statistics.
+
+  With a population's state and eval step (``population.population_eval_step``)
+  each value is a list, one per member.
+  """
   totals = None
   transform = None
   if isinstance(dataset, data_lib.StreamedDataset):
@@ -33,12 +38,14 @@ def evaluate(
     sums = eval_fn(state, parallel.put_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
-  accuracy = float(totals["correct"] / totals["count"])
-  return {
-    f"{split}_loss": float(totals["loss_sum"] / totals["count"]),
+  # The float32 ratios, then the error in float64 (as a Python float would be).
+  accuracy = np.asarray(totals["correct"] / totals["count"], np.float64)
+  values = {
+    f"{split}_loss": np.asarray(totals["loss_sum"] / totals["count"], np.float64),
     f"{split}_accuracy": accuracy,
     f"{split}_error": 1.0 - accuracy,
   }
+  return {k: v.tolist() for k, v in values.items()}
 
 
 def evaluation_record(eval_fn, state, dataset, config, mesh, plan, step: int) -> dict:

@@ -21,18 +21,19 @@ from jax.sharding import Mesh
 
 from bigbatch_jax import data as data_lib
 from bigbatch_jax.training import parallel
+from bigbatch_jax.training import population as population_lib
 from bigbatch_jax.training import step as step_lib
 from bigbatch_jax.training.checkpoint import Checkpointer
 from bigbatch_jax.training.distributed import maybe_initialize_distributed, wait_for_all_processes
 from bigbatch_jax.training.evaluation import evaluation_record
-from bigbatch_jax.training.guard import DivergenceGuard
+from bigbatch_jax.training.members import Members
 from bigbatch_jax.training.metrics import MetricsLog
 from bigbatch_jax.training.plan import RunPlan, make_plan
 from bigbatch_jax.training.preemption import Preempted, PreemptionWatch
 from bigbatch_jax.training.run_limits import SkipLimit, check_limit_keys
 from bigbatch_jax.training.setup import RunSetup, set_up_run
 from bigbatch_jax.training.state import TrainState
-from bigbatch_jax.training.summary import run_summary, write_outputs
+from bigbatch_jax.training.summary import write_outputs
 from bigbatch_jax.training.workdir import check_and_save_config
 from bigbatch_jax.training.workdir_lock import WorkdirLock
 
@@ -42,13 +43,20 @@ log = logging.getLogger(__name__)
 class CompiledSteps:
   """The run's train calls, compiled ahead of time once per (batch size, call length).
 
-  A kept partial last batch (issue 17) is a batch size of its own: its step
+  A kept partial last batch is a batch size of its own: its step
   computes the loss and the batch statistics over its real examples, with its
   own ghost batches where ``RunSetup.partial_step_args`` says so.
   """
 
-  def __init__(self, run: RunSetup, mesh: Mesh, input_shape: tuple[int, ...], plan: RunPlan):
-    self._run, self._plan = run, plan
+  def __init__(
+    self,
+    run: RunSetup,
+    mesh: Mesh,
+    input_shape: tuple[int, ...],
+    plan: RunPlan,
+    members: int | None = None,
+  ):
+    self._run, self._plan, self._members = run, plan, members
     self._state, self._mesh, self._input_shape = run.state, mesh, input_shape
     self._sharded = {}
     self._compiled = {}
@@ -57,11 +65,15 @@ class CompiledSteps:
     args = self._run.step_args_at(batch_size, self._plan)
     key = (args is self._run.step_args, scanned)
     if key not in self._sharded:
-      if scanned:
-        fn = parallel.shard_train_step(step_lib.train_steps, self._mesh, stacked=True, **args)
-      else:
-        fn = parallel.shard_train_step(step_lib.train_step, self._mesh, **args)
-      self._sharded[key] = fn
+      population = self._members is not None
+      one, many = (
+        (population_lib.population_train_step, population_lib.population_train_steps)
+        if population
+        else (step_lib.train_step, step_lib.train_steps)
+      )
+      self._sharded[key] = parallel.shard_train_step(
+        many if scanned else one, self._mesh, stacked=scanned, members=population, **args
+      )
     return self._sharded[key]
 
   def get(self, batch_size: int, length: int):
@@ -70,7 +82,7 @@ class CompiledSteps:
       fn = self._sharded_fn(batch_size, scanned=length != 1)
       steps = None if length == 1 else length
       self._compiled[batch_size, length] = parallel.compile_train_step(
-        fn, self._state, batch_size, self._input_shape, self._mesh, steps
+        fn, self._state, batch_size, self._input_shape, self._mesh, steps, self._members
       )
     return self._compiled[batch_size, length]
 
@@ -84,13 +96,16 @@ def call_length(step: int, end_step: int, steps_per_call: int, plan: RunPlan) ->
   return length
 
 
-def next_batches(batches, length: int, mesh: Mesh) -> dict[str, jax.Array]:
-  """The next ``length`` batches on the mesh: one batch, or stacked for ``train_steps``."""
+def next_batches(batches, length: int, mesh: Mesh, members: bool = False) -> dict[str, jax.Array]:
+  """The next ``length`` batches on the mesh: one batch, or stacked for ``train_steps``.
+
+  ``members``: a population's batches, ``[P, B, ...]`` each.
+  """
   if length == 1:
-    return parallel.put_batch(next(batches), mesh)
+    return parallel.put_batch(next(batches), mesh, members=members)
   chunk = [next(batches) for _ in range(length)]
   stacked = {k: np.stack([b[k] for b in chunk]) for k in chunk[0]}
-  return parallel.put_batch(stacked, mesh, stacked=True)
+  return parallel.put_batch(stacked, mesh, stacked=True, members=members)
 
 
 @dataclasses.dataclass
@@ -105,7 +120,7 @@ class _Loop:
   eval_fn: Any
   checkpoints: Checkpointer
   metrics_log: MetricsLog
-  guard: DivergenceGuard
+  members: Members
   bar: Any
   last_time: float = 0.0
   last_step: int = 0
@@ -145,6 +160,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   mesh = parallel.make_mesh(config.num_devices)
   plan = make_plan(config, dataset.num_train, mesh.size, jax.process_count())
   check_limit_keys(config)
+  seeds = population_lib.member_seeds(config)
   data_lib.input_pipeline(config, dataset)  # checks config.augment before any compute
   if config.eval_batch_size % mesh.size:
     raise ValueError(
@@ -152,8 +168,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     )
   os.makedirs(workdir, exist_ok=True)
   check_and_save_config(config, workdir)
-  run = set_up_run(config, plan, mesh, dataset.num_classes, dataset.input_shape)
-  steps = CompiledSteps(run, mesh, dataset.input_shape, plan)
+  run = set_up_run(config, plan, mesh, dataset.num_classes, dataset.input_shape, seeds=seeds)
+  steps = CompiledSteps(run, mesh, dataset.input_shape, plan, seeds and len(seeds))
   # Compile before reading any data, once per batch size of the run: a batch
   # that does not fit fails here, with sizes, rather than deep inside XLA.
   for size in plan.batch_sizes:
@@ -173,7 +189,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if config.stop_after_steps is not None:
     end_step = min(end_step, config.stop_after_steps)
 
-  batches = _train_batches(config, dataset, plan, start_step)
+  batches = _train_batches(config, dataset, plan, start_step, seeds)
   bar = _progress_bar(config, plan, start_step)
   loop = _Loop(
     config,
@@ -181,10 +197,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     mesh,
     dataset,
     steps,
-    parallel.shard_eval_step(step_lib.eval_step, mesh, model=run.model),
+    parallel.shard_eval_step(
+      step_lib.eval_step if seeds is None else population_lib.population_eval_step,
+      mesh,
+      model=run.model,
+    ),
     checkpoints,
     metrics_log,
-    _divergence_guard(config, plan, checkpoints, dataset, state, restored),
+    _members(config, seeds, plan, checkpoints, dataset, state, restored),
     bar,
   )
   start_time = loop.last_time = time.perf_counter()
@@ -197,8 +217,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         while step < end_step and not watch.should_stop(previous, step):
           length = call_length(step, end_step, config.steps_per_call, plan)
           call = steps.get(plan.batch_size_at(step), length)
-          state, metrics = call(state, next_batches(batches, length, mesh))
-          _after_call(loop, state, metrics, step, length, end_step)
+          state, metrics = call(state, next_batches(batches, length, mesh, seeds is not None))
+          state = _after_call(loop, state, metrics, step, length, end_step)
           previous, step = step, step + length
       if step < end_step:
         raise _checkpoint_and_stop(loop, watch, state, step, start_step)
@@ -209,7 +229,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   # Every process's summary reads the writer's log, complete only once it is done.
   wait_for_all_processes("bigbatch_jax_metrics_written", config.distributed_timeout_s)
   records = metrics_log.read()
-  summary = run_summary(config, plan, records, time.perf_counter() - start_time)
+  summary = loop.members.summary(config, plan, records, time.perf_counter() - start_time)
   write_outputs(summary, records, workdir, title=plan.variant.name)
   checkpoints.close()
   return summary
@@ -220,7 +240,7 @@ def _checkpoint_and_stop(loop: _Loop, watch, state, step: int, start_step: int) 
   checkpoints = loop.checkpoints
   checkpoints.wait()  # a periodic write of this very step may be under way
   if step > start_step and checkpoints.latest_step() != step:
-    loop.guard.check_state(state)
+    state = loop.members.check_state(state)
     checkpoints.save(step, state)
     checkpoints.wait()
     loop.metrics_log.sync()
@@ -239,28 +259,37 @@ def _checkpoint_and_stop(loop: _Loop, watch, state, step: int, start_step: int) 
   return Preempted(message, watch.signal_name, step, saved)
 
 
-def _divergence_guard(config, plan: RunPlan, checkpoints, dataset, state, restored):
-  """The run's ``DivergenceGuard`` with its skip limit and what its message can name."""
-  guard = DivergenceGuard(
-    plan,
-    checkpoints,
-    config.divergence_loss_factor,
-    SkipLimit.from_config(config, plan.num_steps) if config.nonfinite_policy == "skip" else None,
-  )
-  guard.resumed_from = restored
-  guard.train_inputs = getattr(dataset, "x_train", None)
-  if restored is not None and guard.skip_limit is not None:
-    guard.skip_limit.start(restored, int(state.skipped_steps))
-  return guard
+def _members(config, seeds, plan: RunPlan, checkpoints, dataset, state, restored) -> Members:
+  """The run's members, each guard with its skip limit and what its message can name.
+
+  The skip limit is enforced for a single run (``DivergenceGuard.check_state``);
+  a population's members are checked for non-finite steps only.
+  """
+  members = Members(seeds, plan, checkpoints, config.divergence_loss_factor)
+  for guard in members.guards:
+    if config.nonfinite_policy == "skip":
+      guard.skip_limit = SkipLimit.from_config(config, plan.num_steps)
+      if restored is not None and seeds is None:
+        guard.skip_limit.start(restored, int(state.skipped_steps))
+    guard.resumed_from = restored
+    guard.train_inputs = getattr(dataset, "x_train", None)
+  return members
 
 
-def _train_batches(config, dataset, plan: RunPlan, start_step: int) -> data_lib.BatchIterator:
-  """The training batches from ``start_step`` on, on the plan's batch schedule."""
+def _train_batches(config, dataset, plan: RunPlan, start_step: int, seeds):
+  """The training batches from ``start_step`` on, on the plan's batch schedule.
+
+  A population's (``seeds``) stacks each member's stream: ``[P, B, ...]``.
+  """
   pipeline = data_lib.input_pipeline(config, dataset)
-  return data_lib.BatchIterator(
+  if seeds is None:
+    iterator, seeding = data_lib.BatchIterator, {"seed": config.seed}
+  else:
+    iterator, seeding = data_lib.PopulationBatches, {"seeds": seeds}
+  return iterator(
     data_lib.split_source(dataset, "train"),
     plan.batch_schedule,
-    seed=config.seed,
+    **seeding,
     start_step=start_step,
     augment=pipeline.augment,
     transform=pipeline.train_transform,
@@ -285,45 +314,58 @@ def _progress_bar(config, plan: RunPlan, start_step: int):
 def _after_call(loop: _Loop, state: TrainState, metrics, step: int, length: int, end_step: int):
   """The events of the steps in one call, at its end: logging, evaluation, checkpoints.
 
-  With steps_per_call=1 that is every step.
+  With steps_per_call=1 that is every step. Returns the state (a population's
+  with members that diverged at a logged loss marked to be frozen).
   """
-  config, plan = loop.config, loop.plan
+  config, plan, members = loop.config, loop.plan, loop.members
   done = step + length
   finished = range(step + 1, done + 1)
   log_steps = [d for d in finished if d % config.log_every_steps == 0 or d == plan.num_steps]
   if log_steps:
-    _log_metrics(loop, state, metrics, step, length, log_steps)
+    state = _log_metrics(loop, state, metrics, step, length, log_steps)
   period = config.eval_every_epochs
   evaluation_due = any(
     int(plan.epoch_at(d) / period) > int(plan.epoch_at(d - 1) / period) for d in finished
   )
   if evaluation_due or done == plan.num_steps:
-    loop.guard.check_state(state)
+    state = members.check_state(state)
     record = evaluation_record(loop.eval_fn, state, loop.dataset, config, loop.mesh, plan, done)
-    loop.metrics_log.write(record)
-    loop.bar.set_postfix(test_acc=f"{record['test_accuracy']:.4f}")
+    head = {"step": record.pop("step"), "epoch": record.pop("epoch")}
+    for member, values in members.split(record):
+      loop.metrics_log.write({**head, **members.fields(member), **values})
+    loop.bar.set_postfix(test_acc=f"{np.mean(record['test_accuracy']):.4f}")
   checkpoint_every = config.checkpoint_every_steps or plan.num_steps
   if any(d % checkpoint_every == 0 for d in finished) or done in (plan.num_steps, end_step):
-    loop.guard.check_state(state)
+    state = members.check_state(state)
     loop.checkpoints.save(done, state)
     loop.metrics_log.sync()  # the log on disk reaches at least the checkpoint
   loop.bar.update(length)
+  return state
 
 
 def _log_metrics(loop: _Loop, state, metrics, step: int, length: int, log_steps: list[int]):
-  """Brings the call's metrics to the host (the only sync between evaluations) and logs them."""
-  plan = loop.plan
+  """Brings the call's metrics to the host (the only sync between evaluations) and logs them.
+
+  Returns the state (see ``Members.check_loss``).
+  """
+  plan, members = loop.plan, loop.members
   metrics = jax.device_get(metrics)
-  loop.guard.check_state(state)
+  state = members.check_state(state)
   done = step + length
   now = time.perf_counter()
   rate = (plan.offset_at(done) - plan.offset_at(loop.last_step)) / (now - loop.last_time)
+  # Examples of every member.
+  rate *= len(members.guards)
   loop.last_time, loop.last_step = now, done
   for d in log_steps:
     values = metrics if length == 1 else {k: v[d - step - 1] for k, v in metrics.items()}
-    loop.guard.check_loss(d, float(values["loss"]))
-    record = {"step": d, "epoch": plan.epoch_at(d), **values}
-    record["batch_size"] = plan.batch_size_at(d - 1)
-    record["examples_per_sec"] = rate
-    loop.metrics_log.write(record)
-  loop.bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.3g}")
+    for member, own in members.split(values):
+      state = members.check_loss(state, member, d, float(own["loss"]))
+      if member in members.diverged:
+        continue
+      record = {"step": d, "epoch": plan.epoch_at(d), **members.fields(member), **own}
+      record["batch_size"] = plan.batch_size_at(d - 1)
+      record["examples_per_sec"] = rate
+      loop.metrics_log.write(record)
+  loop.bar.set_postfix(loss=f"{np.mean(values['loss']):.3f}", lr=f"{np.mean(values['lr']):.3g}")
+  return state

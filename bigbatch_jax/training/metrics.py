@@ -136,8 +136,23 @@ def _series(records: Iterable[dict], key: str, x: str = "step") -> tuple[np.ndar
   return a[:, 0], a[:, 1]
 
 
+def _by_member(records: list[dict]) -> list[tuple[str, list[dict]]]:
+  """(label suffix, records) per population member (``member`` field); one group otherwise."""
+  members = sorted({r["member"] for r in records if "member" in r})
+  if not members:
+    return [("", records)]
+  return [
+    (f" seed {seed}", [r for r in records if r.get("member") == m])
+    for m in members
+    for seed in [next(r["seed"] for r in records if r.get("member") == m)]
+  ]
+
+
 def plot_run(records: list[dict], out_dir: str, title: str = "") -> list[str]:
-  """Writes ``error_curves.png`` and ``weight_distance.png``; returns their paths."""
+  """Writes ``error_curves.png`` and ``weight_distance.png``; returns their paths.
+
+  A population's records (with ``member``) get one error curve per member.
+  """
   import matplotlib
 
   matplotlib.use("Agg")
@@ -145,11 +160,13 @@ def plot_run(records: list[dict], out_dir: str, title: str = "") -> list[str]:
 
   paths = []
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  groups = _by_member(records)
   for ax, x in zip(axes, ("epoch", "step")):
-    for key, label in (("test_error", "test"), ("train_error", "train")):
-      xs, ys = _series(records, key, x)
-      if len(xs):
-        ax.plot(xs, 100 * ys, label=label)
+    for suffix, own in groups:
+      for key, label in (("test_error", "test"), ("train_error", "train")):
+        xs, ys = _series(own, key, x)
+        if len(xs):
+          ax.plot(xs, 100 * ys, label=label + suffix)
     ax.set_xlabel("epoch" if x == "epoch" else "updates")
     ax.set_ylabel("error (%)")
     ax.grid(alpha=0.3)
@@ -161,18 +178,20 @@ def plot_run(records: list[dict], out_dir: str, title: str = "") -> list[str]:
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(5, 4))
-  steps, dist = _series(records, "weight_distance")
-  keep = steps > 0
-  if keep.sum() >= 2:
-    fit = fit_log_growth(steps[keep], dist[keep])
-    ax.plot(steps[keep], dist[keep], label="||w - w0||")
-    ax.plot(
-      steps[keep],
-      fit["slope"] * np.log(steps[keep]) + fit["intercept"],
-      "--",
-      label=f"{fit['slope']:.2f} log t + {fit['intercept']:.2f} (R²={fit['r2']:.3f})",
-    )
-    ax.legend()
+  for suffix, own in groups:  # one curve and fit per member of a population
+    steps, dist = _series(own, "weight_distance")
+    keep = steps > 0
+    if keep.sum() >= 2:
+      fit = fit_log_growth(steps[keep], dist[keep])
+      (line,) = ax.plot(steps[keep], dist[keep], label="||w - w0||" + suffix)
+      ax.plot(
+        steps[keep],
+        fit["slope"] * np.log(steps[keep]) + fit["intercept"],
+        "--",
+        **({"color": line.get_color()} if suffix else {}),
+        label=f"{fit['slope']:.2f} log t + {fit['intercept']:.2f} (R²={fit['r2']:.3f})",
+      )
+      ax.legend()
   ax.set_xscale("log")
   ax.set_xlabel("updates t (log scale)")
   ax.set_ylabel("||w_t - w_0||")

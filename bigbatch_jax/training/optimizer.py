@@ -52,7 +52,7 @@ def make_optimizer(
     trust_coefficient=plan.lars_trust_coefficient,
   )
   if plan.momentum_restart_steps:
-    # The reference code's new SGD every epoch (issue 17, item 1).
+    # The reference code's new SGD every epoch.
     descent = [transforms.restart_momentum_at(optax.chain(*descent), plan.momentum_restart_steps)]
   parts.extend(descent)
   parts.append(transforms.scale_by_batch_size(plan.lr_batch_size(), plan.lr_base, plan.lr_rule))

@@ -38,16 +38,32 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   return Mesh(np.array(devices[:num_devices]), (AXIS,))
 
 
-def shard_train_step(step_fn: Callable, mesh: Mesh, stacked: bool = False, **static) -> Callable:
+def batch_spec(stacked: bool = False, members: bool = False) -> P:
+  """The batch's partition: split along its examples, after the steps and members axes.
+
+  ``stacked``: a leading axis of steps (``train_steps``); ``members``: an
+  axis of population members (``population.population_train_step``), after
+  the steps'. Both are replicated; only the examples are split.
+  """
+  return P(*[None] * (int(stacked) + int(members)), AXIS)
+
+
+def shard_train_step(
+  step_fn: Callable, mesh: Mesh, stacked: bool = False, members: bool = False, **static
+) -> Callable:
   """jit(shard_map(step)) with the state replicated, the batch split and the state donated.
 
-  With ``stacked`` the batch has a leading axis of steps (``train_steps``),
-  split along its second axis.
+  With ``stacked`` the batch has a leading axis of steps (``train_steps``);
+  with ``members`` an axis of population members after it; the examples
+  axis, after both, is split.
   """
   fn = functools.partial(step_fn, num_replicas=mesh.size, **static)
-  batch_spec = P(None, AXIS) if stacked else P(AXIS)
   mapped = jax.shard_map(
-    fn, mesh=mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()), check_vma=False
+    fn,
+    mesh=mesh,
+    in_specs=(P(), batch_spec(stacked, members)),
+    out_specs=(P(), P()),
+    check_vma=False,
   )
   return jax.jit(mapped, donate_argnums=0)
 
@@ -79,13 +95,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def put_batch(
-  local_batch: dict[str, np.ndarray], mesh: Mesh, stacked: bool = False
+  local_batch: dict[str, np.ndarray], mesh: Mesh, stacked: bool = False, members: bool = False
 ) -> dict[str, jax.Array]:
   """A global batch array from this process's rows (all rows in a single process).
 
-  With ``stacked`` the arrays have a leading axis of steps.
+  With ``stacked`` the arrays have a leading axis of steps, with ``members``
+  an axis of population members (after the steps').
   """
-  sharding = NamedSharding(mesh, P(None, AXIS)) if stacked else batch_sharding(mesh)
+  sharding = NamedSharding(mesh, batch_spec(stacked, members))
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
     for k, v in local_batch.items()
@@ -115,17 +132,24 @@ def available_memory_bytes(mesh: Mesh) -> int:
 
 
 def compile_train_step(
-  train_fn, state, batch_size: int, input_shape, mesh: Mesh, steps: int | None = None
+  train_fn,
+  state,
+  batch_size: int,
+  input_shape,
+  mesh: Mesh,
+  steps: int | None = None,
+  members: int | None = None,
 ):
   """Compiles the step ahead of time and checks that it fits in memory.
 
   Returns the compiled step (called like ``train_fn``; one compilation per
   batch size and call length; ``steps`` is the leading axis of a stacked
-  batch). Raises ``MemoryError`` naming the batch and the sizes when the step
-  needs more memory per device than is free.
+  batch, ``members`` the population's axis after it). Raises ``MemoryError``
+  naming the batch, the population and the sizes when the step needs more
+  memory per device than is free.
   """
-  sharding = batch_sharding(mesh) if steps is None else NamedSharding(mesh, P(None, AXIS))
-  lead = () if steps is None else (steps,)
+  sharding = NamedSharding(mesh, batch_spec(steps is not None, members is not None))
+  lead = tuple(n for n in (steps, members) if n is not None)
   batch = {
     "x": jax.ShapeDtypeStruct((*lead, batch_size, *input_shape), jnp.float32, sharding=sharding),
     "y": jax.ShapeDtypeStruct((*lead, batch_size), jnp.int32, sharding=sharding),
@@ -134,8 +158,10 @@ def compile_train_step(
   needed, free = step_memory_bytes(compiled), available_memory_bytes(mesh)
   if needed > free:
     gib = 2.0**30
+    population = "" if members is None else f" of a population of {members} members"
     raise MemoryError(
-      f"the train step at batch_size={batch_size} ({batch_size // mesh.size} per device on "
+      f"the train step{population} at batch_size={batch_size} ({batch_size // mesh.size} per "
+      f"device on "
       f"{mesh.size} {mesh.devices.flat[0].platform} device(s)) needs {needed / gib:.2f} GiB per "
       f"device but {free / gib:.2f} GiB is free; use a smaller --config.batch_size or more devices"
     )

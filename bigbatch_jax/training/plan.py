@@ -19,8 +19,10 @@ import optax
 
 from bigbatch_jax import transforms
 from bigbatch_jax.data.schedule import BatchSchedule
+from bigbatch_jax.ghost_noise import GHOST_DRAWS
 from bigbatch_jax.noise import matched_noise_variance
-from bigbatch_jax.protocol import Protocol, resolve_protocol
+from bigbatch_jax.protocol import Protocol, column_of, resolve_protocol
+from bigbatch_jax.reference_columns import ScriptColumn
 from bigbatch_jax.regimes import (
   Regime,
   adapt_regime,
@@ -54,15 +56,17 @@ class RunPlan:
   # (first step, global batch size) of each phase; one phase unless "grow".
   batch_phases: tuple[tuple[int, int], ...] = ()
   drop_distances: tuple[float, ...] = ()  # "dist": ||w - w0|| targets of the lr drops
-  # The batch the lr rule divides by: base_batch_size, or 256 with main_normal_lr (issue 17).
+  # The batch the lr rule divides by: base_batch_size, or 256 with main_normal_lr.
   lr_base_batch_size: int | None = None
   grow_lr_follows_batch: bool = False  # "grow": the lr rule reads the growing batch
   warmup_steps: int = 0  # "warmup": Goyal's linear ramp to the scaled lr over these updates
   momentum_restart_steps: tuple[int, ...] = ()  # the momentum is zeroed before these updates
   lars_trust_coefficient: float = 0.001  # "lars": eta
   bn_scale_uniform: bool = False  # batch-norm scales start U(0, 1) (PyTorch < 1.0)
-  # Each epoch is ceil(N / B) updates, the last of N mod B examples (issue 17, item 5).
+  # Each epoch is ceil(N / B) updates, the last of N mod B examples.
   partial_last_batch: bool = False
+  running_variance: str = "biased"  # batch norm's running variance: "biased" or "unbiased"
+  script_command: str = ""  # with script_columns: the bigBatch command the run reproduces
 
   @functools.cached_property
   def batch_schedule(self) -> BatchSchedule:
@@ -153,10 +157,14 @@ def make_plan(
     raise ValueError(f"the training set is empty (num_train={num_train})")
   variant = parse_variant(config.variant)
   protocol = resolve_protocol(config)
-  base, batch = _batch_sizes(config, variant, num_devices, process_count)
-  ghost = _ghost_batch_size(config, variant, base, batch, num_devices)
-  regime = _adapted_regime(config, variant, base, batch, protocol)
-  partial = protocol.partial_last_batch
+  column = column_of(protocol, config, variant)
+  base, batch = _batch_sizes(config, variant, num_devices, process_count, column)
+  ghost = _ghost_batch_size(config, variant, base, batch, num_devices, column)
+  regime = _adapted_regime(config, variant, base, batch, protocol, column)
+  # By the reference protocol's default a growing batch (no script grows one) keeps whole epochs.
+  partial = protocol.partial_last_batch and (
+    protocol.partial_last_batch_explicit or not variant.grow_batch
+  )
   batch_phases, num_steps, regime = _durations(
     config, variant, regime, num_train, num_devices, ghost, partial
   )
@@ -174,7 +182,7 @@ def make_plan(
     base_batch_size=base,
     num_devices=num_devices,
     ghost_batch_size=ghost,
-    lr_rule=_lr_rule(config, variant),
+    lr_rule=_lr_rule(config, variant, column),
     regime=regime,
     num_train=num_train,
     num_steps=num_steps,
@@ -183,7 +191,7 @@ def make_plan(
     clip_steps=clip_steps,
     batch_phases=batch_phases,
     drop_distances=drop_distances,
-    lr_base_batch_size=protocol.lr_base_batch_size(base),
+    lr_base_batch_size=column.lr_base if column else protocol.lr_base_batch_size(base),
     grow_lr_follows_batch=_flag(config, "grow_lr_follows_batch"),
     warmup_steps=_warmup_steps(config, variant, num_train, schedule),
     momentum_restart_steps=_momentum_restart_steps(
@@ -192,6 +200,8 @@ def make_plan(
     lars_trust_coefficient=_lars_trust_coefficient(config),
     bn_scale_uniform=protocol.bn_scale_uniform,
     partial_last_batch=partial,
+    running_variance="unbiased" if protocol.unbiased_running_variance else "biased",
+    script_command=column.command if column else "",
   )
 
 
@@ -213,7 +223,7 @@ def _warmup_steps(config, variant: Variant, num_train: int, schedule: BatchSched
 
 
 def _momentum_restart_steps(protocol: Protocol, variant, regime, num_train, schedule, num_steps):
-  """The first update of every epoch when the momentum restarts (issue 17, item 1)."""
+  """The first update of every epoch when the momentum restarts."""
   if not protocol.momentum_restart:
     return ()
   if variant.optimizer == "lamb" or not regime.momentum:
@@ -251,17 +261,18 @@ def _check_choices(config) -> None:
     ("compute_dtype", COMPUTE_DTYPES),
     ("nonfinite_policy", NONFINITE_POLICIES),
     ("ghost_stats_update", GHOST_STATS_UPDATES),
+    ("ghost_draws", GHOST_DRAWS),
   ):
     if config[key] not in valid:
       raise ValueError(f"config.{key}={config[key]!r}; valid: {valid}")
 
 
-def _batch_sizes(config, variant: Variant, num_devices: int, process_count: int):
-  """(B_S, B): the base batch and the run's global batch, checked against the devices."""
+def _batch_sizes(config, variant: Variant, num_devices: int, process_count: int, column):
+  """(B_S, B): the base batch and the run's global batch (the script's with a column)."""
   base = _positive_int(config, "base_batch_size")
   large = _positive_int(config, "large_batch_size")
   if config.batch_size is None:
-    batch = large if variant.large_batch else base
+    batch = column.batch_size if column else large if variant.large_batch else base
   else:
     batch = _positive_int(config, "batch_size")
   if variant.large_batch and batch <= base:
@@ -281,11 +292,24 @@ def _batch_sizes(config, variant: Variant, num_devices: int, process_count: int)
   return base, batch
 
 
-def _ghost_batch_size(config, variant: Variant, base: int, batch: int, num_devices: int):
-  """The ghost batch of "gbn" (Hoffer Algorithm 1; default B_S), dividing each device's batch."""
-  if not variant.ghost_batch_norm:
+def _ghost_batch_size(config, variant: Variant, base: int, batch: int, num_devices: int, column):
+  """The ghost batch of "gbn" or "gni" (default B_S, or the script's mini-batch), dividing each
+  device's batch.
+
+  Hoffer Algorithm 1's ghost batches; for "gni" the noise's equivalent batch
+  size (Kosson et al. section 4), one draw per ghost batch of each device.
+  """
+  if not (variant.ghost_batch_norm or variant.ghost_noise):
     return None
   ghost = base if config.ghost_batch_size is None else _positive_int(config, "ghost_batch_size")
+  if column is not None and column.mini_batch_size != ghost:
+    if config.ghost_batch_size is not None:
+      raise ValueError(
+        f"config.ghost_batch_size={ghost}, but under config.script_columns this column runs "
+        f"`{column.command}`, whose ghost batch is {column.mini_batch_size}; set "
+        "config.ghost_batch_size=None or config.script_columns=False"
+      )
+    ghost = column.mini_batch_size
   if ghost < 2:
     raise ValueError(f"config.ghost_batch_size={ghost} must be >= 2")
   local = batch // num_devices
@@ -298,9 +322,16 @@ def _ghost_batch_size(config, variant: Variant, base: int, batch: int, num_devic
   return ghost
 
 
-def _lr_rule(config, variant: Variant) -> str | float:
-  """The learning-rate scaling rule: the config's, else the variant's (Hoffer eq. 7)."""
-  lr_rule = variant.lr_rule if config.lr_rule is None else config.lr_rule
+def _lr_rule(config, variant: Variant, column: ScriptColumn | None) -> str | float:
+  """The learning-rate scaling rule: the config's, else the variant's (Hoffer eq. 7).
+
+  With a script column an unscaled variant takes the script's ``--lr_bb_fix``
+  (SB's default: sqrt).
+  """
+  lr_rule = variant.lr_rule
+  if column is not None and lr_rule == "none" and column.lr_bb_fix:
+    lr_rule = "sqrt"
+  lr_rule = lr_rule if config.lr_rule is None else config.lr_rule
   if isinstance(lr_rule, str) and lr_rule not in transforms.LR_RULE_EXPONENTS:
     # An exponent given on the command line, e.g. --config.lr_rule=0.75.
     with contextlib.suppress(ValueError):
@@ -324,10 +355,14 @@ def base_drop_epochs(regime_config) -> tuple[float, ...]:
   return tuple(round(f * regime_config.epochs, 6) for f in fractions)
 
 
-def _adapted_regime(config, variant: Variant, base: int, batch: int, protocol: Protocol) -> Regime:
+def _adapted_regime(
+  config, variant: Variant, base: int, batch: int, protocol: Protocol, column=None
+) -> Regime:
   """The base regime stretched by r with "ra" (Hoffer section 5); lr stays the base rate.
 
-  With main_normal_lr (issue 17, item 4) the stretch is main_normal.py's ceil(B / 256).
+  With main_normal_lr the stretch is main_normal.py's ceil(B / 256); with a
+  script column its ``--epochs`` times its stretch (ceil(B / 256) or
+  ceil(B / mini) with ``--regime_bb_fix``, else 1).
   """
   regime_config = config.regime
   base_regime = Regime(
@@ -350,6 +385,13 @@ def _adapted_regime(config, variant: Variant, base: int, batch: int, protocol: P
     regime = dataclasses.replace(
       regime,
       epochs=base_regime.epochs * stretch,
+      drop_epochs=tuple(e * stretch for e in base_regime.drop_epochs),
+    )
+  if column is not None:
+    stretch = column.regime_stretch
+    regime = dataclasses.replace(
+      regime,
+      epochs=column.epochs * stretch,
       drop_epochs=tuple(e * stretch for e in base_regime.drop_epochs),
     )
   if config.num_epochs is not None:

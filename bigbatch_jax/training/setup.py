@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from bigbatch_jax import models
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
+from bigbatch_jax.ghost_noise import GhostNoiseBatchNorm
 from bigbatch_jax.models.layers import legacy_torch_bn_scale_init
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training.optimizer import distance_drop_scale, make_optimizer
@@ -28,21 +29,32 @@ from bigbatch_jax.training.state import TrainState, create_train_state
 from bigbatch_jax.training.step import AXIS
 
 
-def norm_layer(
-  plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str | None, layer=GhostBatchNorm
-):
+def norm_layer(plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str | None, layer=None):
   """The GhostBatchNorm constructor the model is built with.
 
   Every variant uses GhostBatchNorm so that all variants share one parameter
   tree (interpolating SB and LB parameters needs that); without ``gbn`` its
   ghost size is None, which is flax BatchNorm over the whole (global) batch.
-  ``layer`` replaces the class (same arguments), e.g. for a benchmark.
+  With ``gni`` it is GhostNoiseBatchNorm (the same variables), whose noise
+  comes from the step's ``"ghost_noise"`` rng. ``layer`` replaces the class
+  (same arguments), e.g. for a benchmark.
   """
-  # PyTorch < 1.0's U(0, 1) scales (issue 17, item 3); flax's ones otherwise.
-  scale_init = {"scale_init": legacy_torch_bn_scale_init} if plan.bn_scale_uniform else {}
+  # PyTorch < 1.0's U(0, 1) scales (the reference code's); flax's ones otherwise.
+  options = {"scale_init": legacy_torch_bn_scale_init} if plan.bn_scale_uniform else {}
+  if plan.variant.ghost_noise:
+    if plan.running_variance != "biased":
+      raise ValueError(
+        f"the variant part 'gni' keeps flax's biased running variance, but the run asks for "
+        f"running_variance={plan.running_variance!r} (config.unbiased_running_variance or the "
+        "reference protocol); set config.unbiased_running_variance=False"
+      )
+    layer = layer or GhostNoiseBatchNorm
+    options["ghost_draws"] = config.ghost_draws
+  else:
+    options["running_variance"] = plan.running_variance
   return functools.partial(
-    layer,
-    **scale_init,
+    layer or GhostBatchNorm,
+    **options,
     ghost_batch_size=plan.ghost_batch_size,
     stats_update=config.ghost_stats_update,
     ghost_variance=config.ghost_variance,
@@ -91,7 +103,7 @@ class RunSetup:
   tx: optax.GradientTransformation
   state: TrainState  # replicated on the mesh
   step_args: dict[str, Any]  # static keyword arguments of step.train_step
-  # The partial last batch's step arguments where its ghost batches differ (issue 17).
+  # The partial last batch's step arguments where its ghost batches differ.
   partial_step_args: dict[str, Any] | None = None
 
   def step_args_at(self, batch_size: int, plan: RunPlan) -> dict[str, Any]:
@@ -111,6 +123,7 @@ def set_up_run(
   *,
   norm: Callable | None = None,
   seed: int | None = None,
+  seeds: tuple[int, ...] | None = None,
 ) -> RunSetup:
   """Builds the model (norm layer: the plan's, unless given), optimizer and initial state.
 
@@ -122,6 +135,8 @@ def set_up_run(
     input_shape: one example's shape.
     norm: a norm-layer constructor replacing the plan's GhostBatchNorm.
     seed: the run's seed (None: ``config.seed``).
+    seeds: a population's seeds: the state gets a leading member axis, member
+      i initialized as the single run of ``seeds[i]`` (``population.py``).
 
   Returns:
     A :class:`RunSetup`.
@@ -131,10 +146,22 @@ def set_up_run(
   state_key, noise_key = run_keys(config.seed if seed is None else seed)
   tx = run_optimizer(plan, config, noise_key)
   example = jnp.zeros((1, *input_shape), jnp.float32)
-  init = jax.jit(
-    lambda key: create_train_state(model, tx, example, key),
-    out_shardings=parallel.replicated(mesh),
-  )
+  if seeds is not None:
+    # The optimizer's update reads its noise key from the state, so one tx
+    # serves every member; each member's init gets its own keys.
+    keys = [run_keys(s) for s in seeds]
+    state_keys, noise_keys = (jnp.stack([k[i] for k in keys]) for i in (0, 1))
+    member_init = lambda key, noise: create_train_state(  # noqa: E731
+      model, run_optimizer(plan, config, noise), example, key
+    )
+    init = jax.jit(jax.vmap(member_init), out_shardings=parallel.replicated(mesh))
+    state = init(state_keys, noise_keys)
+  else:
+    init = jax.jit(
+      lambda key: create_train_state(model, tx, example, key),
+      out_shardings=parallel.replicated(mesh),
+    )
+    state = init(state_key)
   step_args = step_arguments(plan, config, model, tx)
   partial = plan.partial_batch_size
   partial_args = None
@@ -143,4 +170,4 @@ def set_up_run(
     partial_norm = functools.partial(norm, ghost_batch_size=plan.ghost_batch_size_at(partial))
     partial_model = build_model(config, num_classes, partial_norm)
     partial_args = step_arguments(plan, config, partial_model, tx)
-  return RunSetup(model, tx, init(state_key), step_args, partial_args)
+  return RunSetup(model, tx, state, step_args, partial_args)

@@ -16,11 +16,13 @@ import optax
 from jax import lax
 
 from bigbatch_jax import transforms
+from bigbatch_jax.ghost_noise import RNG_COLLECTION
 from bigbatch_jax.noise import multiplicative_noise_weights
 from bigbatch_jax.training.loss import correct, cross_entropy, eval_logits
 from bigbatch_jax.training.state import TrainState
 
 AXIS = "batch"
+GHOST_NOISE_TAG = 1  # folded into the step's noise key for the "ghost_noise" rng
 
 
 def weight_distances(params, initial_params) -> dict[str, jax.Array]:
@@ -142,6 +144,9 @@ def train_step(
   step_key = jax.random.fold_in(state.key, state.step)
   noise_key, dropout_key = jax.random.split(step_key)
   dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(AXIS))
+  # Replicated, as the multiplicative noise: Ghost Noise Injection draws its
+  # ghost batches from the global batch, the same draws on every device.
+  ghost_noise_key = jax.random.fold_in(noise_key, GHOST_NOISE_TAG)
   x, y = batch["x"], batch["y"]
   weights = None
   if noise_variance:
@@ -153,7 +158,7 @@ def train_step(
       x,
       train=True,
       mutable=["batch_stats"],
-      rngs={"dropout": dropout_key},
+      rngs={"dropout": dropout_key, RNG_COLLECTION: ghost_noise_key},
     )
     objective = cross_entropy(logits, y, weights)
     return objective, (cross_entropy(logits, y), logits, updates["batch_stats"])

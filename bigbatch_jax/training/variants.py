@@ -6,6 +6,9 @@ A variant is a batch choice followed by remedies, joined with "+":
 * ``lr``: square-root learning-rate scaling (Hoffer eq. 7).
 * ``linear``: linear learning-rate scaling (Goyal et al.; Jaiswal & Taura).
 * ``gbn``: Ghost Batch Normalization (Hoffer Algorithm 1).
+* ``gni``: Ghost Noise Injection (Kosson, Fan & Jaggi 2024): batch norm over
+  the whole batch with the noise of ghost batches of the same ghost size
+  (``bigbatch_jax.ghost_noise``).
 * ``ra``: regime adaptation, the base regime stretched by r in epochs
   (Hoffer section 5).
 * ``mult``: multiplicative gradient noise z ~ N(1, r - 1) as per-sample loss
@@ -37,6 +40,7 @@ REMEDY_PARTS = (
   "lr",
   "linear",
   "gbn",
+  "gni",
   "ra",
   "mult",
   "white",
@@ -67,6 +71,7 @@ class Variant:
   grow_batch: bool
   warmup: bool = False
   optimizer: str = "sgd"  # "sgd", "lars" or "lamb"
+  ghost_noise: bool = False  # "gni"
 
 
 def parse_variant(name: str) -> Variant:
@@ -101,6 +106,7 @@ def parse_variant(name: str) -> Variant:
     ("grow", "ra", "regime adaptation stretches a fixed batch's regime"),
     ("grow", "mult", "the matched noise variance is defined for one batch size"),
     ("lars", "lamb", "two optimizers; choose one"),
+    ("gbn", "gni", "two normalizations of the ghost batches; choose one"),
   ):
     if a in remedies and b in remedies:
       raise ValueError(f"variant {name!r} is contradictory: '{a}' and '{b}' ({why})")
@@ -130,4 +136,5 @@ def parse_variant(name: str) -> Variant:
     grow_batch="grow" in remedies,
     warmup="warmup" in remedies,
     optimizer=next((p for p in ("lars", "lamb") if p in remedies), "sgd"),
+    ghost_noise="gni" in remedies,
   )

@@ -1,4 +1,4 @@
-"""Runs the benchmarks of issue 7 and writes experiments/benchmarks/RESULTS.md.
+"""Runs the benchmarks and writes experiments/benchmarks/RESULTS.md.
 
   python -m experiments.benchmarks                       # everything, ~6 minutes on 2 cores
   python -m experiments.benchmarks --quick               # smaller sizes
@@ -8,10 +8,12 @@ Flags are absl flags, as in the other entry points (--helpfull lists them).
 
 Parts: step (throughput vs BatchNorm, the chunked reference and the jnp.dot
 peak, with a profile), overheads (optional parts vs the plain step), pipeline
-(epoch vs steps x step), compile_memory (compilations, peak RSS), scaling
+(epoch vs steps x step), normalizers (the Ghost Noise Injection step vs the
+BatchNorm and Ghost BN steps), compile_memory (compilations, peak RSS), scaling
 (1/2/4 simulated devices), checkpoint (save and restore with and without the
-checksums). A run of only some parts replaces their sections of an existing
-results file and keeps the others. Timings are interleaved side by side and reported
+checksums), population (P single runs vs a population of P on Table 1's rows).
+A run of only some parts replaces their sections of an existing results file
+and keeps the others. Timings are interleaved side by side and reported
 as medians and ratios; the machine's load is recorded with them.
 """
 
@@ -30,8 +32,10 @@ from bigbatch_jax.training.host_memory import retain_freed_host_memory
 from experiments.benchmarks import (
   checkpoint,
   compile_memory,
+  normalizers,
   overheads,
   pipeline,
+  population,
   report,
   scaling,
   throughput,
@@ -41,10 +45,12 @@ from experiments.benchmarks import (
 PARTS = {
   "step": throughput,
   "overheads": overheads,
+  "normalizers": normalizers,
   "pipeline": pipeline,
   "compile_memory": compile_memory,
   "scaling": scaling,
   "checkpoint": checkpoint,
+  "population": population,
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 

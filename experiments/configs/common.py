@@ -26,13 +26,14 @@ def paper_row(
   regime: Mapping[str, Any],
   base_batch_size: int = 128,
   large_batch_size: int = 4096,
-  ghost_batch_size: int | None = 128,
+  ghost_batch_size: int | None = None,
   grad_clip_norm: float | None = 5.0,
   **settings: Any,
 ) -> ml_collections.ConfigDict:
   """The default config with one paper row's model, data, batch sizes and regime.
 
-  Hoffer et al. section 6: large batch 4096, ghost batch 128, and (bigBatch
+  Hoffer et al. section 6: large batch 4096, ghost batch 128 (None: the base
+  batch, so the reference protocol's per-column mini-batch can apply), and (bigBatch
   main_gbn.py) gradient clipping at global norm 5 on every update. Further
   keyword settings set config keys; a mapping value sets keys of a sub-config
   (e.g. ``model_options={"depth": 16}``).

@@ -51,13 +51,17 @@ def get_config() -> ml_collections.ConfigDict:
   # "one_pass" (flax's fast E[x^2] - E[x]^2, which cancels in float32 when the
   # mean is large against the spread). Plain BatchNorm (no gbn) is flax's.
   config.ghost_variance = "shifted"
+  # "gni" (Ghost Noise Injection): who shares a ghost batch drawn with
+  # replacement, "per_ghost" (ghost_batch_size consecutive examples) or
+  # "per_example" (every example its own, as Kosson et al.'s code).
+  config.ghost_draws = "per_ghost"
 
   # Variant and batch sizes (Hoffer Table 1 columns; see training/variants.py).
   config.variant = "sb"  # e.g. "lb+lr+gbn+ra"
   config.base_batch_size = 128  # B_S: the batch the regime was tuned for
   config.large_batch_size = 4096  # B_L: the batch of "lb" variants
   config.batch_size = placeholder(int)  # None: base_batch_size for "sb", large_batch_size for "lb"
-  config.ghost_batch_size = placeholder(int)  # with "gbn"; None: base_batch_size
+  config.ghost_batch_size = placeholder(int)  # with "gbn" or "gni"; None: base_batch_size
   config.lr_rule = placeholder(
     str
   )  # None: from the variant ("lr": sqrt, "linear": linear, else none)
@@ -92,16 +96,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.warmup_epochs = 5.0  # "warmup": Goyal et al.'s linear ramp to the scaled lr
   config.lars_trust_coefficient = 0.001  # "lars": eta of You et al. 2017
 
-  # Protocol (issue 17): "clean" (what the papers describe) or "reference" (what
-  # the bigBatch code did: items 1, 2 and 4 below). Each key overrides its
-  # protocol's default when set; None takes the protocol's (bigbatch_jax.protocol).
+  # Protocol: "clean" (what the papers describe), "reference" (everything the
+  # bigBatch code does, per Table 1 column: items 1-7 below) or
+  # "reference-fitted" (items 1, 2 and main_normal_lr: the selection fitted to
+  # the paper's numbers). Each key overrides its protocol's default when set;
+  # None takes the protocol's (bigbatch_jax.protocol).
   config.protocol = "clean"
   config.momentum_restart = placeholder(bool)  # 1: a fresh SGD momentum every epoch
   # 2: pad 2 with black, crop, flip on in-memory image data (MNIST)
   config.reference_mnist_augment = placeholder(bool)
-  config.bn_scale_uniform = placeholder(bool)  # 3: BN scales U(0, 1) (in neither protocol)
-  config.main_normal_lr = placeholder(bool)  # 4: lr x (B/256)**p, regime stretch ceil(B/256)
-  config.partial_last_batch = placeholder(bool)  # 5: each epoch's partial batch kept (in neither)
+  config.bn_scale_uniform = placeholder(bool)  # 3: BN scales U(0, 1)
+  # 4: each column's script, batch, ghost size, lr rule, stretch (bigbatch_jax.reference_columns)
+  config.script_columns = placeholder(bool)
+  # fitted alternative to 4: lr x (B/256)**p, regime stretch ceil(B/256) on every column
+  config.main_normal_lr = placeholder(bool)
+  config.partial_last_batch = placeholder(bool)  # 5: each epoch's partial batch kept
+  config.unbiased_running_variance = placeholder(bool)  # 6: BN keeps PyTorch's n/(n-1) variance
+  config.reference_mnist_normalize = placeholder(bool)  # 7: MNIST Normalize(0.5, 0.5), any route
   config.mult_noise_variance = placeholder(float)  # "mult" noise sigma^2 (None: matched, r - 1)
   config.nonfinite_policy = "stop"  # non-finite loss/gradient: "stop" (error) | "skip" (the update)
   # "skip": stop with the divergence error past this fraction of the planned updates
@@ -124,6 +135,11 @@ def get_config() -> ml_collections.ConfigDict:
 def _declare_run(config: ml_collections.ConfigDict) -> None:
   """The keys of how a run is carried out (seed, devices, hosts, logging, checkpoints)."""
   config.seed = 0  # parameters, data order, dropout and noise
+  # A population: a tuple of seeds, e.g. --config.seeds='(0,1,2)', trains one
+  # member per seed in one compiled step (bigbatch_jax/training/population.py);
+  # member i equals the single run of seeds[i]. None or an int (equal to
+  # config.seed): the single run of config.seed.
+  config.seeds = FieldReference(None, field_type=object)
   config.num_devices = placeholder(int)  # devices of the data-parallel mesh (None: all)
   # Multi-host: jax.distributed.initialize(). Unset address/count/id are taken
   # from the cluster environment (SLURM, Kubernetes, Cloud TPU).

@@ -30,5 +30,10 @@ def get_config(arg: str = "lb+lr+gbn+ra"):
   regime = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "epochs": 200.0}
   regime |= {"drop_epochs": (60.0, 120.0, 140.0), "drop_factor": 0.2}
   return common.cifar_row(
-    arg, model="wrn16_4", dataset=PAPER_DATASET, regime=regime, base_batch_size=256
+    arg,
+    model="wrn16_4",
+    dataset=PAPER_DATASET,
+    regime=regime,
+    base_batch_size=256,
+    ghost_batch_size=128,
   )

@@ -39,6 +39,7 @@ def run_sweep(
   echo: Callable[[str], None],
   gap_threshold: float = 1.0,
   train_fn: Callable[[ml_collections.ConfigDict, str], dict] = train_and_evaluate,
+  population: bool = True,
 ) -> dict:
   """Runs what is not done yet, measures B_simple, writes the JSON and the PNG; returns the JSON.
 
@@ -51,6 +52,7 @@ def run_sweep(
     echo: prints a progress line.
     gap_threshold: accuracy points below B_S's that count as a gap.
     train_fn: runs one config in a directory (``train_and_evaluate``).
+    population: train each run's seeds as one population (``runner.run_all``).
   """
   probe = {PROBE: configs[PROBE]}
   run_all(probe, seeds[:1], workdir, train_fn, echo)
@@ -61,7 +63,7 @@ def run_sweep(
     f"tr Sigma {measured['trace_sigma']:.3g})"
   )
   runs = {name: config for name, config in configs.items() if name != PROBE}
-  run_all(runs, seeds, workdir, train_fn, echo)
+  run_all(runs, seeds, workdir, train_fn, echo, population)
   some = configs[PROBE]
   setup = {"model": some.model, "dataset": some.dataset, "epochs": some.regime.epochs}
   summary = aggregate.summarize(workdir, batch_sizes, remedy, seeds, measured, gap_threshold, setup)

@@ -53,6 +53,11 @@ flags.DEFINE_float(
   "probe_epochs", None, "Epochs of the small-batch run at which B_simple is measured."
 )
 flags.DEFINE_float("gap_threshold", 1.0, "Accuracy points below B_S's that count as a gap.")
+flags.DEFINE_bool(
+  "population",
+  True,
+  "Train each run's seeds as one population in one compiled step; false: one run per seed.",
+)
 # Exit status of a stop by signal between runs: 128 + the signal number, as a shell reports it.
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -109,7 +114,15 @@ def main(argv):
   signal.signal(signal.SIGTERM, _raise_stopped)
   resume = "rerun the same command to resume"
   try:
-    run_sweep(configs, sizes, remedy, seeds, FLAGS.workdir, lambda s: print(s, flush=True))
+    run_sweep(
+      configs,
+      sizes,
+      remedy,
+      seeds,
+      FLAGS.workdir,
+      lambda s: print(s, flush=True),
+      population=FLAGS.population,
+    )
   except training.Preempted as stopped:  # a signal inside a run, once the loop checkpointed it
     print(f"{resume}", flush=True)
     exit_for_rerun(stopped, "experiments.sweep")

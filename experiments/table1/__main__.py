@@ -4,17 +4,22 @@ Flags: ``--config`` (a config module; its ``get_config(VARIANT[,OPTION])``
 builds each row, and its optional ``PAPER_ACCURACY`` / ``PAPER_DATASET``
 give the paper's numbers), ``--config.KEY=VALUE`` (applied to every row),
 ``--workdir``, ``--seeds``, ``--variants`` (rows, or a set: ``default``,
-``paper``, ``reviewers``) and ``--preset``:
+``paper``, ``reviewers``, ``recipes``, ``normalizers``) and ``--preset``:
 
 * ``quick``: the config's ``table1`` option, the laptop-sized reproduction.
 * ``full``: the config as the paper defines it (e.g. F1: 50 epochs, batch
   128 against 4096, 784-512x5-10).
 * ``auto`` (default): ``full`` when the dataset is the paper's, else ``quick``.
 
-``--protocol=reference`` runs every row under the bigBatch reference code's
-protocol (``bigbatch_jax.protocol``: momentum restart every epoch, the MNIST
-augmentation on in-memory image data, main_normal.py's sqrt(B/256) lr and
-ceil(B/256) epoch stretch), the protocol measured to reproduce Hoffer Table 1.
+``--protocol=reference`` runs every column as the bigBatch reference code
+runs it (``bigbatch_jax.protocol``, ``bigbatch_jax.reference_columns``): its
+script's batch size, ghost size, lr rule and epoch stretch, the momentum
+restart every epoch, the MNIST augmentation and Normalize(0.5, 0.5) on
+in-memory images, U(0, 1) batch-norm scales, each epoch's partial last batch
+and PyTorch's unbiased running variance (docs/reference_protocol.md).
+``--protocol=reference-fitted`` is the earlier selection fitted to the paper's
+numbers: the momentum restart, the MNIST augmentation and main_normal.py's
+sqrt(B/256) lr and ceil(B/256) stretch on every column.
 
 ``--ablation=SB_ROW,LB_ROW`` (e.g. ``sb,lb``, or ``sb,lb+lr`` where the lr
 rule matters) runs the ablation set instead of the table (``ablation``): the
@@ -69,21 +74,29 @@ config_flags.DEFINE_config_file(
   lock_config=True,
 )
 flags.DEFINE_string("workdir", "runs/table1", "Output directory (resumable).")
-flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds, e.g. 0,1,2.")
+flags.DEFINE_string(
+  "seeds",
+  ",".join(str(s) for s in range(10)),
+  "Comma-separated seeds, e.g. 0,1,2. Ten by default: with three, the tests of the claims have "
+  "little power (docs/statistics.md).",
+)
 flags.DEFINE_string(
   "variants",
   "default",
   f"Comma-separated rows (variants, optionally @2x or @r4), or a set: default "
-  f"({','.join(DEFAULT_VARIANTS)}), paper (Hoffer Table 1's columns and sb@2x) or reviewers "
-  "(their questions' rows, with sb and lb+lr+gbn+ra) or recipes (the large-batch recipes "
-  "at B_L with SB's epochs).",
+  f"({','.join(DEFAULT_VARIANTS)}), all (every row: default's, sb@2x, the RA rows without "
+  "Ghost BN and the r = 4 rows), paper (Hoffer Table 1's columns and sb@2x), reviewers "
+  "(their questions' rows, with sb and lb+lr+gbn+ra), recipes (the large-batch recipes "
+  "with SB's epochs) or normalizers (Ghost BN against Ghost Noise Injection, without "
+  "and with RA).",
 )
 flags.DEFINE_enum(
   "protocol",
   None,
   PROTOCOLS,
-  "The protocol of every run (bigbatch_jax.protocol): clean, or the bigBatch reference "
-  "code's; same as --config.protocol.",
+  "The protocol of every run (bigbatch_jax.protocol): clean; reference, each column as the "
+  "bigBatch code runs it; or reference-fitted, the selection fitted to the paper's numbers. "
+  "Same as --config.protocol.",
 )
 flags.DEFINE_string(
   "ablation",
@@ -91,7 +104,15 @@ flags.DEFINE_string(
   "SB_ROW,LB_ROW, e.g. sb,lb: run the reference protocol's artefacts alone and together on "
   "these two rows (the ablation table) instead of --variants.",
 )
-flags.DEFINE_bool("hessian", True, "Measure each run's top Hessian eigenvalue (the λ_max column).")
+flags.DEFINE_bool(
+  "population",
+  True,
+  "Train each row's seeds as one population in one compiled step (member i equals the run "
+  "of seed i); false: one run per seed, one after another.",
+)
+flags.DEFINE_bool(
+  "hessian", True, "Measure the top Hessian eigenvalue of each row's first three seeds (λ_max)."
+)
 flags.DEFINE_bool(
   "covariance", True, "Measure each row's update covariance at SB's w0 (the tr cov column)."
 )
@@ -189,7 +210,7 @@ def run_ablation_from_flags(seeds: list[int]) -> None:
   )
   ablation.run_ablation(
     configs, skipped, pair, seeds, FLAGS.workdir, preset=preset,
-    echo=lambda line: print(line, file=sys.stdout, flush=True),
+    echo=lambda line: print(line, file=sys.stdout, flush=True), population=FLAGS.population,
   )  # fmt: skip
 
 
@@ -231,6 +252,7 @@ def main(argv):
       hessian=FLAGS.hessian,
       covariance=FLAGS.covariance,
       paper_data=setup.paper_data,
+      population=FLAGS.population,
     )
   except Preempted as stopped:  # the same command resumes the run and then the table
     exit_for_rerun(stopped, "experiments.table1")

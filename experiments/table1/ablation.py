@@ -1,11 +1,13 @@
-"""The reference protocol's artefacts one at a time: the ablation set (issue 17).
+"""The reference protocol's artefacts one at a time: the ablation set.
 
 ``python -m experiments.table1 --ablation=sb,lb`` runs a small-batch row and a
 large-batch row (any rows of ``rows.LABELS``) under the clean protocol, under
 each artefact of the bigBatch reference code alone (``bigbatch_jax.protocol``:
 momentum restart, reference MNIST augmentation, U(0, 1) batch-norm scales,
-main_normal.py's lr rule and epoch stretch, the kept partial last batch), and
-under all of them together,
+each column's script (its batch, ghost size, lr rule and epoch stretch), the
+fitted main_normal.py rule on every column, the kept partial last batch, the
+unbiased running variance, MNIST's Normalize(0.5, 0.5)), and under all of the
+reference protocol's items together (the fitted rule excluded),
 and reports for each setting the two accuracies, the gap (small minus large)
 and its Welch p-value (``paper_claims.welch_p``).
 
@@ -43,17 +45,26 @@ from experiments.table1.report import format_ablation, write_ablation
 from experiments.table1.rows import split_row, variant_config
 from experiments.table1.runner import run_all
 
-# The artefacts' config keys (bigbatch_jax.protocol), in issue 17's order.
+# The artefacts' config keys (bigbatch_jax.protocol), in the protocol's order.
 ARTEFACT_LABELS = {
   "momentum_restart": "momentum restart every epoch (item 1)",
   "reference_mnist_augment": "MNIST pad-crop-flip augmentation (item 2)",
   "bn_scale_uniform": "batch-norm scales U(0, 1) (item 3)",
-  "main_normal_lr": "lr x (B/256)**p, epochs x ceil(B/256) (item 4)",
+  "script_columns": "each column's script: batch, ghost, lr rule, stretch (item 4)",
+  "main_normal_lr": "fitted: lr x (B/256)**p, epochs x ceil(B/256) on every column",
   "partial_last_batch": "each epoch's partial last batch kept (item 5)",
+  "unbiased_running_variance": "PyTorch's unbiased running variance (item 6)",
+  "reference_mnist_normalize": "MNIST Normalize(0.5, 0.5) on every route (item 7)",
 }
 ARTEFACTS = tuple(ARTEFACT_LABELS)
+# "all" is the reference protocol's items: main_normal_lr is the fitted alternative to item 4.
+ALL_EXCLUDES = ("main_normal_lr",)
 SETTINGS = ("clean", *ARTEFACTS, "all")
-SETTING_LABELS = {"clean": "clean protocol", **ARTEFACT_LABELS, "all": "all that apply together"}
+SETTING_LABELS = {
+  "clean": "clean protocol",
+  **ARTEFACT_LABELS,
+  "all": "all that apply together (the reference protocol)",
+}
 
 
 def parse_ablation(text: str) -> tuple[str, str]:
@@ -99,11 +110,15 @@ def not_applicable(artefact: str, config: ml_collections.ConfigDict, data) -> st
     len(shape) != 3 or getattr(data, "mean", None) is None
   ):
     return f"{data.name}: examples of shape {shape} are not in-memory images"
+  grey = len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1)
+  if artefact == "reference_mnist_normalize" and (not grey or getattr(data, "mean", None) is None):
+    return f"{data.name}: examples of shape {shape} are not one-channel in-memory images"
   try:
     plan = make_plan(on, data.num_train, num_devices=1)
     augmentation = protocol_lib.reference_mnist_augmentation(
       protocol_lib.resolve_protocol(on), data, on.augment
     )
+    protocol_lib.reference_mnist_normalization(protocol_lib.resolve_protocol(on), data)
   except ValueError as e:  # the artefact's own check says why
     return str(e)
   if artefact == "reference_mnist_augment" and augmentation is None:
@@ -111,14 +126,17 @@ def not_applicable(artefact: str, config: ml_collections.ConfigDict, data) -> st
   if artefact == "momentum_restart" and not any(plan.momentum_restart_steps):
     # A restart at update 0 only is the plain run: the trace starts at zero.
     return "the run has no SGD momentum to restart, or only one epoch"
-  if artefact == "bn_scale_uniform" and not _has_batch_norm(on, plan, data):
+  if artefact in ("bn_scale_uniform", "unbiased_running_variance") and not _has_batch_norm(
+    on, plan, data
+  ):
     return f"model {on.model!r} has no batch norm"
   if artefact == "partial_last_batch" and not plan.partial_batch_size:
     return f"batch {plan.batch_size} divides the {data.num_train} training examples"
-  if artefact == "main_normal_lr":
+  if artefact in ("main_normal_lr", "script_columns"):
     clean = make_plan(off, data.num_train, num_devices=1)
-    if plan.lr_scale == clean.lr_scale and plan.num_steps == clean.num_steps:
-      return f"{on.variant} scales neither its lr nor its epochs by the batch size"
+    same = ("lr_scale", "num_steps", "batch_size", "ghost_batch_size")
+    if all(getattr(plan, k) == getattr(clean, k) for k in same):
+      return f"{on.variant}: the rule changes none of its lr, epochs, batch or ghost size"
   return None
 
 
@@ -161,6 +179,7 @@ def ablation_configs(
         configs[run_name(artefact, row)] = with_artefacts(base, (artefact,))
       else:
         skipped[artefact][row] = reason
+    applies = [a for a in applies if a not in ALL_EXCLUDES]
     if applies:
       configs[run_name("all", row)] = with_artefacts(base, applies)
     else:
@@ -232,18 +251,20 @@ def run_ablation(
   preset: str = "",
   train_fn: Callable[[ml_collections.ConfigDict, str], dict] = train_and_evaluate,
   echo: Callable[[str], None] = print,
+  population: bool = True,
 ) -> list[dict]:
   """Runs every (setting, row, seed) not yet finished, then writes the ablation table.
 
   Runs go to ``workdir/SETTING/ROW/seed_N`` (resumable, as the table's);
   ``table1.json`` holds ``ablation`` (:func:`ablation_rows`), ``runs`` (each
   run's numbers, ``aggregate.row_numbers`` without the curves) and ``meta``;
-  ``table1.md`` is drawn from it.
+  ``table1.md`` is drawn from it. With ``population`` each run's seeds train
+  as one population (``runner.run_all``).
 
   Returns:
     The ablation rows.
   """
-  ran = run_all(configs, seeds, workdir, train_fn, echo)
+  ran = run_all(configs, seeds, workdir, train_fn, echo, population)
   numbers = {name: row_numbers(workdir, name, seeds) for name in configs}
   rows = ablation_rows(numbers, pair, skipped)
   some = configs[run_name("clean", pair[0])]
@@ -264,6 +285,6 @@ def run_ablation(
 
 
 __all__ = [
-  "ARTEFACTS", "SETTINGS", "ablation_configs", "ablation_rows", "not_applicable",
+  "ALL_EXCLUDES", "ARTEFACTS", "SETTINGS", "ablation_configs", "ablation_rows", "not_applicable",
   "parse_ablation", "run_ablation", "run_name", "with_artefacts",
 ]  # fmt: skip

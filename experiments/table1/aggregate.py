@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from bigbatch_jax.statistics import mean_ci95
 from bigbatch_jax.training import fit_log_growth
 from bigbatch_jax.training.metrics import read_metrics
 from experiments.table1.measures import HESSIAN_FILE
@@ -96,7 +97,7 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def row_numbers(workdir: str, row: str, seeds: Sequence[int]) -> dict:
-  """One row: accuracy (%, mean, std, per seed), sizes, time, ||w - w0|| and its log fit."""
+  """One row: accuracy (%: mean, std, 95% CI of the mean, per seed), sizes, time, ||w - w0||."""
   runs = _read_runs(workdir, row, seeds)
   summaries = runs["summaries"]
   accuracies = [100 * s["test_accuracy"] for s in summaries if finite(s["test_accuracy"])]
@@ -106,6 +107,7 @@ def row_numbers(workdir: str, row: str, seeds: Sequence[int]) -> dict:
     "label": label(row),
     "test_accuracy_mean": _mean(accuracies),
     "test_accuracy_std": std(accuracies) if accuracies else None,
+    "test_accuracy_ci95": None if len(accuracies) < 2 else list(mean_ci95(accuracies)),
     "test_accuracy_per_seed": accuracies,
     "seeds": [s["seed"] for s in summaries],
     "diverged_seeds": runs["diverged"],

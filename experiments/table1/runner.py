@@ -19,6 +19,7 @@ import ml_collections
 
 from bigbatch_jax.training import json_files
 from bigbatch_jax.training.workdir import config_changes
+from experiments.table1 import population_runs
 
 # Per run: the driver's measure of the whole run's wall time.
 RUN_TIME_FILE = "run_time.json"
@@ -92,12 +93,19 @@ def run_all(
   workdir: str,
   train_fn: Callable[[ml_collections.ConfigDict, str], dict],
   echo: Callable[[str], None],
+  population: bool = True,
 ) -> int:
-  """Runs each (row, seed) not yet done in ``workdir/ROW/seed_N``; returns how many ran."""
+  """Runs each (row, seed) not yet done in ``workdir/ROW/seed_N``; returns how many ran.
+
+  With ``population`` a row's pending seeds (two or more) train as one
+  population (``population_runs.run_population``), split into the same
+  ``seed_N`` directories; without it, one run per seed.
+  """
   os.makedirs(workdir, exist_ok=True)
   jobs = [(row, s) for row in configs for s in seeds]
   start = time.perf_counter()
   ran = 0
+  pending: dict[str, list[int]] = {}
   for i, (row, seed) in enumerate(jobs, 1):
     config = configs[row].copy_and_resolve_references()
     config.seed = seed
@@ -107,6 +115,22 @@ def run_all(
       check_same_config(config, directory)
       echo(f"{head}: done before, skipped")
       continue
+    if population:
+      pending.setdefault(row, []).append(seed)
+      continue
     echo(f"{head} ({time.perf_counter() - start:.0f} s elapsed)")
     ran += _run_one(config, directory, head, train_fn, echo)
+  for row, row_seeds in pending.items():
+    head = f"{row} seeds {','.join(map(str, row_seeds))}"
+    echo(f"{head} ({time.perf_counter() - start:.0f} s elapsed)")
+    if len(row_seeds) == 1:
+      config = configs[row].copy_and_resolve_references()
+      config.seed = row_seeds[0]
+      ran += _run_one(config, run_dir(workdir, row, row_seeds[0]), head, train_fn, echo)
+    else:
+      directory = population_runs.population_dir(workdir, row, row_seeds)
+      directories = {s: run_dir(workdir, row, s) for s in row_seeds}
+      ran += population_runs.run_population(
+        configs[row], directory, directories, train_fn, echo, head, RUN_TIME_FILE
+      )
   return ran

@@ -1,0 +1,125 @@
+"""Populations: P members of one row trained by one compiled step.
+
+A population is P runs of the same row (model, batch size, ghost size,
+regime) that differ in their seed: each member has its own initialization,
+example stream, dropout and noise keys. Their states are one ``TrainState``
+with a leading member axis, and one step maps the per-member
+``step.train_step`` over that axis with ``jax.vmap`` inside the data-parallel
+``shard_map``. Members never interact: ``lax.pmean`` and GhostBatchNorm's
+gathers run per member (vmap batches the collectives), so member i computes
+what the single run of its seed computes, up to the float rounding of
+batched matrix products.
+
+Why one step for many seeds: a small-batch step of a small model (F1 at
+B=64) is bound by dispatch, not arithmetic; P members in one call share the
+dispatch and fill the cores with P-times larger products, and the row
+compiles once instead of P times. Hoffer et al.'s Table 1 compares means over
+seeds, so more seeds per row at the price of a few makes the comparison
+(and its confidence intervals) tighter.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax import lax
+
+from bigbatch_jax.training.step import eval_step, train_step
+
+log = logging.getLogger(__name__)
+
+
+def member_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
+  """The population's seeds from ``config.seeds``; None for a single run of ``config.seed``.
+
+  ``config.seeds`` is None (a single run of ``config.seed``), an int (the
+  same single run; it must equal ``config.seed``, which it names) or a tuple
+  of distinct non-negative ints (a population, even of one member).
+  """
+  seeds = config.seeds
+  if seeds is None:
+    return None
+  if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+    if int(seeds) != config.seed:
+      raise ValueError(
+        f"config.seeds={seeds} (an int: a single run) differs from config.seed={config.seed}; "
+        f"set one of them, or --config.seeds='({seeds},)' for a population of one"
+      )
+    return None
+  if not isinstance(seeds, tuple | list) or not seeds:
+    raise ValueError(
+      f"config.seeds={seeds!r}; valid: None or an int (a single run of that seed) or a "
+      "non-empty tuple of distinct non-negative ints such as '(0, 1, 2)' (a population)"
+    )
+  bad = [s for s in seeds if not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 0]
+  if bad:
+    raise ValueError(f"config.seeds={seeds!r} holds {bad!r}; every seed must be an int >= 0")
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"config.seeds={seeds!r} repeats a seed; members need distinct seeds")
+  return tuple(int(s) for s in seeds)
+
+
+def _keep(frozen: jax.Array, old, new):
+  """``old`` where ``frozen`` else ``new``, leaf by leaf (typed keys through their data)."""
+
+  def pick(a, b):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      data = jnp.where(frozen, jax.random.key_data(a), jax.random.key_data(b))
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+    return jnp.where(frozen, a, b)
+
+  return jax.tree.map(pick, old, new)
+
+
+def _member_step(state, batch, **step_args):
+  """One member's ``train_step``; a member that diverged keeps its last finite state.
+
+  A member is diverged from the first step whose loss or gradient was not
+  finite (``nonfinite_step`` >= 0, the "stop" policy's record): from that
+  update on its parameters, statistics and optimizer state stop changing,
+  so the others go on and the diverged one is reported with its step.
+  """
+  new, metrics = train_step(state, batch, **step_args)
+  frozen = new.nonfinite_step >= 0
+  new = new.replace(
+    params=_keep(frozen, state.params, new.params),
+    batch_stats=_keep(frozen, state.batch_stats, new.batch_stats),
+    opt_state=_keep(frozen, state.opt_state, new.opt_state),
+  )
+  return new, metrics
+
+
+def population_train_step(state, batch, **step_args):
+  """``train_step`` mapped over the members: state and batch ``[P, ...]``, metrics ``[P]``.
+
+  Runs inside ``shard_map`` like ``train_step``; the batch is ``[P, B_local,
+  ...]`` (``parallel.batch_spec(members=True)``).
+  """
+  return jax.vmap(functools.partial(_member_step, **step_args))(state, batch)
+
+
+def population_train_steps(state, batches, **step_args):
+  """``population_train_step`` over a leading axis of steps (``lax.scan``); metrics ``[L, P]``."""
+  return lax.scan(lambda s, b: population_train_step(s, b, **step_args), state, batches)
+
+
+def population_eval_step(state, batch, *, model):
+  """``eval_step`` of every member on one shared batch: sums ``[P]``."""
+  return jax.vmap(functools.partial(eval_step, model=model), in_axes=(0, None))(state, batch)
+
+
+def member_values(metrics: dict[str, Any], member: int) -> dict[str, Any]:
+  """One member's slice of metrics whose last axis is the members'."""
+  return {k: np.asarray(v)[..., member] for k, v in metrics.items()}
+
+
+def take_member(tree: Any, member: int) -> Any:
+  """Member ``member`` of a population pytree (a state or a checkpoint's dict)."""
+  return jax.tree.map(lambda x: x[member], tree)

@@ -1,0 +1,215 @@
+"""Populations: member i of a population equals the single run of its seed.
+
+Each case trains a population of two seeds and the single run of the second
+seed for 20 updates and compares the final parameters, optimizer state and
+batch statistics (rel 1e-5: vmapped matrix products may round differently).
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigbatch_jax import training
+from bigbatch_jax.training import population
+from experiments.configs import default
+from tests.test_training import tiny_config
+
+SEEDS = (4, 7)
+
+
+def equivalence_config(variant, **overrides):
+  """A tiny F1 (one hidden layer of 16) for 20 updates, no evaluation until the end."""
+  base = {
+    "model_options.hidden": 16,
+    "model_options.depth": 1,
+    "log_every_steps": 5,
+    "checkpoint_every_steps": 0,
+    "eval_every_epochs": 100.0,
+    "eval_on_train": False,
+    "regime.epochs": 3.0,
+    "stop_after_steps": 20,
+  }
+  return tiny_config(variant, **{**base, **overrides})
+
+
+def _final_state(workdir):
+  state = training.Checkpointer(os.path.join(workdir, "checkpoints")).restore_raw()
+  return {k: state[k] for k in ("params", "batch_stats", "opt_state")}
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def assert_member_equals_single(tmp_path, variant, **overrides):
+  pop_dir, single_dir = str(tmp_path / "population"), str(tmp_path / "single")
+  training.train_and_evaluate(equivalence_config(variant, seeds=SEEDS, **overrides), pop_dir)
+  training.train_and_evaluate(equivalence_config(variant, seed=SEEDS[1], **overrides), single_dir)
+  members, single = _final_state(pop_dir), _final_state(single_dir)
+  assert training.Checkpointer(os.path.join(single_dir, "checkpoints")).latest_step() == 20
+  member = population.take_member(members, 1)
+  other = population.take_member(members, 0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member, single)
+  # The members differ from each other: their own initialization, stream and keys.
+  assert not np.allclose(other["params"]["fc1"]["kernel"], member["params"]["fc1"]["kernel"])
+  single_losses = [r["loss"] for r in _records(single_dir) if "loss" in r]
+  member_losses = [r["loss"] for r in _records(pop_dir) if r.get("member") == 1 and "loss" in r]
+  np.testing.assert_allclose(member_losses, single_losses, rtol=1e-5)
+
+
+# Each case together covers: BN and GBN, multiplicative and white noise, clipping,
+# momentum restart, warmup, LARS/LAMB, the kept partial last batch, regime adaptation.
+FAST_CASES = {
+  "gbn+ra+mult+white+clip+warmup+restart+partial": (
+    "lb+linear+gbn+ra+mult+white+clip+warmup",
+    {"momentum_restart": True, "partial_last_batch": True, "base_batch_size": 24},
+  ),
+}
+SLOW_CASES = {
+  "bn+white+warmup": ("lb+linear+white+warmup", {"warmup_epochs": 1.0}),
+  "lars": ("lb+lr+lars", {}),
+  "sb": ("sb", {}),
+  "gbn": ("lb+lr+gbn", {}),
+  "mult": ("lb+mult", {}),
+  "white": ("lb+linear+white", {}),
+  "clip": ("lb+lr+clip", {}),
+  "restart": ("lb+lr", {"momentum_restart": True}),
+  "lamb": ("lb+lr+lamb", {}),
+  "partial": ("sb", {"partial_last_batch": True, "base_batch_size": 24}),
+  "ra": ("lb+lr+gbn+ra", {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAST_CASES))
+def test_a_member_equals_the_single_run_of_its_seed(case, tmp_path):
+  variant, overrides = FAST_CASES[case]
+  assert_member_equals_single(tmp_path, variant, **overrides)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(SLOW_CASES))
+def test_a_member_equals_the_single_run_of_its_seed_for_each_remedy(case, tmp_path):
+  variant, overrides = SLOW_CASES[case]
+  assert_member_equals_single(tmp_path, variant, **overrides)
+
+
+def test_seeds_resolve_to_a_population_or_a_single_run():
+  config = default.get_config()
+  assert population.member_seeds(config) is None
+  config.seeds = 0
+  assert population.member_seeds(config) is None
+  config.seeds = (2, 0, 5)
+  assert population.member_seeds(config) == (2, 0, 5)
+  for bad, words in [
+    (3, "differs from config.seed=0"),
+    ((), "non-empty tuple"),
+    ((1, 1), "repeats a seed"),
+    ((0, -1), "every seed must be an int >= 0"),
+    ("0,1", "non-empty tuple"),
+  ]:
+    config.seeds = bad
+    with pytest.raises(ValueError, match=words):
+      population.member_seeds(config)
+
+
+def _population_step(config, seeds):
+  """The real population step of ``config`` on one device, its first state and plan."""
+  from bigbatch_jax import data as data_lib
+  from bigbatch_jax.training import parallel, setup
+
+  data = data_lib.load_data(config)
+  mesh = parallel.make_mesh(1)
+  plan = training.make_plan(config, data.num_train, 1)
+  run = setup.set_up_run(config, plan, mesh, data.num_classes, data.input_shape, seeds=seeds)
+  fn = parallel.shard_train_step(
+    population.population_train_step, mesh, members=True, **run.step_args
+  )
+  batches = lambda: data_lib.PopulationBatches(  # noqa: E731
+    data, plan.batch_schedule, seeds=seeds, prefetch=0
+  )
+  return fn, run.state, mesh, plan, batches
+
+
+def test_a_member_driven_to_nan_is_frozen_and_reported_while_the_others_go_on(tmp_path):
+  from bigbatch_jax.training import members as members_lib
+  from bigbatch_jax.training import parallel
+
+  config = equivalence_config("lb+lr+gbn")
+  results = []
+  fn, first, mesh, plan, make_batches = _population_step(config, (0, 1, 2))
+  for inject in (False, True):
+    state, batches = jax.tree.map(jnp.copy, first), make_batches()
+    history = []
+    for step in range(4):
+      batch = next(batches)
+      if inject and step == 2:
+        batch["x"][1, 0, 0] = np.nan  # one example of member 1
+      state, _ = fn(state, parallel.put_batch(batch, mesh, members=True))
+      history.append(jax.device_get(state.params))
+    results.append((state, history))
+  (clean, _), (state, history) = results
+  # Members 0 and 2 end identical to the population without the NaN.
+  for member in (0, 2):
+    jax.tree.map(
+      np.testing.assert_array_equal,
+      population.take_member(jax.device_get(clean.params), member),
+      population.take_member(history[-1], member),
+    )
+  # Member 1 is frozen at its state before the bad update, and recorded.
+  np.testing.assert_array_equal(np.asarray(state.nonfinite_step), [-1, 2, -1])
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    population.take_member(history[1], 1),
+    population.take_member(history[-1], 1),
+  )
+  checkpoints = training.Checkpointer(str(tmp_path / "ckpt"))
+  members = members_lib.Members((0, 1, 2), plan, checkpoints, None)
+  members.check_state(state)
+  assert members.live() == [0, 2]
+  report = members.diverged[1]
+  assert report["step"] == 2 and report["lr"] == pytest.approx(float(training.lr_schedule(plan)(2)))
+  assert "non-finite loss and gradient at step 2" in report["error"]
+  # The "stop" policy ends the run only when every member has diverged.
+  all_bad = state.replace(nonfinite_step=np.array([3, 2, 5], np.int32))
+  all_bad = all_bad.replace(nonfinite_kind=np.array([1, 3, 2], np.int32))
+  with pytest.raises(FloatingPointError, match="every member of the population diverged"):
+    members.check_state(all_bad)
+
+
+def test_a_split_population_gives_each_seed_a_single_runs_workdir(tmp_path):
+  from bigbatch_jax.diagnostics import runs
+  from bigbatch_jax.training import members as members_lib
+  from bigbatch_jax.training.workdir import config_changes
+
+  config = equivalence_config("lb+lr+gbn", seeds=SEEDS, stop_after_steps=None, num_epochs=1.0)
+  workdir = str(tmp_path / "population")
+  summary = training.train_and_evaluate(config, workdir)
+  assert [m["seed"] for m in summary["members"]] == list(SEEDS)
+  assert summary["mean_test_accuracy"] == pytest.approx(
+    np.mean([m["test_accuracy"] for m in summary["members"]])
+  )
+  records = _records(workdir)
+  assert {(r["member"], r["seed"]) for r in records} == {(0, 4), (1, 7)}
+  assert any("test_accuracy" in r for r in records)
+  directories = {s: str(tmp_path / f"seed_{s}") for s in SEEDS}
+  members_lib.split_population(workdir, directories)
+  for member, seed in enumerate(SEEDS):
+    directory = directories[seed]
+    own = _records(directory)
+    assert own and all("member" not in r and "seed" not in r for r in own)
+    assert len(own) == sum(r["member"] == member for r in records)
+    with open(os.path.join(directory, "summary.json")) as f:
+      assert json.load(f) == {k: v for k, v in summary["members"][member].items() if k != "member"}
+    single = equivalence_config("lb+lr+gbn", seed=seed, stop_after_steps=None, num_epochs=1.0)
+    assert config_changes(single, directory) == []
+    run = runs.load_run(directory)
+    jax.tree.map(
+      np.testing.assert_array_equal,
+      run.params,
+      population.take_member(_final_state(workdir)["params"], member),
+    )

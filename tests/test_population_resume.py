@@ -1,0 +1,80 @@
+"""A population run killed (SIGKILL) or stopped (SIGTERM) mid-run resumes bit-identical."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from bigbatch_jax import training
+from tests.test_population import equivalence_config
+from tests.tiny_run import ENV, REPO, RUN_FLAGS, assert_identical, read_result, trained_steps
+
+COMMAND = [
+  sys.executable,
+  "-m",
+  "experiments.main",
+  *RUN_FLAGS,
+  "--config.seeds=(0,1,2)",
+  "--config.log_every_steps=1",
+  "--config.checkpoint_every_steps=2",
+  "--config.num_epochs=6",  # 48 updates
+]
+pytestmark = pytest.mark.slow
+
+
+def _start(workdir):
+  return subprocess.Popen(
+    [*COMMAND, f"--workdir={workdir}"],
+    cwd=REPO,
+    env=ENV,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+
+
+def _finish(workdir):
+  proc = _start(workdir)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+
+
+def _signal_when(workdir, target, sig, timeout=300):
+  """Starts the run and sends ``sig`` once ``target`` training records (all members) exist."""
+  proc = _start(workdir)
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline and proc.poll() is None:
+    if trained_steps(workdir) >= target:
+      proc.send_signal(sig)
+      break
+    time.sleep(0.002)
+  _, err = proc.communicate(timeout=600)
+  return proc.returncode, err
+
+
+def test_kill_and_sigterm_mid_population_then_resume_is_bit_identical(tmp_path):
+  straight = tmp_path / "straight"
+  _finish(straight)
+  interrupted = tmp_path / "interrupted"
+  rc, err = _signal_when(interrupted, 3 * 10, signal.SIGKILL)  # 3 members x 10 steps
+  assert rc == -signal.SIGKILL, err[-2000:]
+  rc, err = _signal_when(interrupted, 3 * 30, signal.SIGTERM)
+  assert rc == training.PREEMPTED_EXIT_CODE, err[-2000:]
+  _finish(interrupted)
+  assert_identical(read_result(straight), read_result(interrupted))
+  records = read_result(straight)[1]
+  assert {r["seed"] for r in records} == {0, 1, 2}
+
+
+def test_a_population_on_four_devices_equals_it_on_one(tmp_path):
+  finals = []
+  for devices in (1, 4):
+    workdir = str(tmp_path / str(devices))
+    config = equivalence_config("lb+lr+gbn+mult", seeds=(0, 1), num_devices=devices)
+    training.train_and_evaluate(config, workdir)
+    finals.append(read_result(workdir)[0])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), *finals)

@@ -15,11 +15,12 @@ from bigbatch_jax.transforms import (
   batch_size_scale_schedule,
   clip_by_global_norm_during,
   lr_scaling_exponent,
+  restart_momentum_at,
   scale_by_batch_size,
   scale_by_distance_drops,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.3.0.dev0"
 
 __all__ = [
   "GhostBatchNorm",
@@ -34,6 +35,7 @@ __all__ = [
   "lr_scaling_exponent",
   "matched_noise_variance",
   "multiplicative_noise_weights",
+  "restart_momentum_at",
   "scale_by_batch_size",
   "scale_by_distance_drops",
 ]

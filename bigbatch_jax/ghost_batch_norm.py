@@ -436,6 +436,12 @@ class GhostBatchNorm(Module):
   matter then. In training a ghost size that does not divide the batch is an
   error.
 
+  The other attributes (``use_running_average``, ``axis``, ``momentum``,
+  ``epsilon``, ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``,
+  ``bias_init``, ``scale_init``, ``axis_name``, ``axis_index_groups``,
+  ``use_fast_variance``, ``force_float32_reductions``) are those of
+  ``flax.linen.BatchNorm``.
+
   Attributes:
     ghost_batch_size: examples per ghost batch (>= 2), or None for plain batch
       normalization.
@@ -448,11 +454,8 @@ class GhostBatchNorm(Module):
       (``ghost_batch_size=None``) follows ``use_fast_variance``, as flax.
     running_variance: ``"biased"`` (default, flax) or ``"unbiased"`` (PyTorch),
       the variance the running average keeps, see above.
-    use_running_average, axis, momentum, epsilon, dtype, param_dtype, use_bias,
-    use_scale, bias_init, scale_init, axis_name, axis_index_groups,
-    use_fast_variance, force_float32_reductions: as ``flax.linen.BatchNorm``.
 
-  Example:
+  Examples:
     >>> import functools, jax, jax.numpy as jnp
     >>> norm = GhostBatchNorm(ghost_batch_size=4, momentum=0.9)
     >>> x = jax.random.normal(jax.random.key(0), (16, 3))
@@ -484,6 +487,20 @@ class GhostBatchNorm(Module):
   stats_update: str = "sequential"
   ghost_variance: str = "shifted"
   running_variance: str = "biased"
+
+  def __new__(cls, *args, **kwargs):
+    # NNX's constructor (num_features first, rngs=...) reaches this linen
+    # dataclass as use_running_average=512 or an unknown keyword: say which
+    # class was meant before the dataclass fails or takes the number silently.
+    nnx_style = "rngs" in kwargs or "num_features" in kwargs
+    if nnx_style or (args and not isinstance(args[0], bool | None)):
+      raise TypeError(
+        "bigbatch_jax.GhostBatchNorm is the flax.linen module (arguments as nn.BatchNorm, no "
+        f"num_features or rngs); it got positional {args!r} and keywords {sorted(kwargs)}. "
+        "For Flax NNX use bigbatch_jax.nnx.GhostBatchNorm(num_features, ghost_batch_size=..., "
+        "rngs=nnx.Rngs(0))"
+      )
+    return super().__new__(cls)
 
   def _params(self, feature_shape):
     """scale and bias (or None), created as flax's ``_normalize`` creates them."""

@@ -4,7 +4,7 @@ A thin front end over the functions of :mod:`bigbatch_jax.ghost_batch_norm`
 (the ghost statistics, the normalization and the closed-form running update),
 which the linen ``GhostBatchNorm`` calls too: one implementation of the math.
 
-Example:
+Examples:
   >>> import jax, jax.numpy as jnp
   >>> from flax import nnx
   >>> from bigbatch_jax import nnx as bnnx
@@ -18,10 +18,14 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
+import flax
 import jax
-from flax import nnx
+import jax.numpy as jnp
+from flax import linen, nnx
 
 from bigbatch_jax.ghost_batch_norm import (
   GhostOptions,
@@ -66,8 +70,25 @@ class GhostBatchNorm(nnx.BatchNorm):
     running_variance: ``"biased"`` (default, flax) or ``"unbiased"``: PyTorch's
       convention, n / (n - 1) times each ghost batch's variance enters the
       running average while the batch is normalized by the biased one.
-    **kwargs: the keyword arguments of ``flax.nnx.BatchNorm`` (``rngs``,
-      ``momentum``, ``epsilon``, ``axis_name``, ...), with its defaults.
+    use_running_average: as ``flax.nnx.BatchNorm`` (as are the arguments below).
+    axis: the feature axis.
+    momentum: the decay of the running averages (flax's convention).
+    epsilon: added to the variance.
+    dtype: the computation dtype.
+    param_dtype: the parameters' dtype.
+    use_bias: whether to learn a bias.
+    use_scale: whether to learn a scale.
+    bias_init: the bias initializer.
+    scale_init: the scale initializer.
+    axis_name: the device axis (under ``shard_map``).
+    axis_index_groups: device groups of ``axis_name``.
+    use_fast_variance: the variance flax computes without ghost batches.
+    promote_dtype: as ``flax.nnx.BatchNorm`` in the flax versions that have it;
+      None keeps flax's default (giving it to a flax without it is an error
+      naming the installed version). The same for the two below.
+    bias_metadata: the bias ``nnx.Param``'s metadata.
+    scale_metadata: the scale ``nnx.Param``'s metadata.
+    rngs: the ``nnx.Rngs`` of the parameters' initializers.
 
   References:
     Hoffer, Hubara, Soudry 2017, "Train longer, generalize better", section 4,
@@ -82,11 +103,49 @@ class GhostBatchNorm(nnx.BatchNorm):
     stats_update: str = "sequential",
     ghost_variance: str = "shifted",
     running_variance: str = "biased",
-    **kwargs: Any,
+    use_running_average: bool | None = False,
+    axis: int = -1,
+    momentum: float = 0.99,
+    epsilon: float = 1e-5,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_bias: bool = True,
+    use_scale: bool = True,
+    bias_init: Any = jax.nn.initializers.zeros,
+    scale_init: Any = jax.nn.initializers.ones,
+    axis_name: str | None = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = True,
+    promote_dtype: Any = None,
+    bias_metadata: Mapping[str, Any] | None = None,
+    scale_metadata: Mapping[str, Any] | None = None,
+    rngs: nnx.Rngs,
   ):
     check_options(ghost_batch_size, stats_update, ghost_variance)
     check_running_variance(running_variance)
-    super().__init__(num_features, **kwargs)
+    newer = {
+      "promote_dtype": promote_dtype,
+      "bias_metadata": bias_metadata,
+      "scale_metadata": scale_metadata,
+    }
+    super().__init__(
+      num_features,
+      use_running_average=use_running_average,
+      axis=axis,
+      momentum=momentum,
+      epsilon=epsilon,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      use_bias=use_bias,
+      use_scale=use_scale,
+      bias_init=bias_init,
+      scale_init=scale_init,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_fast_variance=use_fast_variance,
+      rngs=rngs,
+      **_given_newer_arguments(newer),
+    )
     self.ghost_batch_size = ghost_batch_size
     self.stats_update = stats_update
     self.ghost_variance = ghost_variance
@@ -153,8 +212,8 @@ def ghostify(
   ghost_noise: nnx.Rngs | None = None,
   ghost_draws: str = "per_ghost",
   running_variance: str = "biased",
-) -> nnx.Module:
-  """Replaces every ``nnx.BatchNorm`` of ``model`` by a :class:`GhostBatchNorm`, in place.
+) -> int:
+  """Replaces every ``nnx.BatchNorm`` inside ``model`` by a :class:`GhostBatchNorm`, in place.
 
   With ``ghost_noise`` (an ``nnx.Rngs``: the noise's keys) the replacement is
   a :class:`GhostNoiseBatchNorm` instead (Ghost Noise Injection, Kosson et
@@ -165,24 +224,44 @@ def ghostify(
   Each replacement keeps the batch norm's configuration and its very
   ``scale``/``bias`` parameters and ``mean``/``var`` statistics (the same
   ``nnx.Variable`` objects), so in eval mode the model computes exactly what
-  it computed before; in training each layer normalizes ghost batches of
-  ``ghost_batch_size``. Batch norms are found anywhere in the graph: nested
-  modules, ``nnx.Sequential``, ``nnx.List``/``nnx.Dict`` and lists in
-  ``nnx.data``. Existing GhostBatchNorms get the new options.
+  it computed before, and an ``nnx.Optimizer`` built before still holds them;
+  in training each layer normalizes ghost batches of ``ghost_batch_size``.
+  Batch norms are found anywhere in the graph: nested modules,
+  ``nnx.Sequential``, ``nnx.List``/``nnx.Dict`` and lists in ``nnx.data``.
+  Existing GhostBatchNorms get the new options (and count as replaced).
 
   Args:
-    model: an NNX module (or a single ``nnx.BatchNorm``).
+    model: an NNX module holding at least one ``nnx.BatchNorm``.
     ghost_batch_size: examples per ghost batch (>= 2), or None.
     stats_update: ``"sequential"`` or ``"mean"``.
     ghost_variance: ``"shifted"``, ``"two_pass"`` or ``"one_pass"``.
     running_variance: ``"biased"`` or ``"unbiased"`` (PyTorch's running variance).
 
   Returns:
-    ``model``, changed in place (the new module if ``model`` itself is a batch
-    norm).
+    How many batch norms were replaced (or updated).
+
+  Raises:
+    TypeError: ``model`` is a flax.linen module, a bare ``nnx.BatchNorm`` (which
+      cannot be replaced in place) or not an NNX module.
+    ValueError: ``model`` holds no batch norm, or the options are invalid.
+
+  Examples:
+    >>> from flax import nnx
+    >>> from bigbatch_jax import nnx as bnnx
+    >>> rngs = nnx.Rngs(0)
+    >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=rngs), nnx.BatchNorm(8, rngs=rngs))
+    >>> bnnx.ghostify(model, ghost_batch_size=16)
+    1
+    >>> type(model.layers[1]).__name__
+    'GhostBatchNorm'
+
+  References:
+    Hoffer, Hubara, Soudry 2017, "Train longer, generalize better", section 4,
+    Algorithm 1.
   """
   check_options(ghost_batch_size, stats_update, ghost_variance)
   check_running_variance(running_variance)
+  _check_ghostify_target(model)
   options = {
     "ghost_batch_size": ghost_batch_size,
     "stats_update": stats_update,
@@ -197,19 +276,55 @@ def ghostify(
         "flax's biased running variance; use running_variance='biased' or ghost_noise=None"
       )
   found = [(p, n) for p, n in nnx.iter_graph(model) if isinstance(n, nnx.BatchNorm)]
+  if not found:
+    raise ValueError(
+      f"ghostify found no nnx.BatchNorm in the {type(model).__name__} it was given, so there "
+      "is nothing to replace; build the model with nnx.BatchNorm layers (or put "
+      "bigbatch_jax.nnx.GhostBatchNorm in it directly)"
+    )
   for path, norm in found:
     if ghost_noise is None:
       ghost = _ghost_of(norm, options)
     else:
       ghost = _noisy_of(norm, ghost_batch_size, ghost_draws, ghost_variance, ghost_noise)
-    if not path:
-      return ghost
-    parent = functools.reduce(_child, path[:-1], model)
-    if hasattr(type(parent), "__setitem__"):
-      parent[path[-1]] = ghost
-    else:
-      setattr(parent, path[-1], ghost)
-  return model
+    if path:
+      parent = functools.reduce(_child, path[:-1], model)
+      if hasattr(type(parent), "__setitem__"):
+        parent[path[-1]] = ghost
+      else:
+        setattr(parent, path[-1], ghost)
+  return len(found)
+
+
+def _check_ghostify_target(model: Any) -> None:
+  """Raises, saying what to do, for what ghostify cannot change in place."""
+  if isinstance(model, linen.Module):
+    raise TypeError(
+      f"ghostify changes Flax NNX models; it was given the flax.linen module "
+      f"{type(model).__name__}. In linen, use bigbatch_jax.GhostBatchNorm(ghost_batch_size=...) "
+      "where the model has nn.BatchNorm"
+    )
+  if isinstance(model, nnx.BatchNorm) and not isinstance(model, GhostBatchNorm):
+    raise TypeError(
+      "ghostify replaces the batch norms inside a model, in place; a bare nnx.BatchNorm "
+      "cannot replace itself. Build bigbatch_jax.nnx.GhostBatchNorm(num_features, "
+      "ghost_batch_size=..., rngs=...) instead"
+    )
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"ghostify needs a flax.nnx.Module, got {type(model).__name__}: {model!r}")
+
+
+def _given_newer_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+  """The given ``nnx.BatchNorm`` arguments that older flax versions lack, checked."""
+  given = {k: v for k, v in arguments.items() if v is not None}
+  known = inspect.signature(nnx.BatchNorm.__init__).parameters
+  missing = sorted(set(given) - set(known))
+  if missing:
+    raise TypeError(
+      f"GhostBatchNorm: {missing} need a flax whose nnx.BatchNorm takes them; the installed "
+      f"flax {flax.__version__} does not (upgrade flax, or leave them None)"
+    )
+  return given
 
 
 def _child(parent: Any, key: Any) -> Any:

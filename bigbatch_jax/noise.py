@@ -51,7 +51,7 @@ def matched_noise_variance(batch_size: int, base_batch_size: int) -> float:
   Returns:
     r - 1 with r = batch_size / base_batch_size, a float >= 0.
 
-  Example:
+  Examples:
     >>> matched_noise_variance(4096, 128)
     31.0
 
@@ -86,7 +86,7 @@ def multiplicative_noise_weights(
   Returns:
     A float32 array of shape ``(batch_size,)``.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp
     >>> losses = jnp.ones(8)
     >>> z = multiplicative_noise_weights(jax.random.key(0), 8, matched_noise_variance(8, 2))

@@ -227,7 +227,9 @@ def script_column(
   Args:
     model: the config's model (a ``SCRIPT_COLUMNS`` key, or any other).
     variant_name: the column (``"sb"``, ``"lb+lr+gbn+ra"``, ...).
-    base_batch_size, large_batch_size, epochs: the config's B_S, B_L and regime epochs.
+    base_batch_size: the config's B_S.
+    large_batch_size: the config's B_L.
+    epochs: the config's regime epochs.
     **flags: :func:`default_column`'s remaining arguments (the variant's parts).
 
   Returns:

@@ -147,7 +147,7 @@ def adapt_regime(
   Returns:
     A new :class:`Regime` for ``batch_size``.
 
-  Example:
+  Examples:
     >>> base = Regime(lr=0.1, epochs=50, drop_epochs=(10, 20, 30), batch_size=128)
     >>> lb = adapt_regime(base, 4096)
     >>> round(lb.lr, 4), lb.epochs, lb.drop_epochs
@@ -227,7 +227,7 @@ def gradual_warmup(scale: float, warmup_steps: int) -> optax.Schedule:
   Returns:
     An ``optax.Schedule``: 1 / scale at update 0, rising linearly to 1 at T.
 
-  Example:
+  Examples:
     >>> factor = gradual_warmup(32.0, 100)
     >>> [round(float(factor(t)) * 32, 2) for t in (0, 50, 100, 200)]
     [1.0, 16.5, 32.0, 32.0]

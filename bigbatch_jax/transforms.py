@@ -115,7 +115,7 @@ def scale_by_batch_size(
   Returns:
     An ``optax.GradientTransformation``.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp, optax, bigbatch_jax
     >>> tx = optax.chain(optax.sgd(0.1), bigbatch_jax.scale_by_batch_size(4096, 128))
     >>> params = {"w": jnp.ones(3)}
@@ -159,7 +159,7 @@ def add_decaying_noise(
   Returns:
     An ``optax.GradientTransformation`` whose state holds the count and key.
 
-  Example:
+  Examples:
     >>> import jax, optax, bigbatch_jax
     >>> tx = optax.chain(bigbatch_jax.add_decaying_noise(jax.random.key(0)), optax.sgd(0.1))
 
@@ -211,7 +211,7 @@ def clip_by_global_norm_during(max_norm: float, steps: int) -> optax.GradientTra
   Returns:
     An ``optax.GradientTransformation``.
 
-  Example:
+  Examples:
     >>> import optax, bigbatch_jax
     >>> tx = optax.chain(bigbatch_jax.clip_by_global_norm_during(5.0, 100), optax.sgd(0.1))
 
@@ -271,7 +271,7 @@ def scale_by_distance_drops(
   Returns:
     An ``optax.GradientTransformation``; its ``update`` needs ``params``.
 
-  Example:
+  Examples:
     >>> import optax, bigbatch_jax
     >>> tx = optax.chain(optax.sgd(0.1), bigbatch_jax.scale_by_distance_drops((4.0, 6.0)))
 
@@ -355,7 +355,7 @@ def restart_momentum_at(
   Returns:
     An ``optax.GradientTransformation`` with a :class:`MomentumRestartState`.
 
-  Example:
+  Examples:
     >>> import optax, bigbatch_jax
     >>> tx = bigbatch_jax.restart_momentum_at(optax.sgd(0.1, momentum=0.9), [0, 15, 30])
 

@@ -335,11 +335,46 @@ def test_tfds_unknown_name_lists_valid_ones(mock_tfds):
 
 
 def test_tfds_unprepared_data_names_the_fix(tmp_path):
-  with pytest.raises(FileNotFoundError, match="tfds build mnist --file_format=array_record"):
+  fix = "pip install tensorflow`): `tfds build mnist --file_format=array_record"
+  fix += f" --data_dir={tmp_path}`"
+  with pytest.raises(FileNotFoundError, match=re.escape(fix)):
     data.load_dataset("tfds:mnist", data_dir=str(tmp_path))
 
 
 def test_missing_tfds_says_how_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
-  with pytest.raises(ImportError, match=re.escape("pip install bigbatch_jax[tfds]")):
+  with pytest.raises(ImportError, match=re.escape("pip install -e '.[tfds]'")):
     tfds_sources.import_tfds()
+
+
+@pytest.mark.parametrize(
+  "module, named, command",
+  [
+    ("importlib_resources", True, "pip install -e '.[tfds]'"),
+    ("tensorflow.compat", True, "pip install tensorflow"),
+    ("apache_beam", True, "pip install apache_beam"),
+    # tfds's feature encoding re-raises with a new message and no name.
+    ("tensorflow", False, "pip install tensorflow"),
+  ],
+)
+def test_a_module_the_download_lacks_names_the_install_command(monkeypatch, module, named, command):
+  def data_source(*args, **kwargs):
+    message = f"No module named {module!r}"
+    if named:
+      raise ModuleNotFoundError(message, name=module)
+    raise ModuleNotFoundError(f'In <Image> with name "image":\n{message}')
+
+  monkeypatch.setattr(tfds, "data_source", data_source)
+  message = rf"preparing tfds dataset 'mnist' \(download=True\) needs the module '{module}'"
+  with pytest.raises(ImportError, match=message + ".*" + re.escape(command)):
+    data.load_dataset("tfds:mnist", download=True)
+
+
+def test_the_tfds_extra_declares_what_the_download_imports():
+  import configparser
+  import pathlib
+
+  setup = configparser.ConfigParser()
+  setup.read(pathlib.Path(__file__).parents[1] / "setup.cfg")
+  tfds_extra = setup["options.extras_require"]["tfds"]
+  assert "importlib_resources" in tfds_extra and "tensorflow-datasets" in tfds_extra

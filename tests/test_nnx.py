@@ -222,7 +222,7 @@ def test_ghostify_a_nested_model_keeps_its_eval_outputs():
   model.eval()
   before = model(x)
   variables = [v for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable)]
-  assert ghostify(model, ghost_batch_size=4) is model
+  assert ghostify(model, ghost_batch_size=4) == 5
   norms = [n for _, n in nnx.iter_graph(model) if isinstance(n, nnx.BatchNorm)]
   assert len(norms) == 5 and all(isinstance(n, GhostBatchNorm) for n in norms)
   assert all(n.ghost_batch_size == 4 and n.use_running_average for n in norms)
@@ -236,16 +236,48 @@ def test_ghostify_a_nested_model_keeps_its_eval_outputs():
   assert not np.allclose(model(x), reference(x), atol=1e-3)
 
 
-def test_ghostify_a_bare_batchnorm_and_bad_options():
+def test_ghostify_refuses_what_it_cannot_change_and_bad_options():
   bn = nnx.BatchNorm(3, momentum=MOMENTUM, rngs=nnx.Rngs(0))
-  ghost = ghostify(bn, 4)
-  assert isinstance(ghost, GhostBatchNorm) and ghost.momentum == MOMENTUM and ghost.mean is bn.mean
+  with pytest.raises(TypeError, match=r"bare nnx.BatchNorm cannot replace itself.*GhostBatchNorm"):
+    ghostify(bn, 4)
+  ghost = GhostBatchNorm(3, ghost_batch_size=4, rngs=nnx.Rngs(0))
+  assert ghostify(ghost, 8, stats_update="mean") == 1  # updated in place
+  assert ghost.ghost_batch_size == 8 and ghost.stats_update == "mean"
+  without = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.relu)
+  with pytest.raises(ValueError, match=r"ghostify found no nnx.BatchNorm in the Sequential"):
+    ghostify(without, 4)
+  linen_model = LinenGhostBatchNorm(ghost_batch_size=4)
+  with pytest.raises(TypeError, match=r"linen module GhostBatchNorm.*bigbatch_jax.GhostBatchNorm"):
+    ghostify(linen_model, 4)
+  with pytest.raises(TypeError, match=r"needs a flax.nnx.Module, got dict"):
+    ghostify({"norm": bn}, 4)
   with pytest.raises(ValueError, match=r"ghost_batch_size=1 must be an integer >= 2"):
-    ghostify(bn, 1)
+    ghostify(nnx.Sequential(bn), 1)
   with pytest.raises(ValueError, match=r"unknown stats_update='ema'"):
     GhostBatchNorm(3, stats_update="ema", rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"ghost_batch_size=8 does not divide the local batch of 12"):
     GhostBatchNorm(3, ghost_batch_size=8, rngs=nnx.Rngs(0))(jnp.ones((12, 3)))
+
+
+def test_the_linen_class_given_nnx_arguments_points_to_the_nnx_class():
+  for args, kwargs in [((512,), {"ghost_batch_size": 4}), ((), {"rngs": nnx.Rngs(0)})]:
+    with pytest.raises(TypeError, match=r"For Flax NNX use bigbatch_jax.nnx.GhostBatchNorm"):
+      LinenGhostBatchNorm(*args, **kwargs)
+  assert LinenGhostBatchNorm(True, ghost_batch_size=4).use_running_average  # linen's positional
+
+
+def test_the_nnx_class_lists_every_argument_of_nnx_batchnorm():
+  import inspect
+
+  ours = inspect.signature(GhostBatchNorm.__init__).parameters
+  theirs = inspect.signature(nnx.BatchNorm.__init__).parameters
+  assert all(p.kind is not p.VAR_KEYWORD for p in ours.values()), "no **kwargs"
+  assert set(theirs) <= set(ours), sorted(set(theirs) - set(ours))
+  for name, p in theirs.items():
+    if name not in ("self", "num_features", "promote_dtype", "bias_metadata", "scale_metadata"):
+      assert ours[name].default == p.default, name  # nnx.BatchNorm's defaults
+  norm = GhostBatchNorm(3, momentum=0.5, use_bias=False, axis_name="batch", rngs=nnx.Rngs(0))
+  assert (norm.momentum, norm.bias, norm.axis_name) == (0.5, None, "batch")
 
 
 class _Classifier(nnx.Module):

@@ -58,3 +58,30 @@ def test_notebook_executes(name, kernel_for_this_interpreter):
   if name == "nnx_quickstart.ipynb":
     assert "eval outputs unchanged by ghostify: True" in text
     assert text.count("GhostBatchNorm") >= 2, "ghostify replaced the model's nnx.BatchNorm layers"
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "nnx_quickstart.ipynb"])
+def test_the_install_cell_installs_from_the_clone_or_a_wheel_beside_it(name, tmp_path, monkeypatch):
+  import importlib.util
+  import subprocess
+
+  source = "".join(nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4).cells[1].source)
+  assert "http" not in source and "git+" not in source, "no public address exists"
+  installs = []
+  monkeypatch.setattr(subprocess, "check_call", installs.append)
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # not installed
+  monkeypatch.delenv("BIGBATCH_JAX_SOURCE", raising=False)
+  monkeypatch.chdir(NOTEBOOKS)  # notebooks/ of this clone
+  exec(source, {})
+  assert installs[-1][-4:] == ["pip", "install", "-q", REPO]
+  alone = tmp_path / "colab"
+  alone.mkdir()
+  monkeypatch.chdir(alone)  # outside a clone, nothing beside it
+  with pytest.raises(RuntimeError, match=r"neither a clone .* nor a wheel"):
+    exec(source, {})
+  (alone / "bigbatch_jax-0.3.0-py3-none-any.whl").write_bytes(b"")
+  exec(source, {})
+  assert installs[-1][-1] == str(alone / "bigbatch_jax-0.3.0-py3-none-any.whl")
+  monkeypatch.setenv("BIGBATCH_JAX_SOURCE", "/somewhere/else")
+  exec(source, {})
+  assert installs[-1][-1] == "/somewhere/else"

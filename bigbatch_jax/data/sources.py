@@ -61,7 +61,7 @@ def load_dataset(spec: str, *, seed: int | None = None, **options: Any) -> Array
       else one scalar) with train statistics; float inputs are used as they
       are. Option: num_classes (default: largest label + 1).
     * "tfds:NAME" for mnist, cifar10, cifar100, caltech101: read with
-      tfds.data_source (needs `pip install bigbatch_jax[tfds]`), normalised
+      tfds.data_source (needs `pip install -e '.[tfds]'` from the clone), normalised
       as in the bigBatch reference. caltech101 pools the tfds train and test
       splits and splits them 3:1 (Jaiswal & Taura) with `seed`; its images
       are resized to image_size x image_size. Options: data_dir, download

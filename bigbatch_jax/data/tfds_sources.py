@@ -12,12 +12,19 @@ Small datasets (mnist, cifar10, cifar100, caltech101) are read fully into an
 from __future__ import annotations
 
 import operator
+import re
 from typing import Any
 
 import numpy as np
 
 from bigbatch_jax.data import augment
 from bigbatch_jax.data.arrays import SEED_TAG_SPLIT, ArrayDataset
+
+# The install hints name commands that work from a clone (the package is on no index).
+TFDS_EXTRA_INSTALL = "pip install -e '.[tfds]'"
+# Preparing a dataset (tfds build, or download=True) encodes its images with
+# TensorFlow, which reading does not need and the [tfds] extra does not install.
+PREPARE_INSTALL = "pip install tensorflow"
 
 TFDS_IN_MEMORY = ("mnist", "cifar10", "cifar100", "caltech101")
 TFDS_STREAMED = ("imagenet2012",)
@@ -40,7 +47,8 @@ def import_tfds():
     import tensorflow_datasets as tfds
   except ImportError as e:
     raise ImportError(
-      "the tfds datasets need tensorflow-datasets; install it with `pip install bigbatch_jax[tfds]`"
+      "the tfds datasets need tensorflow-datasets; install it from the clone with "
+      f"`{TFDS_EXTRA_INSTALL}`"
     ) from e
   return tfds
 
@@ -52,6 +60,15 @@ def open_data_source(name: str, split: str, *, data_dir: str | None, download: b
     return tfds.data_source(name, split=split, data_dir=data_dir, download=download)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f"tfds has no dataset named {name!r} (see `tfds.list_builders()`)") from e
+  except ModuleNotFoundError as e:
+    # tfds imports what downloading and preparing need lazily, mid-download,
+    # and re-raises some of these errors with a new message and no name.
+    found = re.search(r"No module named '([\w.]+)'", str(e))
+    module = e.name or (found.group(1) if found else None)
+    raise ImportError(
+      f"preparing tfds dataset {name!r} (download={download}) needs the module {module!r}, "
+      f"which is not installed: {_install_hint(module)}, then rerun"
+    ) from e
   except (NotImplementedError, AssertionError, FileNotFoundError, KeyError) as e:
     # What tfds raises for data that is absent, half prepared ("splits is
     # empty") or stored as TFRecord only.
@@ -59,10 +76,22 @@ def open_data_source(name: str, split: str, *, data_dir: str | None, download: b
       f"tfds dataset {name!r} split {split!r} is not prepared in "
       f"{data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'} ({type(e).__name__}: "
       f"{str(e).splitlines()[0] if str(e) else ''}).\n"
-      f"Prepare it once in ArrayRecord format (needs tensorflow): "
-      f"`tfds build {name} --file_format=array_record`, or let the run do it with "
+      f"Prepare it once in ArrayRecord format; preparing needs TensorFlow, which reading "
+      f"does not (`{PREPARE_INSTALL}`): `tfds build {name} --file_format=array_record"
+      f"{f' --data_dir={data_dir}' if data_dir else ''}`, or let the run do it with "
       f"--config.tfds_download=True (download=True)."
     ) from e
+
+
+def _install_hint(module: str | None) -> str:
+  """The command that installs ``module`` for tfds's download and preparation."""
+  if module is not None and module.split(".")[0] == "tensorflow":
+    return f"`{PREPARE_INSTALL}`"
+  if module is not None and module.split(".")[0] == "importlib_resources":
+    return f"`{TFDS_EXTRA_INSTALL}` from the clone (the [tfds] extra declares it)"
+  if module is None:
+    return f"`{PREPARE_INSTALL}` (preparing needs TensorFlow) and `{TFDS_EXTRA_INSTALL}`"
+  return f"`pip install {module.split('.')[0]}`"
 
 
 def _features(source, name: str):

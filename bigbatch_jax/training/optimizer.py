@@ -19,7 +19,7 @@ def make_optimizer(
   """The optimizer chain of the plan.
 
   clip -> white noise -> weight decay -> momentum SGD on the base schedule ->
-  scale by (B / B_base)**p [-> warmup] [-> distance drops]. "lars"/"lamb" replace
+  scale by (B / B_base)**p, then optionally warmup, then distance drops. "lars"/"lamb" replace
   weight decay and momentum SGD (``regimes.regime_optimizer_parts``); the
   momentum restart wraps them. Clipping and noise act on the
   raw gradient, weight decay is added to the gradient before momentum (as

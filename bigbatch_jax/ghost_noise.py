@@ -267,12 +267,14 @@ class GhostNoiseBatchNorm(GhostBatchNorm):
     ghost_variance: how each draw's variance is computed (as Ghost BN's).
     stats_update: accepted for GhostBatchNorm's signature; one whole-batch
       statistic per call makes both rules the same.
-    use_running_average: as ``flax.linen.BatchNorm``, as are ``axis``,
-      ``momentum``, ``epsilon``, ``dtype``, ``param_dtype``, ``use_bias``,
-      ``use_scale``, ``bias_init``, ``scale_init``, ``axis_name``,
-      ``axis_index_groups``, ``use_fast_variance`` and ``force_float32_reductions``.
 
-  Examples:
+  The other attributes (``use_running_average``, ``axis``, ``momentum``,
+  ``epsilon``, ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``,
+  ``bias_init``, ``scale_init``, ``axis_name``, ``axis_index_groups``,
+  ``use_fast_variance``, ``force_float32_reductions``) are
+  ``flax.linen.BatchNorm``'s.
+
+  Example:
     >>> import jax
     >>> norm = GhostNoiseBatchNorm(ghost_batch_size=4, momentum=0.9)
     >>> x = jax.random.normal(jax.random.key(0), (16, 3))

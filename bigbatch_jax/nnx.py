@@ -67,6 +67,9 @@ class GhostBatchNorm(nnx.BatchNorm):
     stats_update: ``"sequential"`` (the paper's rule) or ``"mean"``.
     ghost_variance: ``"shifted"`` (default), ``"two_pass"`` or ``"one_pass"``;
       see :func:`bigbatch_jax.ghost_batch_norm.ghost_statistics`.
+    running_variance: ``"biased"`` (default, flax) or ``"unbiased"``: PyTorch's
+      convention, n / (n - 1) times each ghost batch's variance enters the
+      running average while the batch is normalized by the biased one.
     use_running_average: as ``flax.nnx.BatchNorm`` (as are the arguments below).
     axis: the feature axis.
     momentum: the decay of the running averages (flax's convention).
@@ -86,9 +89,6 @@ class GhostBatchNorm(nnx.BatchNorm):
     bias_metadata: the bias ``nnx.Param``'s metadata.
     scale_metadata: the scale ``nnx.Param``'s metadata.
     rngs: the ``nnx.Rngs`` of the parameters' initializers.
-    running_variance: ``"biased"`` (default, flax) or ``"unbiased"``: PyTorch's
-      convention, n / (n - 1) times each ghost batch's variance enters the
-      running average while the batch is normalized by the biased one.
 
   References:
     Hoffer, Hubara, Soudry 2017, "Train longer, generalize better", section 4,
@@ -260,8 +260,8 @@ def ghostify(
     Algorithm 1.
   """
   check_options(ghost_batch_size, stats_update, ghost_variance)
-  _check_ghostify_target(model)
   check_running_variance(running_variance)
+  _check_ghostify_target(model)
   options = {
     "ghost_batch_size": ghost_batch_size,
     "stats_update": stats_update,
@@ -293,11 +293,6 @@ def ghostify(
         parent[path[-1]] = ghost
       else:
         setattr(parent, path[-1], ghost)
-    elif ghost is not norm:
-      raise TypeError(
-        f"ghostify cannot replace the bare {type(norm).__name__} it was given by a "
-        f"{type(ghost).__name__} in place; build that module directly, or pass a model holding it"
-      )
   return len(found)
 
 

@@ -290,7 +290,7 @@ def test_nnx_ghostify_with_ghost_noise_keeps_the_variables_and_evaluation():
   x = _inputs((16, 5))
   model, reference = _NNXModel(nnx.Rngs(0)), _NNXModel(nnx.Rngs(0))
   scale = model.norm.scale
-  assert bnnx.ghostify(model, 4, ghost_noise=nnx.Rngs(ghost_noise=1)) == 1
+  assert bnnx.ghostify(model, 4, ghost_noise=nnx.Rngs(ghost_noise=1)) == 1  # one batch norm
   assert isinstance(model.norm, bnnx.GhostNoiseBatchNorm)
   assert model.norm.scale is scale and model.norm.momentum == MOMENTUM
   model.eval()

@@ -94,7 +94,7 @@ def test_a_signal_checkpoints_the_step_reached_and_the_rerun_ends_identical(tmp_
   def signal_at_step_5(loop, state, metrics, step, length, end_step):
     if step + length == 5:
       os.kill(os.getpid(), signal.SIGTERM)  # arrives while the step's events run
-    after_call(loop, state, metrics, step, length, end_step)
+    return after_call(loop, state, metrics, step, length, end_step)
 
   monkeypatch.setattr(loop_lib, "_after_call", signal_at_step_5)
   workdir = tmp_path / "stopped"

@@ -81,7 +81,9 @@ def test_summarize_reads_each_seed_and_finds_where_the_gap_opens(tmp_path):
     for seed, value in enumerate(values):
       directory = tmp_path / name / f"seed_{seed}"
       directory.mkdir(parents=True)
-      (directory / "summary.json").write_text(json.dumps({"test_accuracy": value}))
+      (directory / "summary.json").write_text(
+        json.dumps({"test_accuracy": value, "finished": True})
+      )
   (tmp_path / "lb+lr_b128" / "seed_0").mkdir(parents=True)
   (tmp_path / "lb+lr_b128" / "seed_0" / "failed.json").write_text("{}")
   summary = aggregate.summarize(

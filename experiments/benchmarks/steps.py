@@ -62,7 +62,9 @@ def f1_config(variant: str = "lb+lr+gbn", batch_size: int = 4096, **overrides):
   config = f1.get_config(variant)
   config.batch_size = batch_size
   config.large_batch_size = max(batch_size, config.base_batch_size * 2)
-  config.ghost_batch_size = min(config.ghost_batch_size, batch_size)
+  # The paper row's ghost batch is B_S (128) when the config leaves it None.
+  ghost = config.base_batch_size if config.ghost_batch_size is None else config.ghost_batch_size
+  config.ghost_batch_size = min(ghost, batch_size)
   common.override(config, overrides)
   return config
 

@@ -53,6 +53,15 @@ def test_every_page_is_in_the_nav():
   )
 
 
+def test_the_readme_sections_in_the_site_hold_no_links_relative_to_the_clone():
+  readme = (ROOT / "README.md").read_text()
+  sections = re.findall(r"\[start:(\w+)\] -->(.*?)<!-- --8<-- \[end:\1\]", readme, re.DOTALL)
+  assert {name for name, _ in sections} >= {"intro", "snippets", "results"}
+  for name, text in sections:
+    # docs/index.md includes these sections, where a README-relative link breaks.
+    assert not re.findall(r"\]\((?!https?:)[^)]*\)", text), f"a relative link in section {name}"
+
+
 def test_the_changelog_names_this_version_first():
   versions = re.findall(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
   assert versions and versions[0] == bigbatch_jax.__version__

@@ -126,8 +126,14 @@ def _copy(straight, tmp_path):
 
 
 def _flip_a_bit(workdir, step, every_file=False):
-  """Flips one bit in the middle of the largest (or each) data file of checkpoint ``step``."""
-  files = glob.glob(str(workdir / "checkpoints" / str(step) / "default" / "**" / "d" / "*"))
+  """Flips one bit in the middle of the largest (or each) data file of checkpoint ``step``.
+
+  Data files lie in ``default/d/`` and in ``default/ocdbt.process_N/d/``; which
+  of them a restore reads depends on the sharding (4 simulated devices read the
+  first), so both are searched.
+  """
+  pattern = workdir / "checkpoints" / str(step) / "default" / "**" / "d" / "*"
+  files = glob.glob(str(pattern), recursive=True)
   assert files
   for target in files if every_file else [max(files, key=os.path.getsize)]:
     with open(target, "r+b") as f:

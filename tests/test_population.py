@@ -46,7 +46,8 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
-def assert_member_equals_single(tmp_path, variant, **overrides):
+def assert_member_equals_single(tmp_path, variant, unchecked=(), **overrides):
+  """Member 1 of a population ends as the single run of its seed (``unchecked``: leaves left out)."""
   pop_dir, single_dir = str(tmp_path / "population"), str(tmp_path / "single")
   training.train_and_evaluate(equivalence_config(variant, seeds=SEEDS, **overrides), pop_dir)
   training.train_and_evaluate(equivalence_config(variant, seed=SEEDS[1], **overrides), single_dir)
@@ -54,7 +55,9 @@ def assert_member_equals_single(tmp_path, variant, **overrides):
   assert training.Checkpointer(os.path.join(single_dir, "checkpoints")).latest_step() == 20
   member = population.take_member(members, 1)
   other = population.take_member(members, 0)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member, single)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(member), jax.tree.leaves(single)):
+    if not any(part in jax.tree_util.keystr(path) for part in unchecked):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
   # The members differ from each other: their own initialization, stream and keys.
   assert not np.allclose(other["params"]["fc1"]["kernel"], member["params"]["fc1"]["kernel"])
   single_losses = [r["loss"] for r in _records(single_dir) if "loss" in r]
@@ -79,7 +82,12 @@ SLOW_CASES = {
   "white": ("lb+linear+white", {}),
   "clip": ("lb+lr+clip", {}),
   "restart": ("lb+lr", {"momentum_restart": True}),
-  "lamb": ("lb+lr+lamb", {}),
+  # fc1's bias feeds batch norm, so its true gradient is zero and what it gets is
+  # float32 rounding, which the vmapped step rounds differently; LAMB's Adam
+  # normalisation m / sqrt(v) turns that noise into steps of lr's size (1e-3 apart
+  # after 20 updates), carried into bn1's running mean. Every other array agrees,
+  # and so do the losses.
+  "lamb": ("lb+lr+lamb", {"unchecked": ("['fc1']['bias']", "['bn1']['mean']")}),
   "partial": ("sb", {"partial_last_batch": True, "base_batch_size": 24}),
   "ra": ("lb+lr+gbn+ra", {}),
 }

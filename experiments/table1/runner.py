@@ -120,8 +120,10 @@ def run_all(
       continue
     echo(f"{head} ({time.perf_counter() - start:.0f} s elapsed)")
     ran += _run_one(config, directory, head, train_fn, echo)
+  rows = list(configs)
   for row, row_seeds in pending.items():
-    head = f"{row} seeds {','.join(map(str, row_seeds))}"
+    seed_word = "seed" if len(row_seeds) == 1 else "seeds"
+    head = f"[{rows.index(row) + 1}/{len(rows)}] {row} {seed_word} {','.join(map(str, row_seeds))}"
     echo(f"{head} ({time.perf_counter() - start:.0f} s elapsed)")
     if len(row_seeds) == 1:
       config = configs[row].copy_and_resolve_references()

@@ -47,7 +47,7 @@ def _records(workdir):
 
 
 def assert_member_equals_single(tmp_path, variant, unchecked=(), **overrides):
-  """Member 1 of a population ends as the single run of its seed (``unchecked``: leaves left out)."""
+  """Member 1 of a population ends as the single run of its seed (but the ``unchecked`` leaves)."""
   pop_dir, single_dir = str(tmp_path / "population"), str(tmp_path / "single")
   training.train_and_evaluate(equivalence_config(variant, seeds=SEEDS, **overrides), pop_dir)
   training.train_and_evaluate(equivalence_config(variant, seed=SEEDS[1], **overrides), single_dir)

@@ -8,19 +8,24 @@ option, shrunk only in batch sizes, run length and evaluation.
 import importlib
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from absl import flags
+from ml_collections import config_flags
+from ml_collections.config_dict import FieldReference
 
+from bigbatch_jax import configs, models, training
 from bigbatch_jax import data as data_lib
-from bigbatch_jax import models, training
 from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training.variants import parse_variant
 from experiments.configs import common
 from tests.test_training import VARIANTS as TRAINED_VARIANTS
 
 CONFIG_NAMES = ("f1", "c1", "c3", "resnet44", "vgg", "wrn16_4", "alexnet", "resnet50")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Training-set sizes of the rows' paper datasets (caltech101: 3/4 of 9144).
 NUM_TRAIN = {
   "tfds:mnist": 60000,
@@ -70,6 +75,49 @@ def test_every_variant_of_every_row_makes_a_valid_plan(name):
       assert all(0 < e < plan.regime.epochs for e in plan.regime.drop_epochs)
   with pytest.raises(ValueError, match="unknown config options"):
     module.get_config("sb,fast")
+
+
+def _declared(config, prefix=""):
+  """Every key of ``config`` (dotted) -> its value and declared type: what a config file gives."""
+  out = {}
+  for key in config:
+    value, field = config[key], config._fields[key]
+    if hasattr(value, "keys"):
+      out.update(_declared(value, f"{prefix}{key}."))
+      out[prefix + key] = "sub-config"
+    else:
+      declared = field.get_type() if isinstance(field, FieldReference) else type(value)
+      out[prefix + key] = (repr(value), declared)
+  return out
+
+
+def test_the_package_holds_every_row_and_the_default():
+  assert configs.ROWS == CONFIG_NAMES
+  assert _declared(configs.get("default")) == _declared(_module("default").get_config())
+  with pytest.raises(ValueError, match=r"no config named 'f2'; valid: default, f1, c1"):
+    configs.get("f2")
+  with pytest.raises(ValueError, match="the default config takes no argument"):
+    configs.get("default", "sb")
+  with pytest.raises(ValueError, match="unknown config options"):
+    configs.get("f1", "sb,fast")
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_configs_get_is_the_launchers_config_file(name):
+  # The launcher's files import the package's rows: the same keys, values and
+  # declared types (what --config.KEY=VALUE parses against), for the default
+  # argument, every option and a few variants.
+  module = _module(name)
+  assert _declared(configs.get(name)) == _declared(module.get_config())
+  for option in _config_args(name):
+    for variant in ("sb", "lb+lr+gbn+ra", "lb+linear+white"):
+      arg = variant + option
+      assert _declared(configs.get(name, arg)) == _declared(module.get_config(arg)), arg
+  # As absl loads it: the file's path and argument on the command line.
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  values(["prog", f"--config={REPO}/experiments/configs/{name}.py:sb,quick"])
+  assert _declared(values.config) == _declared(configs.get(name, "sb,quick"))
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)

@@ -78,7 +78,7 @@ def read_config(
   Args:
     workdir: a training workdir.
     defaults: optional current default config (e.g.
-      ``experiments/configs/default.py``'s ``get_config()``): keys added to
+      ``bigbatch_jax.configs.get("default")``): keys added to
       the training system after the run was saved take their defaults.
 
   Returns:

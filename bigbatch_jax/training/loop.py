@@ -134,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ``error_curves.png`` and ``weight_distance.png``.
 
   Args:
-    config: a run config (experiments/configs/default.py lists its keys).
+    config: a run config (bigbatch_jax/configs/default.py lists its keys).
     workdir: output directory; an existing run of the same config resumes.
 
   Returns:

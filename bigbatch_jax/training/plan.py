@@ -144,7 +144,7 @@ def make_plan(
   """Derives and validates the run's sizes, regime and remedies from its config.
 
   Args:
-    config: the run config (see experiments/configs/default.py).
+    config: the run config (see bigbatch_jax/configs/default.py).
     num_train: the number of training examples.
     num_devices: devices over which the batch is split (all processes).
     process_count: JAX processes; each loads its share of every batch.

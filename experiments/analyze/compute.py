@@ -16,11 +16,11 @@ import numpy as np
 from absl import logging
 
 from bigbatch_jax import diagnostics
+from bigbatch_jax.configs import default
 from bigbatch_jax.diagnostics import runs as runs_lib
 from bigbatch_jax.noise import multiplicative_noise_weights
 from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training.loss import cross_entropy, eval_logits
-from experiments.configs import default
 
 DIAGNOSTICS = ("sharpness", "interpolation", "landscape", "noise_scale")
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from bigbatch_jax import data as data_lib
+from bigbatch_jax.configs import f1
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training.loop import CompiledSteps, next_batches
 from bigbatch_jax.training.plan import make_plan
 from bigbatch_jax.training.setup import set_up_run
 from experiments.benchmarks import timing
 from experiments.benchmarks.report import Section, Target
-from experiments.configs import f1
 
 # (name, Table 1 row's variant, members, the speed-up target)
 CASES = (

@@ -23,12 +23,12 @@ import optax
 from jax import lax
 
 from bigbatch_jax import training
+from bigbatch_jax.configs import common, f1
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training import setup as setup_lib
 from bigbatch_jax.training import step as step_lib
 from bigbatch_jax.training.loss import cross_entropy
-from experiments.configs import common, f1
 
 INPUT_DIM = 784
 NUM_CLASSES = 10
@@ -54,7 +54,7 @@ class Built:
 
 
 def f1_config(variant: str = "lb+lr+gbn", batch_size: int = 4096, **overrides):
-  """The F1 paper config (experiments/configs/f1.py) at ``batch_size``, with overrides.
+  """The F1 paper config (bigbatch_jax/configs/f1.py) at ``batch_size``, with overrides.
 
   The ghost batch is the paper's 128, or the whole batch when that is smaller
   (tiny smoke runs); ``ghost_batch_size=...`` overrides it.

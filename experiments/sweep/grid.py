@@ -14,8 +14,8 @@ from typing import Any
 
 import ml_collections
 
+from bigbatch_jax.configs.common import override
 from bigbatch_jax.training import parse_variant
-from experiments.configs.common import override
 
 PLAIN = "lb"
 PROBE = "noise_probe"

@@ -14,9 +14,9 @@ import os
 import jax
 
 from bigbatch_jax import diagnostics
+from bigbatch_jax.configs import default
 from bigbatch_jax.diagnostics import runs as runs_lib
 from bigbatch_jax.training import json_files
-from experiments.configs import default
 from experiments.table1.runner import read_json
 
 NOISE_FILE = "noise_scale.json"

@@ -14,10 +14,10 @@ import jax
 import ml_collections
 
 from bigbatch_jax import diagnostics
+from bigbatch_jax.configs import default
 from bigbatch_jax.diagnostics import runs as runs_lib
 from bigbatch_jax.training import json_files, make_plan
 from experiments.analyze.compute import regime_update_fn
-from experiments.configs import default
 from experiments.table1.runner import finished, read_json
 
 HESSIAN_FILE = "hessian.json"

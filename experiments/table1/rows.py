@@ -20,8 +20,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from bigbatch_jax.configs.common import override
 from bigbatch_jax.training import make_plan, parse_variant
-from experiments.configs.common import override
 
 # Hoffer Table 1's columns, the convergence check, then the noise remedies
 # (Hoffer sec. 4; Jaiswal & Taura) and the reviewers' questions.

@@ -154,7 +154,9 @@ def _declare_run(config: ml_collections.ConfigDict) -> None:
   config.eval_batch_size = 1000
   config.checkpoint_every_steps = 1000  # 0: only the final checkpoint
   config.max_checkpoints_to_keep = 2
-  config.allow_config_change = False  # resume a workdir whose config differs
+  # Resume a workdir whose config differs: True (any change) or the changed
+  # fields, e.g. --config.allow_config_change='("regime.lr",)' (training/workdir.py).
+  config.allow_config_change = FieldReference(False, field_type=object)
   config.stop_after_steps = placeholder(
     int
   )  # stop (checkpointed) after this many updates; rerun to go on

@@ -2,21 +2,24 @@
 
   python -m experiments.main --config=experiments/configs/f1.py:lb+lr+gbn,quick --workdir=/tmp/run
 
-Any config key can be overridden, e.g. --config.batch_size=1024. Re-running
-the same command with the same --workdir resumes from its last checkpoint.
-SIGTERM or SIGINT checkpoints the step reached and exits with status 75
-(``training.PREEMPTED_EXIT_CODE``); the same command then resumes it.
+Any config key can be overridden, e.g. --config.batch_size=1024 (--help lists
+the keys with their meaning). Re-running the same command with the same
+--workdir resumes from its last checkpoint. SIGTERM or SIGINT checkpoints the
+step reached and exits with status 75 (``training.PREEMPTED_EXIT_CODE``); the
+same command then resumes it. A misspelled key or another user error prints
+one line and exits with status 2 (``--verbosity=1`` or
+``BIGBATCH_JAX_TRACEBACK=1``: the traceback instead).
 """
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from bigbatch_jax.training import Preempted, retain_freed_host_memory, train_and_evaluate
+from experiments import launch
 from experiments.rerun import exit_for_rerun
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-  "config", None, "Config file, e.g. configs/f1.py:lb+lr+gbn.", lock_config=True
+launch.define_config_file(
+  None, "Config file and argument, e.g. experiments/configs/f1.py:lb+lr+gbn."
 )
 flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints and plots.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -36,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main)

@@ -19,6 +19,7 @@ from ml_collections.config_dict import FieldReference
 
 from bigbatch_jax import configs, models, training
 from bigbatch_jax import data as data_lib
+from bigbatch_jax.configs import key_docs
 from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training.variants import parse_variant
 from experiments.configs import common
@@ -118,6 +119,21 @@ def test_configs_get_is_the_launchers_config_file(name):
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
   values(["prog", f"--config={REPO}/experiments/configs/{name}.py:sb,quick"])
   assert _declared(values.config) == _declared(configs.get(name, "sb,quick"))
+
+
+def test_every_key_has_its_comment_from_the_default_config_source():
+  comments = key_docs.key_comments()
+  assert set(key_docs.leaves(configs.get("default"))) <= {k for k, c in comments.items() if c}
+  # The comment on the key's line; else the comment lines right above it, and
+  # never the comment of the line before (nor a section heading over a commented key).
+  assert comments["regime.lr"] == "initial learning rate at base_batch_size"
+  assert comments["dataset"] == '"mnist1d" | "synthetic" | "npz:/path.npz" | "tfds:NAME"'
+  assert comments["npz_num_classes"] == (
+    "npz: the number of classes (None: largest label + 1, every label in between present)"
+  )
+  assert comments["protocol"].startswith('Protocol: "clean" (what the papers describe)')
+  text = key_docs.describe(configs.get("f1", "sb"), width=100)
+  assert "model_options.hidden = 512" in text and max(map(len, text.splitlines())) <= 100
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)

@@ -69,7 +69,8 @@ def test_a_failed_checkpoint_write_ends_the_process_with_the_cause(tmp_path):
 def test_a_second_run_on_a_held_workdir_refuses_at_once_naming_the_holder(tmp_path):
   with WorkdirLock(str(tmp_path)):  # this test process is the holder
     status, _, out = _run(tmp_path)
-  assert status == 1
+  # A user error of the launcher: one line, status 2 (experiments/launch.py).
+  assert status == 2 and "Traceback" not in out
   assert f"in use by another run (pid {os.getpid()} on host" in out
   assert not os.path.exists(tmp_path / "checkpoints")
   assert not os.path.exists(tmp_path / "metrics.jsonl")
@@ -136,7 +137,7 @@ def test_two_runs_on_one_workdir_the_second_refuses_and_the_first_is_untouched(t
     assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
     time.sleep(0.05)
   status, _, out = _run(tmp_path / "run", "--config.num_epochs=8")
-  assert status == 1 and f"pid {first.pid}" in out
+  assert status == 2 and f"pid {first.pid}" in out
   out, _ = first.communicate(timeout=600)
   assert first.returncode == 0, out[-3000:]
   steps = [r["step"] for r in training.read_metrics(str(tmp_path / "run")) if "loss" in r]

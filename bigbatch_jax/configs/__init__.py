@@ -17,7 +17,8 @@ then ``bigbatch_jax.training.train_and_evaluate(config, workdir)``. The rows:
 ``default`` is the default config (``default.py`` declares every key with its
 meaning). Each row's module documents its argument (``VARIANT[,quick]``, and
 F1's ``,table1``, ResNet-50's ``,b64``) and records the paper's numbers
-(``PAPER_ACCURACY``, ``PAPER_DATASET``).
+(``PAPER_ACCURACY``, ``PAPER_DATASET``). ``key_docs.describe(config)`` lists
+a config's keys with their meaning (the comments of ``default.py``).
 """
 
 from __future__ import annotations

@@ -36,15 +36,15 @@ def get_config() -> ml_collections.ConfigDict:
   # that says how to prepare it.
   config.tfds_download = False
   # Splits of streamed tfds datasets (tfds:imagenet2012), e.g. "train[:1%]".
-  config.tfds_train_split = "train"
-  config.tfds_eval_split = "validation"
+  config.tfds_train_split = "train"  # the split trained on
+  config.tfds_eval_split = "validation"  # the split evaluated (the test records)
   config.prefetch_batches = 2  # training batches built ahead on a background thread
 
   # Model.
   config.model = "f1"  # a name of bigbatch_jax.models.MODELS
   config.model_options = ml_collections.ConfigDict()  # extra fields of the model class
   config.bn_momentum = 0.9  # flax convention (torch momentum 0.1)
-  config.bn_epsilon = 1e-5
+  config.bn_epsilon = 1e-5  # added to the variance before normalising
   config.ghost_stats_update = "sequential"  # GhostBatchNorm running stats: "sequential" | "mean"
   # Variance of each ghost batch: "shifted" (one pass over x minus one of the
   # ghost's own values: accurate at any mean), "two_pass" (E[(x - E[x])^2]) or
@@ -69,15 +69,15 @@ def get_config() -> ml_collections.ConfigDict:
   # Base regime (for base_batch_size), in epochs, as the bigBatch code defines it.
   config.regime = ml_collections.ConfigDict()
   config.regime.lr = 0.1  # initial learning rate at base_batch_size
-  config.regime.momentum = 0.9
-  config.regime.weight_decay = 0.0
-  config.regime.epochs = 10.0
+  config.regime.momentum = 0.9  # SGD momentum
+  config.regime.weight_decay = 0.0  # L2 weight decay
+  config.regime.epochs = 10.0  # training length at base_batch_size
   config.regime.drop_epochs = ()  # epochs at which lr *= drop_factor
   # Or the drops as fractions of regime.epochs (used when drop_epochs is empty):
   # they follow a later --config.regime.epochs override.
   config.regime.drop_fractions = ()
-  config.regime.drop_factor = 0.1
-  config.regime.nesterov = False
+  config.regime.drop_factor = 0.1  # lr multiplier at each drop
+  config.regime.nesterov = False  # Nesterov momentum
   config.num_epochs = placeholder(
     float
   )  # None: regime.epochs (times r with "ra"); else overrides it
@@ -118,11 +118,11 @@ def get_config() -> ml_collections.ConfigDict:
   # "skip": stop with the divergence error past this fraction of the planned updates
   # skipped, or this many consecutive skips (seen at the logged steps).
   config.nonfinite_max_skip_fraction = 0.05
-  config.nonfinite_max_consecutive_skips = 10
+  config.nonfinite_max_consecutive_skips = 10  # "skip": consecutive skips that stop the run
   # Stop when the logged loss exceeds this many times the first logged loss.
   config.divergence_loss_factor = FieldReference(1000.0, field_type=object)  # None: off
   config.noise_alpha = 1e-5  # "white" noise: variance alpha / (1 + t)^gamma (Jaiswal & Taura)
-  config.noise_gamma = 0.55
+  config.noise_gamma = 0.55  # "white" noise: the decay exponent gamma
 
   # Speed.
   config.steps_per_call = 1  # updates per jitted call (lax.scan); events at call ends
@@ -145,19 +145,19 @@ def _declare_run(config: ml_collections.ConfigDict) -> None:
   # from the cluster environment (SLURM, Kubernetes, Cloud TPU).
   config.distributed = False
   config.coordinator_address = placeholder(str)  # e.g. "10.0.0.1:1234"
-  config.num_processes = placeholder(int)
-  config.process_id = placeholder(int)
+  config.num_processes = placeholder(int)  # processes of the multi-host run
+  config.process_id = placeholder(int)  # this process's index among them
   config.distributed_timeout_s = 300  # initialize and heartbeat timeout: a dead peer fails the run
   config.log_every_steps = 50  # metrics come to the host only at these steps
   config.eval_every_epochs = 1.0  # test-set evaluation period
   config.eval_on_train = True  # also evaluate the whole training split
-  config.eval_batch_size = 1000
+  config.eval_batch_size = 1000  # batch of the evaluation passes (a multiple of the devices)
   config.checkpoint_every_steps = 1000  # 0: only the final checkpoint
-  config.max_checkpoints_to_keep = 2
+  config.max_checkpoints_to_keep = 2  # the latest checkpoints kept on disk
   # Resume a workdir whose config differs: True (any change) or the changed
   # fields, e.g. --config.allow_config_change='("regime.lr",)' (training/workdir.py).
   config.allow_config_change = FieldReference(False, field_type=object)
   config.stop_after_steps = placeholder(
     int
   )  # stop (checkpointed) after this many updates; rerun to go on
-  config.progress_bar = True
+  config.progress_bar = True  # a tqdm bar of the updates on stderr

@@ -26,6 +26,7 @@ from ml_collections import config_flags
 from bigbatch_jax import training
 from bigbatch_jax.data import load_data
 from bigbatch_jax.training import make_plan, retain_freed_host_memory
+from experiments import launch
 from experiments.rerun import exit_for_rerun
 from experiments.sweep import run_sweep
 from experiments.sweep.grid import PRESETS, parse_batch_sizes, parse_remedy, sweep_configs
@@ -36,11 +37,9 @@ DEFAULT_CONFIG = os.path.join(
 )
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-  "config",
+launch.define_config_file(
   DEFAULT_CONFIG,
   "Config file of every run; --config.KEY=VALUE overrides apply to every run.",
-  lock_config=True,
 )
 flags.DEFINE_string("workdir", "runs/sweep", "Output directory (resumable).")
 flags.DEFINE_string("seeds", "0", "Comma-separated seeds, e.g. 0,1,2.")
@@ -135,4 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main, DEFAULT_CONFIG)

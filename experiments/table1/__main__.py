@@ -48,6 +48,7 @@ from ml_collections import config_flags
 from bigbatch_jax.data import load_data
 from bigbatch_jax.protocol import PROTOCOLS
 from bigbatch_jax.training import Preempted, parse_variant, retain_freed_host_memory
+from experiments import launch
 from experiments.rerun import exit_for_rerun
 from experiments.table1 import ablation, run_table
 from experiments.table1.rows import (
@@ -66,12 +67,10 @@ DEFAULT_CONFIG = os.path.join(
 )
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-  "config",
+launch.define_config_file(
   DEFAULT_CONFIG,
   "Config module (no ':argument'; the driver builds one config per row). "
   "--config.KEY=VALUE overrides apply to every row.",
-  lock_config=True,
 )
 flags.DEFINE_string("workdir", "runs/table1", "Output directory (resumable).")
 flags.DEFINE_string(
@@ -259,4 +258,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run(main, DEFAULT_CONFIG)

@@ -79,6 +79,51 @@ def test_a_grid_member_equals_the_single_run_with_its_values(tmp_path, monkeypat
   assert "lr" not in summary and "noise_variance" not in summary
 
 
+SLOW_CASES = {
+  # name: (variant, grid, member, its values, overrides)
+  "white": (
+    "lb+linear+white",
+    {"noise_alpha": (1e-5, 1e-3), "noise_gamma": (0.55, 0.3)},
+    3,
+    {"noise_alpha": 1e-3, "noise_gamma": 0.3},
+    {},
+  ),
+  "lars": (
+    "lb+lr+lars",
+    {"lars_trust_coefficient": (1e-3, 1e-2), "regime.lr": (0.05, 0.1)},
+    2,
+    {"lars_trust_coefficient": 1e-2, "regime.lr": 0.05},
+    {},
+  ),
+  # Goyal's warmup and the regime's drops follow each member's base rate.
+  "warmup+ra+restart": (
+    "lb+linear+gbn+ra+warmup",
+    {"regime.lr": (0.01, 0.03)},
+    1,
+    {"regime.lr": 0.03},
+    {"warmup_epochs": 1.0, "momentum_restart": True},
+  ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(SLOW_CASES))
+def test_a_grid_member_equals_the_single_run_for_each_key(case, tmp_path):
+  variant, grid, member, values, overrides = SLOW_CASES[case]
+  pop_dir, single_dir = str(tmp_path / "population"), str(tmp_path / "single")
+  config = equivalence_config(variant, seeds=(4,), population_grid=grid, **overrides)
+  training.train_and_evaluate(config, pop_dir)
+  training.train_and_evaluate(
+    equivalence_config(variant, seed=4, **overrides, **values), single_dir
+  )
+  members = _final_state(pop_dir)
+  assert_state_close(population.take_member(members, member), _final_state(single_dir))
+  own = [r for r in _records(pop_dir) if r["member"] == member and "loss" in r]
+  single = [r for r in _records(single_dir) if "loss" in r]
+  for key in ("loss", "lr"):
+    np.testing.assert_allclose([r[key] for r in own], [r[key] for r in single], rtol=1e-5)
+
+
 def test_a_split_grid_population_gives_each_member_its_single_runs_workdir(tmp_path):
   from bigbatch_jax.training.workdir import config_changes
 
@@ -239,3 +284,18 @@ def test_a_diverged_grid_member_is_reported_with_its_values_and_learning_rate(tm
   assert members.live() == [0]
   assert members.diverged[1]["lr"] == pytest.approx(0.4 * np.sqrt(4096 / 128))
   assert "population member 1 (seed 0, regime.lr=0.4) is frozen" in capsys.readouterr().out
+
+
+def test_members_that_share_a_seed_read_its_stream():
+  from bigbatch_jax import data as data_lib
+
+  config = _config()
+  data = data_lib.load_data(config)
+  seeds = (4, 7, 4)
+  together = data_lib.PopulationBatches(data, 32, seeds=seeds, prefetch=0)
+  alone = {s: data_lib.BatchIterator(data, 32, seed=s, prefetch=0) for s in (4, 7)}
+  for _ in range(3):
+    batch, own = next(together), {s: next(it) for s, it in alone.items()}
+    for member, seed in enumerate(seeds):
+      np.testing.assert_array_equal(batch["x"][member], own[seed]["x"])
+      np.testing.assert_array_equal(batch["y"][member], own[seed]["y"])

@@ -55,26 +55,27 @@ def test_a_grid_member_equals_the_single_run_with_its_values(tmp_path, monkeypat
   summary, traces = _train_counting_traces(monkeypatch, config, str(tmp_path / "population"))
   # One trace of the member step (one compilation) serves the 8 members.
   assert traces == 1
-  # Member 5: lr 0.08, weight decay 0 (no decay term in the single run's chain), variance 2.
-  values = {"regime.lr": 0.08, "regime.weight_decay": 0.0, "mult_noise_variance": 2.0}
+  # Member 4 (no key's values in the same order as another's): lr 0.08, weight decay 0
+  # (no decay term in the single run's chain), variance 0.5.
+  values = {"regime.lr": 0.08, "regime.weight_decay": 0.0, "mult_noise_variance": 0.5}
   single_dir = str(tmp_path / "single")
   training.train_and_evaluate(equivalence_config(variant, seed=4, **values), single_dir)
   members = _final_state(str(tmp_path / "population"))
-  assert_state_close(population.take_member(members, 5), _final_state(single_dir))
+  assert_state_close(population.take_member(members, 4), _final_state(single_dir))
   # Every member trained with its own values: no two end alike.
   kernels = [population.take_member(members, i)["params"]["fc1"]["kernel"] for i in range(8)]
   assert all(not np.allclose(kernels[i], kernels[j]) for i in range(8) for j in range(i))
 
   records = _records(str(tmp_path / "population"))
-  own = [r for r in records if r["member"] == 5 and "loss" in r]
+  own = [r for r in records if r["member"] == 4 and "loss" in r]
   assert all(r["hyperparameters"] == values and r["seed"] == 4 for r in own)
   single = [r for r in _records(single_dir) if "loss" in r]
   for key in ("loss", "lr"):
     np.testing.assert_allclose([r[key] for r in own], [r[key] for r in single], rtol=1e-5)
-  entry = summary["members"][5]
+  entry = summary["members"][4]
   assert entry["hyperparameters"] == values and entry["seed"] == 4
   # The scaled rate (sqrt(64 / 16) x 0.08) and the variance are the member's.
-  assert entry["lr"] == pytest.approx(0.16) and entry["noise_variance"] == 2.0
+  assert entry["lr"] == pytest.approx(0.16) and entry["noise_variance"] == 0.5
   assert summary["population_grid"] == {k: list(v) for k, v in GRID.items()}
   assert "lr" not in summary and "noise_variance" not in summary
 

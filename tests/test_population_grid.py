@@ -300,3 +300,21 @@ def test_members_that_share_a_seed_read_its_stream():
     for member, seed in enumerate(seeds):
       np.testing.assert_array_equal(batch["x"][member], own[seed]["x"])
       np.testing.assert_array_equal(batch["y"][member], own[seed]["y"])
+
+
+@pytest.mark.slow
+def test_a_grid_on_four_devices_in_scanned_calls_equals_it_on_one_device_step_by_step(tmp_path):
+  grid = {"regime.lr": (0.02, 0.08), "mult_noise_variance": (0.5, 2.0)}
+  states = []
+  for devices, steps_per_call in ((4, 4), (1, 1)):
+    workdir = str(tmp_path / f"d{devices}")
+    config = equivalence_config(
+      "lb+lr+gbn+mult",
+      seeds=(4, 7),
+      population_grid=grid,
+      num_devices=devices,
+      steps_per_call=steps_per_call,
+    )
+    training.train_and_evaluate(config, workdir)
+    states.append(_final_state(workdir))
+  assert_state_close(*states)

@@ -129,9 +129,16 @@ def test_a_split_grid_population_gives_each_member_its_single_runs_workdir(tmp_p
   from bigbatch_jax.training.workdir import config_changes
 
   grid = {"regime.lr": (0.02, 0.08)}
-  config = equivalence_config("sb", seeds=(4, 7), population_grid=grid, stop_after_steps=8)
+  # A quarter epoch: 8 updates at B=16, then the final evaluation.
+  short = {"stop_after_steps": None, "num_epochs": 0.25}
+  config = equivalence_config("sb", seeds=(4, 7), population_grid=grid, **short)
   workdir = str(tmp_path / "population")
   summary = training.train_and_evaluate(config, workdir)
+  accuracies = [m["test_accuracy"] for m in summary["members"]]
+  assert summary["grid_means"] == [
+    {"hyperparameters": {"regime.lr": lr}, "seeds": [4, 7], "mean_test_accuracy": mean}
+    for lr, mean in ((0.02, np.mean(accuracies[:2])), (0.08, np.mean(accuracies[2:])))
+  ]
   assert [(m["seed"], m["hyperparameters"]["regime.lr"]) for m in summary["members"]] == [
     (4, 0.02),
     (7, 0.02),
@@ -149,7 +156,7 @@ def test_a_split_grid_population_gives_each_member_its_single_runs_workdir(tmp_p
   for entry in summary["members"]:
     where = directory(entry)
     lr = entry["hyperparameters"]["regime.lr"]
-    single = equivalence_config("sb", seed=entry["seed"], stop_after_steps=8, **{"regime.lr": lr})
+    single = equivalence_config("sb", seed=entry["seed"], **short, **{"regime.lr": lr})
     assert config_changes(single, where) == []
     own = _records(where)
     assert own and all("hyperparameters" not in r and "member" not in r for r in own)

@@ -158,9 +158,26 @@ class Members:
       }
     finished = [m["test_accuracy"] for m in members if m.get("test_accuracy") is not None]
     shared["mean_test_accuracy"] = float(np.mean(finished)) if finished else None
+    if self.grid.keys:
+      shared["grid_means"] = _grid_means(members, self.grid)
     # The population is finished when every member that did not diverge is.
     shared["finished"] = all(m.get("finished", True) for m in members)
     return {**shared, "seeds": list(self.seeds), "members": members}
+
+
+def _grid_means(members: list[dict], grid: Population) -> list[dict]:
+  """Per grid point: its values, the seeds that finished and their mean test accuracy."""
+  points = list(dict.fromkeys(tuple(v.items()) for v in grid.hyperparameters))
+  means = []
+  for point in points:
+    own = [m for m in members if tuple(m["hyperparameters"].items()) == point]
+    done = [m for m in own if m.get("test_accuracy") is not None]
+    accuracy = float(np.mean([m["test_accuracy"] for m in done])) if done else None
+    finished_seeds = [m["seed"] for m in done]
+    means.append(
+      {"hyperparameters": dict(point), "seeds": finished_seeds, "mean_test_accuracy": accuracy}
+    )
+  return means
 
 
 def split_population(workdir: str, directories: Mapping[int, str] | Callable[[dict], str]) -> None:

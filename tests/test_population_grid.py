@@ -325,3 +325,18 @@ def test_a_grid_on_four_devices_in_scanned_calls_equals_it_on_one_device_step_by
     training.train_and_evaluate(config, workdir)
     states.append(_final_state(workdir))
   assert_state_close(*states)
+
+
+@pytest.mark.slow
+def test_a_stopped_grid_population_resumes_to_the_uninterrupted_state(tmp_path):
+  grid = {"regime.lr": (0.02, 0.08), "regime.weight_decay": (0.0, 1e-3)}
+  config = lambda **kw: equivalence_config("lb+lr+gbn", seeds=(4,), population_grid=grid, **kw)  # noqa: E731
+  training.train_and_evaluate(config(), str(tmp_path / "whole"))
+  resumed = str(tmp_path / "resumed")
+  training.train_and_evaluate(config(stop_after_steps=10, checkpoint_every_steps=5), resumed)
+  training.train_and_evaluate(config(checkpoint_every_steps=5), resumed)
+  whole, again = _final_state(str(tmp_path / "whole")), _final_state(resumed)
+  jax.tree.map(np.testing.assert_array_equal, whole, again)
+  assert [r["hyperparameters"] for r in _records(resumed) if "loss" in r] == [
+    r["hyperparameters"] for r in _records(str(tmp_path / "whole")) if "loss" in r
+  ]

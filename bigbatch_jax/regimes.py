@@ -27,6 +27,11 @@ import optax
 from bigbatch_jax.transforms import lr_scaling_exponent
 
 
+def is_traced(value) -> bool:
+  """True for a value known only under a trace (a population member's hyperparameter)."""
+  return isinstance(value, jax.core.Tracer)
+
+
 def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
   """The number of updates that read ``epochs`` passes over ``num_examples``.
 
@@ -74,11 +79,13 @@ class Regime:
 
   def __post_init__(self):
     object.__setattr__(self, "drop_epochs", tuple(self.drop_epochs))
-    if not self.lr > 0:
+    # A population member's lr and weight decay are traced inside its step
+    # (training/population_grid.py); they were checked on the host.
+    if not is_traced(self.lr) and not self.lr > 0:
       raise ValueError(f"Regime.lr must be > 0, got {self.lr}")
     if not 0 <= self.momentum < 1:
       raise ValueError(f"Regime.momentum must be in [0, 1), got {self.momentum}")
-    if self.weight_decay < 0:
+    if not is_traced(self.weight_decay) and self.weight_decay < 0:
       raise ValueError(f"Regime.weight_decay must be >= 0, got {self.weight_decay}")
     if not self.epochs > 0:
       raise ValueError(f"Regime.epochs must be > 0, got {self.epochs}")
@@ -496,7 +503,9 @@ def regime_optimizer_parts(
     A list of ``optax.GradientTransformation``.
   """
   if optimizer == "sgd":
-    parts = [optax.add_decayed_weights(regime.weight_decay)] if regime.weight_decay else []
+    # A traced weight decay (a population's grid) may be 0 for some members only.
+    decays = is_traced(regime.weight_decay) or regime.weight_decay
+    parts = [optax.add_decayed_weights(regime.weight_decay)] if decays else []
     sgd = optax.sgd(learning_rate, momentum=regime.momentum or None, nesterov=regime.nesterov)
     return [*parts, sgd]
   if optimizer == "lars":

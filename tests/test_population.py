@@ -157,7 +157,7 @@ def test_a_member_driven_to_nan_is_frozen_and_reported_while_the_others_go_on(tm
       batch = next(batches)
       if inject and step == 2:
         batch["x"][1, 0, 0] = np.nan  # one example of member 1
-      state, _ = fn(state, parallel.put_batch(batch, mesh, members=True))
+      state, _ = fn(state, parallel.put_batch(batch, mesh, members=True), {})
       history.append(jax.device_get(state.params))
     results.append((state, history))
   (clean, _), (state, history) = results

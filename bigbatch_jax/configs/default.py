@@ -140,6 +140,8 @@ def _declare_run(config: ml_collections.ConfigDict) -> None:
   # member i equals the single run of seeds[i]. None or an int (equal to
   # config.seed): the single run of config.seed.
   config.seeds = FieldReference(None, field_type=object)
+  # Per-member values crossed with the seeds, e.g. '{"regime.lr": (0.03, 0.1)}' (None: none).
+  config.population_grid = FieldReference(None, field_type=object)
   config.num_devices = placeholder(int)  # devices of the data-parallel mesh (None: all)
   # Multi-host: jax.distributed.initialize(). Unset address/count/id are taken
   # from the cluster environment (SLURM, Kubernetes, Cloud TPU).

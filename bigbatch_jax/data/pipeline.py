@@ -368,8 +368,9 @@ class PopulationBatches:
   """The batches of a population: one seeded stream per member, stacked ``[P, B, ...]``.
 
   Member i reads the example stream (and augmentation) of ``seeds[i]``,
-  exactly the batches a single run of that seed reads; each stream has its
-  own ``BatchIterator`` (and prefetch thread).
+  exactly the batches a single run of that seed reads; each distinct seed's
+  stream has its own ``BatchIterator`` (and prefetch thread), read once per
+  step for the members that share it (a grid's members share seeds).
 
   Args:
     data: as for ``BatchIterator``.
@@ -382,8 +383,10 @@ class PopulationBatches:
     if not seeds:
       raise ValueError(f"seeds must name at least one member, got {seeds!r}")
     self._members = []
+    distinct = list(dict.fromkeys(seeds))
+    self._stream_of = [distinct.index(seed) for seed in seeds]
     try:
-      for seed in seeds:
+      for seed in distinct:
         self._members.append(BatchIterator(data, batch_size, seed=seed, **options))
     except BaseException:
       self.close()
@@ -397,7 +400,8 @@ class PopulationBatches:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batches = [next(member) for member in self._members]
+    streams = [next(member) for member in self._members]
+    batches = [streams[i] for i in self._stream_of]
     return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
   def close(self) -> None:

@@ -9,6 +9,7 @@ maps the modules to the papers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ from bigbatch_jax.training.evaluation import evaluation_record
 from bigbatch_jax.training.members import Members
 from bigbatch_jax.training.metrics import MetricsLog
 from bigbatch_jax.training.plan import RunPlan, make_plan
+from bigbatch_jax.training.population_grid import population_of
 from bigbatch_jax.training.preemption import Preempted, PreemptionWatch
 from bigbatch_jax.training.run_limits import SkipLimit, check_limit_keys
 from bigbatch_jax.training.setup import RunSetup, set_up_run
@@ -71,20 +73,35 @@ class CompiledSteps:
         if population
         else (step_lib.train_step, step_lib.train_steps)
       )
+      if self._run.member_arguments is not None:
+        args = {**args, "member_arguments": self._run.member_arguments}
       self._sharded[key] = parallel.shard_train_step(
         many if scanned else one, self._mesh, stacked=scanned, members=population, **args
       )
     return self._sharded[key]
 
   def get(self, batch_size: int, length: int):
-    """The call of ``length`` steps at ``batch_size``, compiled on first use."""
+    """The call ``(state, batches) -> (state, metrics)`` of ``length`` steps at ``batch_size``.
+
+    Compiled on first use. A population's call passes its members' grid
+    values (``RunSetup.hyperparameters``) to the compiled step as arrays.
+    """
     if (batch_size, length) not in self._compiled:
       fn = self._sharded_fn(batch_size, scanned=length != 1)
       steps = None if length == 1 else length
-      self._compiled[batch_size, length] = parallel.compile_train_step(
-        fn, self._state, batch_size, self._input_shape, self._mesh, steps, self._members
+      values = self._run.hyperparameters
+      compiled = parallel.compile_train_step(
+        fn, self._state, batch_size, self._input_shape, self._mesh, steps, self._members, values
       )
+      if self._members is not None:
+        compiled = functools.partial(_call_with_values, compiled, values)
+      self._compiled[batch_size, length] = compiled
     return self._compiled[batch_size, length]
+
+
+def _call_with_values(compiled, values, state, batches):
+  """A population's compiled step called with its members' grid values."""
+  return compiled(state, batches, values)
 
 
 def call_length(step: int, end_step: int, steps_per_call: int, plan: RunPlan) -> int:
@@ -160,7 +177,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   mesh = parallel.make_mesh(config.num_devices)
   plan = make_plan(config, dataset.num_train, mesh.size, jax.process_count())
   check_limit_keys(config)
-  seeds = population_lib.member_seeds(config)
+  population = population_of(config, plan, population_lib.member_seeds(config))
+  seeds = None if population is None else population.seeds
   data_lib.input_pipeline(config, dataset)  # checks config.augment before any compute
   if config.eval_batch_size % mesh.size:
     raise ValueError(
@@ -168,8 +186,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     )
   os.makedirs(workdir, exist_ok=True)
   check_and_save_config(config, workdir)
-  run = set_up_run(config, plan, mesh, dataset.num_classes, dataset.input_shape, seeds=seeds)
-  steps = CompiledSteps(run, mesh, dataset.input_shape, plan, seeds and len(seeds))
+  grid = None if population is None else population.arrays()
+  run = set_up_run(
+    config, plan, mesh, dataset.num_classes, dataset.input_shape, seeds=seeds, grid=grid
+  )
+  steps = CompiledSteps(run, mesh, dataset.input_shape, plan, population and population.size)
   # Compile before reading any data, once per batch size of the run: a batch
   # that does not fit fails here, with sizes, rather than deep inside XLA.
   for size in plan.batch_sizes:
@@ -204,7 +225,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     ),
     checkpoints,
     metrics_log,
-    _members(config, seeds, plan, checkpoints, dataset, state, restored),
+    _members(config, population, plan, checkpoints, dataset, state, restored),
     bar,
   )
   start_time = loop.last_time = time.perf_counter()
@@ -259,17 +280,17 @@ def _checkpoint_and_stop(loop: _Loop, watch, state, step: int, start_step: int) 
   return Preempted(message, watch.signal_name, step, saved)
 
 
-def _members(config, seeds, plan: RunPlan, checkpoints, dataset, state, restored) -> Members:
+def _members(config, population, plan: RunPlan, checkpoints, dataset, state, restored) -> Members:
   """The run's members, each guard with its skip limit and what its message can name.
 
   The skip limit is enforced for a single run (``DivergenceGuard.check_state``);
   a population's members are checked for non-finite steps only.
   """
-  members = Members(seeds, plan, checkpoints, config.divergence_loss_factor)
+  members = Members(population, plan, checkpoints, config.divergence_loss_factor)
   for guard in members.guards:
     if config.nonfinite_policy == "skip":
       guard.skip_limit = SkipLimit.from_config(config, plan.num_steps)
-      if restored is not None and seeds is None:
+      if restored is not None and population is None:
         guard.skip_limit.start(restored, int(state.skipped_steps))
     guard.resumed_from = restored
     guard.train_inputs = getattr(dataset, "x_train", None)

@@ -136,16 +136,22 @@ def _series(records: Iterable[dict], key: str, x: str = "step") -> tuple[np.ndar
   return a[:, 0], a[:, 1]
 
 
+def member_label(seed: int, hyperparameters: dict | None = None) -> str:
+  """How a population member is named in messages and figures: ``seed 0, regime.lr=0.03``."""
+  values = (f"{k}={v:g}" for k, v in (hyperparameters or {}).items())
+  return ", ".join([f"seed {seed}", *values])
+
+
 def _by_member(records: list[dict]) -> list[tuple[str, list[dict]]]:
   """(label suffix, records) per population member (``member`` field); one group otherwise."""
   members = sorted({r["member"] for r in records if "member" in r})
   if not members:
     return [("", records)]
-  return [
-    (f" seed {seed}", [r for r in records if r.get("member") == m])
-    for m in members
-    for seed in [next(r["seed"] for r in records if r.get("member") == m)]
-  ]
+  groups = []
+  for m in members:
+    own = [r for r in records if r.get("member") == m]
+    groups.append((f" {member_label(own[0]['seed'], own[0].get('hyperparameters'))}", own))
+  return groups
 
 
 def plot_run(records: list[dict], out_dir: str, title: str = "") -> list[str]:

@@ -55,13 +55,15 @@ def shard_train_step(
 
   With ``stacked`` the batch has a leading axis of steps (``train_steps``);
   with ``members`` an axis of population members after it; the examples
-  axis, after both, is split.
+  axis, after both, is split. A population's step takes a third argument,
+  the members' grid values (``population.population_train_step``), replicated.
   """
   fn = functools.partial(step_fn, num_replicas=mesh.size, **static)
+  specs = (P(), batch_spec(stacked, members))
   mapped = jax.shard_map(
     fn,
     mesh=mesh,
-    in_specs=(P(), batch_spec(stacked, members)),
+    in_specs=(*specs, P()) if members else specs,
     out_specs=(P(), P()),
     check_vma=False,
   )
@@ -139,12 +141,14 @@ def compile_train_step(
   mesh: Mesh,
   steps: int | None = None,
   members: int | None = None,
+  hyperparameters: dict | None = None,
 ):
   """Compiles the step ahead of time and checks that it fits in memory.
 
   Returns the compiled step (called like ``train_fn``; one compilation per
   batch size and call length; ``steps`` is the leading axis of a stacked
-  batch, ``members`` the population's axis after it). Raises ``MemoryError``
+  batch, ``members`` the population's axis after it, ``hyperparameters``
+  a population's grid values, the step's third argument). Raises ``MemoryError``
   naming the batch, the population and the sizes when the step needs more
   memory per device than is free.
   """
@@ -154,7 +158,8 @@ def compile_train_step(
     "x": jax.ShapeDtypeStruct((*lead, batch_size, *input_shape), jnp.float32, sharding=sharding),
     "y": jax.ShapeDtypeStruct((*lead, batch_size), jnp.int32, sharding=sharding),
   }
-  compiled = train_fn.lower(state, batch).compile()
+  extra = () if members is None else (hyperparameters or {},)
+  compiled = train_fn.lower(state, batch, *extra).compile()
   needed, free = step_memory_bytes(compiled), available_memory_bytes(mesh)
   if needed > free:
     gib = 2.0**30

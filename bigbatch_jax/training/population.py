@@ -78,14 +78,20 @@ def _keep(frozen: jax.Array, old, new):
   return jax.tree.map(pick, old, new)
 
 
-def _member_step(state, batch, **step_args):
+def _member_step(state, batch, values, *, member_arguments=None, **step_args):
   """One member's ``train_step``; a member that diverged keeps its last finite state.
+
+  ``values`` are the member's grid values (traced scalars; ``{}`` without a
+  grid), from which ``member_arguments`` builds its optimizer, logged
+  learning rate and noise variance (``setup.member_arguments``).
 
   A member is diverged from the first step whose loss or gradient was not
   finite (``nonfinite_step`` >= 0, the "stop" policy's record): from that
   update on its parameters, statistics and optimizer state stop changing,
   so the others go on and the diverged one is reported with its step.
   """
+  if member_arguments is not None:
+    step_args = {**step_args, **member_arguments(values)}
   new, metrics = train_step(state, batch, **step_args)
   frozen = new.nonfinite_step >= 0
   new = new.replace(
@@ -96,18 +102,27 @@ def _member_step(state, batch, **step_args):
   return new, metrics
 
 
-def population_train_step(state, batch, **step_args):
+def population_train_step(state, batch, hyperparameters, **step_args):
   """``train_step`` mapped over the members: state and batch ``[P, ...]``, metrics ``[P]``.
 
   Runs inside ``shard_map`` like ``train_step``; the batch is ``[P, B_local,
-  ...]`` (``parallel.batch_spec(members=True)``).
+  ...]`` (``parallel.batch_spec(members=True)``). ``hyperparameters`` maps
+  each grid key to the members' values ``[P]`` (``{}`` for a population of
+  seeds): arguments of the compiled step, so one compilation serves any
+  values; ``step_args`` then holds ``member_arguments``
+  (``setup.RunSetup.member_arguments``).
   """
-  return jax.vmap(functools.partial(_member_step, **step_args))(state, batch)
+  member = functools.partial(_member_step, **step_args)
+  return jax.vmap(member)(state, batch, hyperparameters)
 
 
-def population_train_steps(state, batches, **step_args):
+def population_train_steps(state, batches, hyperparameters, **step_args):
   """``population_train_step`` over a leading axis of steps (``lax.scan``); metrics ``[L, P]``."""
-  return lax.scan(lambda s, b: population_train_step(s, b, **step_args), state, batches)
+
+  def one(state, batch):
+    return population_train_step(state, batch, hyperparameters, **step_args)
+
+  return lax.scan(one, state, batches)
 
 
 def population_eval_step(state, batch, *, model):

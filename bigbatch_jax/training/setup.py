@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -22,7 +22,7 @@ from bigbatch_jax import models
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
 from bigbatch_jax.ghost_noise import GhostNoiseBatchNorm
 from bigbatch_jax.models.layers import legacy_torch_bn_scale_init
-from bigbatch_jax.training import parallel
+from bigbatch_jax.training import parallel, population_grid
 from bigbatch_jax.training.optimizer import distance_drop_scale, make_optimizer
 from bigbatch_jax.training.plan import RunPlan, lr_schedule
 from bigbatch_jax.training.state import TrainState, create_train_state
@@ -78,21 +78,54 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return state_key, noise_key
 
 
-def run_optimizer(plan: RunPlan, config: ml_collections.ConfigDict, noise_key: jax.Array):
-  """The plan's optimizer chain with the config's white-noise (alpha, gamma)."""
-  return make_optimizer(plan, noise_key, (config.noise_alpha, config.noise_gamma))
+def run_optimizer(
+  plan: RunPlan,
+  config: ml_collections.ConfigDict,
+  noise_key: jax.Array,
+  values: Mapping[str, Any] | None = None,
+):
+  """The plan's optimizer chain with the config's white-noise (alpha, gamma).
+
+  ``values``: a population member's grid values (``population_grid.py``),
+  which replace the plan's and the config's.
+  """
+  values = values or {}
+  plan = population_grid.member_plan(plan, values)
+  return make_optimizer(plan, noise_key, population_grid.white_noise(config, values))
+
+
+def _plan_arguments(plan: RunPlan, tx) -> dict[str, Any]:
+  """The step arguments that follow the plan's hyperparameters."""
+  return {
+    "tx": tx,
+    "learning_rate": lr_schedule(plan),
+    "noise_variance": plan.noise_variance,
+    "lr_scale": distance_drop_scale(plan),
+  }
 
 
 def step_arguments(plan: RunPlan, config: ml_collections.ConfigDict, model, tx) -> dict[str, Any]:
   """The static keyword arguments of ``step.train_step`` for this run."""
   return {
     "model": model,
-    "tx": tx,
-    "learning_rate": lr_schedule(plan),
-    "noise_variance": plan.noise_variance,
     "skip_nonfinite": config.nonfinite_policy == "skip",
-    "lr_scale": distance_drop_scale(plan),
+    **_plan_arguments(plan, tx),
   }
+
+
+def member_arguments(
+  plan: RunPlan, config: ml_collections.ConfigDict, values: Mapping[str, jax.Array]
+) -> dict[str, Any]:
+  """The step arguments of a population member with grid ``values`` (traced in the step).
+
+  The optimizer, the logged learning-rate schedule and the multiplicative
+  noise's variance are derived from the member's values as a single run
+  derives them from its config. The white noise's key is the optimizer
+  state's (each member's own), so the key the chain is built with is unused.
+  """
+  member = population_grid.member_plan(plan, values)
+  tx = run_optimizer(member, config, run_keys(config.seed)[1], values)
+  return _plan_arguments(member, tx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +138,11 @@ class RunSetup:
   step_args: dict[str, Any]  # static keyword arguments of step.train_step
   # The partial last batch's step arguments where its ghost batches differ.
   partial_step_args: dict[str, Any] | None = None
+  # A population's grid values, config key -> [P] (replicated; {} without a
+  # grid), the step's third argument; None for a single run.
+  hyperparameters: dict[str, jax.Array] | None = None
+  # values -> the step arguments they set (``member_arguments``); None without a grid.
+  member_arguments: Callable[[Mapping[str, jax.Array]], dict[str, Any]] | None = None
 
   def step_args_at(self, batch_size: int, plan: RunPlan) -> dict[str, Any]:
     """The step arguments of a step at ``batch_size``: the partial batch's, or the run's."""
@@ -124,6 +162,7 @@ def set_up_run(
   norm: Callable | None = None,
   seed: int | None = None,
   seeds: tuple[int, ...] | None = None,
+  grid: Mapping[str, jax.Array] | None = None,
 ) -> RunSetup:
   """Builds the model (norm layer: the plan's, unless given), optimizer and initial state.
 
@@ -137,6 +176,9 @@ def set_up_run(
     seed: the run's seed (None: ``config.seed``).
     seeds: a population's seeds: the state gets a leading member axis, member
       i initialized as the single run of ``seeds[i]`` (``population.py``).
+    grid: with ``seeds``, each member's grid values, config key -> ``[P]``
+      (``population_grid.Population.arrays``): member i is the single run of
+      ``seeds[i]`` with these values.
 
   Returns:
     A :class:`RunSetup`.
@@ -146,16 +188,21 @@ def set_up_run(
   state_key, noise_key = run_keys(config.seed if seed is None else seed)
   tx = run_optimizer(plan, config, noise_key)
   example = jnp.zeros((1, *input_shape), jnp.float32)
+  hyperparameters = member_args = None
   if seeds is not None:
     # The optimizer's update reads its noise key from the state, so one tx
-    # serves every member; each member's init gets its own keys.
+    # serves every member; each member's init gets its own keys (and values).
     keys = [run_keys(s) for s in seeds]
     state_keys, noise_keys = (jnp.stack([k[i] for k in keys]) for i in (0, 1))
-    member_init = lambda key, noise: create_train_state(  # noqa: E731
-      model, run_optimizer(plan, config, noise), example, key
+    member_init = lambda key, noise, values: create_train_state(  # noqa: E731
+      model, run_optimizer(plan, config, noise, values), example, key
     )
     init = jax.jit(jax.vmap(member_init), out_shardings=parallel.replicated(mesh))
-    state = init(state_keys, noise_keys)
+    values = {k: jnp.asarray(v, jnp.float32) for k, v in (grid or {}).items()}
+    state = init(state_keys, noise_keys, values)
+    hyperparameters = jax.device_put(values, parallel.replicated(mesh))
+    if values:
+      member_args = functools.partial(member_arguments, plan, config)
   else:
     init = jax.jit(
       lambda key: create_train_state(model, tx, example, key),
@@ -170,4 +217,4 @@ def set_up_run(
     partial_norm = functools.partial(norm, ghost_batch_size=plan.ghost_batch_size_at(partial))
     partial_model = build_model(config, num_classes, partial_norm)
     partial_args = step_arguments(plan, config, partial_model, tx)
-  return RunSetup(model, tx, state, step_args, partial_args)
+  return RunSetup(model, tx, state, step_args, partial_args, hyperparameters, member_args)

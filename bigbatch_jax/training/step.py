@@ -120,7 +120,7 @@ def train_step(
   tx: optax.GradientTransformation,
   learning_rate: Callable[[jax.Array], jax.Array],
   num_replicas: int,
-  noise_variance: float = 0.0,
+  noise_variance: float | jax.Array = 0.0,
   skip_nonfinite: bool = False,
   lr_scale: Callable[[optax.OptState], jax.Array] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -133,7 +133,8 @@ def train_step(
     tx: the optimizer, applied to the cross-device mean gradient.
     learning_rate: the effective learning-rate schedule, for logging.
     num_replicas: devices along the "batch" axis (static).
-    noise_variance: multiplicative noise sigma**2 (Hoffer section 4); 0: off.
+    noise_variance: multiplicative noise sigma**2 (Hoffer section 4); 0: off;
+      an array (a population member's value, even 0) keeps it on.
     skip_nonfinite: see :func:`apply_nonfinite_policy`.
     lr_scale: opt_state -> a further factor on the logged learning rate (the
       "dist" drops, ``optimizer.distance_drop_scale``), or None.
@@ -149,7 +150,7 @@ def train_step(
   ghost_noise_key = jax.random.fold_in(noise_key, GHOST_NOISE_TAG)
   x, y = batch["x"], batch["y"]
   weights = None
-  if noise_variance:
+  if isinstance(noise_variance, jax.Array) or noise_variance:
     weights = _local_noise_weights(noise_key, y.shape[0], num_replicas, noise_variance)
 
   def loss_fn(params):

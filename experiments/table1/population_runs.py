@@ -17,6 +17,7 @@ import ml_collections
 
 from bigbatch_jax.training import json_files
 from bigbatch_jax.training.members import split_population
+from bigbatch_jax.training.metrics import member_label
 
 
 def population_dir(workdir: str, row: str, seeds: Sequence[int]) -> str:
@@ -61,7 +62,7 @@ def run_population(
       share = {"wall_time_s": run_time / len(seeds)}
       json_files.write_json_atomic(os.path.join(member_dir, run_time_file), share)
   lines = [
-    f"seed {m['seed']}: "
+    f"{member_label(m['seed'], m.get('hyperparameters'))}: "
     + (
       "diverged"
       if "diverged" in m

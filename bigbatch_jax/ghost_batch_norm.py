@@ -268,7 +268,7 @@ class GhostBatchNorm(Module):
     call = self._call_variables(x, use_running_average)
     if call.use_running_average:
       return self._normalize_by_running_average(x, call)
-    feature_axes, ra_mean, ra_var, scale, bias = call[1:]
+    feature_axes, ra_mean, ra_var = call.feature_axes, call.ra_mean, call.ra_var
 
     initializing = self.is_initializing()
     options = GhostOptions.of(self)
@@ -277,8 +277,8 @@ class GhostBatchNorm(Module):
       options = options._replace(axis_name=None)
     y, mean, var = ghost_batch_norm_train(
       x,
-      scale,
-      bias,
+      call.scale,
+      call.bias,
       feature_axes,
       options,
       num_ghosts=num_ghost_batches(x.shape[0], self.ghost_batch_size, initializing),

@@ -309,7 +309,7 @@ class GhostNoiseBatchNorm(GhostBatchNorm):
     call = self._call_variables(x, use_running_average)
     if call.use_running_average:
       return self._normalize_by_running_average(x, call)
-    feature_axes, ra_mean, ra_var, scale, bias = call[1:]
+    feature_axes, ra_mean, ra_var = call.feature_axes, call.ra_mean, call.ra_var
     initializing = self.is_initializing()
     options = GhostOptions.of(self)
     if initializing:
@@ -318,8 +318,8 @@ class GhostNoiseBatchNorm(GhostBatchNorm):
     noisy = options.ghost_batch_size is not None
     y, mean, var = ghost_noise_train(
       x,
-      scale,
-      bias,
+      call.scale,
+      call.bias,
       feature_axes,
       options,
       key=self.make_rng(RNG_COLLECTION) if noisy else None,

@@ -32,6 +32,17 @@ def canonical_axes(ndim: int, axes: int | Iterable[int]) -> tuple[int, ...]:
   return tuple(sorted({ax + ndim if ax < 0 else ax for ax in axes}))
 
 
+def is_ghost_size(ghost_batch_size: Any) -> bool:
+  """Whether ``ghost_batch_size`` is None or an integer >= 2 (not a bool)."""
+  if ghost_batch_size is None:
+    return True
+  return (
+    isinstance(ghost_batch_size, int)
+    and not isinstance(ghost_batch_size, bool)
+    and ghost_batch_size >= 2
+  )
+
+
 def check_options(ghost_batch_size: Any, stats_update: str, ghost_variance: str) -> None:
   """Raises ValueError naming the bad option and the valid ones."""
   if stats_update not in STATS_UPDATES:
@@ -43,11 +54,7 @@ def check_options(ghost_batch_size: Any, stats_update: str, ghost_variance: str)
       f"GhostBatchNorm: unknown ghost_variance={ghost_variance!r}; valid values are "
       f"{GHOST_VARIANCES}"
     )
-  if ghost_batch_size is not None and (
-    not isinstance(ghost_batch_size, int)
-    or isinstance(ghost_batch_size, bool)
-    or ghost_batch_size < 2
-  ):
+  if not is_ghost_size(ghost_batch_size):
     raise ValueError(
       f"GhostBatchNorm: ghost_batch_size={ghost_batch_size!r} must be an integer >= 2 "
       "(a ghost batch of one example has zero variance) or None for plain batch norm"

@@ -58,7 +58,7 @@ from flax.linen.module import compact
 from jax import lax
 
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm, ghost_batch_norm_train
-from bigbatch_jax.ghost_batches import GhostOptions, ghost_axes, ghost_statistics
+from bigbatch_jax.ghost_batches import GhostOptions, ghost_axes, ghost_statistics, is_ghost_size
 from bigbatch_jax.running_statistics import update_running_statistics
 
 GHOST_DRAWS = ("per_ghost", "per_example")
@@ -68,11 +68,7 @@ NOISE_EPSILON = 1e-3
 
 def check_noise_options(ghost_batch_size: Any, ghost_draws: str, noise_epsilon: Any) -> None:
   """Raises ValueError naming the bad option and the valid ones."""
-  if ghost_batch_size is not None and (
-    not isinstance(ghost_batch_size, int)
-    or isinstance(ghost_batch_size, bool)
-    or ghost_batch_size < 2
-  ):
+  if not is_ghost_size(ghost_batch_size):
     raise ValueError(
       f"GhostNoiseBatchNorm: ghost_batch_size={ghost_batch_size!r} must be an integer >= 2 "
       "(the noise's equivalent batch size; one example has no variance) or None for no noise"

@@ -91,25 +91,49 @@ class Welch:
   df: float
 
 
+def _satterthwaite_df(variances_of_means: Sequence[float], sizes: Sequence[int]) -> float:
+  """Welch-Satterthwaite degrees of freedom of a sum of independent means (inf: no spread)."""
+  denominator = sum(v * v / (n - 1) for v, n in zip(variances_of_means, sizes))
+  return sum(variances_of_means) ** 2 / denominator if denominator > 0 else math.inf
+
+
 def _welch_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
-  """Welch-Satterthwaite degrees of freedom (inf when both variances are 0)."""
-  va, vb = var_a / n_a, var_b / n_b
-  denominator = va**2 / (n_a - 1) + vb**2 / (n_b - 1)
-  return (va + vb) ** 2 / denominator if denominator > 0 else math.inf
+  """Welch-Satterthwaite degrees of freedom of mean(a) - mean(b)."""
+  return _satterthwaite_df([var_a / n_a, var_b / n_b], [n_a, n_b])
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
   """mean(a) - mean(b) with Welch's standard error and degrees of freedom."""
-  a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-  if a.ndim != 1 or b.ndim != 1 or len(a) < 2 or len(b) < 2:
+  return welch_contrast([a, b], [1.0, -1.0])
+
+
+def welch_contrast(groups: Sequence[Sequence[float]], weights: Sequence[float]) -> Welch:
+  """sum_g w_g mean(g) over independent groups, with Welch-Satterthwaite's se and df.
+
+  A difference of two differences (an ablation's change of a gap) is the
+  contrast (1, -1, -1, 1) of its four rows. The groups must be independent
+  runs: a run entering twice must be entered once with its summed weight.
+  The df is Satterthwaite's, sum(v_g)^2 / sum(v_g^2 / (n_g - 1)) with
+  v_g = w_g^2 var_g / n_g (inf when every group has no spread).
+
+  Examples:
+    >>> w = welch_contrast([[1.0, 2.0, 3.0], [0.0, 1.0, 2.0]], [1.0, -1.0])
+    >>> w.difference, round(w.se, 4), w.df
+    (1.0, 0.8165, 4.0)
+  """
+  if len(groups) != len(weights) or not groups:
+    raise ValueError(f"{len(groups)} groups but {len(weights)} weights; give one weight per group")
+  arrays = [np.asarray(g, dtype=float) for g in groups]
+  if any(x.ndim != 1 or len(x) < 2 for x in arrays):
     raise ValueError(
-      f"each row needs at least 2 per-seed values in a flat list; got {len(a)} and {len(b)}"
+      "each row needs at least 2 per-seed values in a flat list; got "
+      + " and ".join(str(len(x)) for x in arrays)
     )
-  if not (np.isfinite(a).all() and np.isfinite(b).all()):
-    raise ValueError(f"per-seed values must be finite; got {a.tolist()} and {b.tolist()}")
-  var_a, var_b = float(np.var(a, ddof=1)), float(np.var(b, ddof=1))
-  se = math.sqrt(var_a / len(a) + var_b / len(b))
-  return Welch(float(a.mean() - b.mean()), se, _welch_df(var_a, len(a), var_b, len(b)))
+  if not all(np.isfinite(x).all() for x in arrays):
+    raise ValueError(f"per-seed values must be finite; got {[x.tolist() for x in arrays]}")
+  parts = [w * w * float(np.var(x, ddof=1)) / len(x) for x, w in zip(arrays, weights)]
+  difference = sum(w * float(x.mean()) for x, w in zip(arrays, weights))
+  return Welch(float(difference), math.sqrt(sum(parts)), _satterthwaite_df(parts, map(len, arrays)))
 
 
 def ci95(w: Welch) -> tuple[float, float]:
@@ -124,6 +148,16 @@ def _one_sided_p(w: Welch, null: float, greater: bool) -> float:
     return 0.0 if (w.difference > null if greater else w.difference < null) else 1.0
   t = (w.difference - null) / w.se
   return float(stats.t.sf(t, w.df) if greater else stats.t.cdf(t, w.df))
+
+
+def two_sided_p(w: Welch) -> float:
+  """p of Welch's two-sided test of a zero difference (below 0.05 exactly when ``ci95`` excludes 0).
+
+  Examples:
+    >>> round(two_sided_p(welch([1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 5.0])), 4)  # scipy's ttest_ind
+    0.7846
+  """
+  return min(1.0, 2 * min(_one_sided_p(w, 0.0, greater=True), _one_sided_p(w, 0.0, greater=False)))
 
 
 def p_value(h: Hypothesis, w: Welch) -> float:

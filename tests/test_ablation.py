@@ -49,6 +49,51 @@ def _welch_by_hand(a, b):
   return 2 * stats.t.sf(abs(t), df)
 
 
+def _contrast_ci_by_hand(groups, weights):
+  """The 95% interval of sum_g w_g mean(g) with Welch-Satterthwaite's df, written out."""
+  parts = [w * w * np.var(g, ddof=1) / len(g) for g, w in zip(groups, weights)]
+  df = sum(parts) ** 2 / sum(v * v / (len(g) - 1) for v, g in zip(parts, groups))
+  d = sum(w * np.mean(g) for g, w in zip(groups, weights))
+  half = stats.t.ppf(0.975, df) * math.sqrt(sum(parts))
+  return [d - half, d + half]
+
+
+def _welch_ci_by_hand(a, b):
+  return _contrast_ci_by_hand((a, b), (1, -1))
+
+
+def _readings(clean_small, clean_large, small, large):
+  """The restart setting's reading for per-seed numbers of the four runs."""
+  numbers = {
+    "clean/sb": _numbers(clean_small),
+    "clean/lb": _numbers(clean_large),
+    "momentum_restart/sb": _numbers(small),
+    "momentum_restart/lb": _numbers(large),
+  }
+  skipped = {setting: {"sb": "n/a", "lb": "n/a"} for setting in ablation.SETTINGS[2:]}
+  by = {r["setting"]: r for r in ablation.ablation_rows(numbers, ("sb", "lb"), skipped)}
+  return by["momentum_restart"]
+
+
+def test_the_gap_change_reads_shown_contradicted_or_inconclusive():
+  ten = np.linspace(-1.0, 1.0, 10)
+  # The restart widens a 5-point gap to 8 points, tightly: shown, widens.
+  widened = _readings(81 + ten, 76 + ten, 81 + ten, 73 + ten)
+  assert widened["outcome"] == "shown" and widened["direction"] == "widens"
+  assert widened["gap_change"] == pytest.approx(3.0)
+  narrowed = _readings(81 + ten, 76 + ten, 81 + ten, 79 + ten)
+  assert narrowed["outcome"] == "shown" and narrowed["direction"] == "narrows"
+  # The same gap, tightly: the change lies within +-1 point, so "moves it" is contradicted.
+  same = _readings(81 + 0.1 * ten, 76 + 0.1 * ten, 81 + 0.1 * ten, 76.05 + 0.1 * ten)
+  assert same["outcome"] == "contradicted" and "direction" not in same
+  assert same["gap_within_margin_p_holm"] < 0.025
+  # A 0.5-point change with spreads of 3 points over 3 seeds: neither.
+  loose = _readings([78, 81, 84], [73, 76, 79], [78, 81, 84], [72.5, 75.5, 78.5])
+  assert loose["outcome"] == "inconclusive"
+  # Four runs of variance 9 over 3 seeds: se^2 = 4 * 9 / 3 = 12, df = 12^2 / (4 * 3^2 / 2) = 8.
+  assert loose["gap_change_p"] == pytest.approx(2 * stats.t.sf(0.5 / math.sqrt(12), 8))
+
+
 def test_ablation_rows_gap_p_value_and_not_applicable_cells():
   sb, lb = [80.0, 81.0, 82.0], [70.0, 72.0, 74.0]
   restart_lb = [60.0, 61.0, 65.0]
@@ -92,8 +137,17 @@ def test_ablation_rows_gap_p_value_and_not_applicable_cells():
     {"dataset": "d", "model": "m", "preset": "quick", "rows": ["sb", "lb"],
      "batch_sizes": [16, 64], "seeds": [0, 1, 2], "runs_run": 5, "runs_skipped": 0},
   )  # fmt: skip
-  assert "| clean protocol | 81.00 ± 1.00 | 72.00 ± 2.00 | +9.00 |" in text
-  assert "| batch-norm scales U(0, 1) (item 3) | n/a | n/a | n/a | - | n/a |" in text
+  clean_ci = by["clean"]["gap_ci95"]
+  assert clean_ci == pytest.approx(_welch_ci_by_hand(sb, lb))
+  assert f"| clean protocol | 81.00 ± 1.00 | 72.00 ± 2.00 | +9.00 [{clean_ci[0]:+.2f}, " in text
+  assert "| batch-norm scales U(0, 1) (item 3) | n/a | n/a | n/a | - | n/a | - |" in text
+  # The restart's change: (sb_x - lb_x) - (sb - lb) over four independent runs.
+  change = [80.0, 80.5, 81.0], restart_lb, sb, lb
+  assert by["momentum_restart"]["gap_change_ci95"] == pytest.approx(
+    _contrast_ci_by_hand(change, (1, -1, -1, 1))
+  )
+  # "all": SB's clean run stands in, so the change is lb - restart_lb, two runs only.
+  assert by["all"]["gap_change_ci95"] == pytest.approx(_welch_ci_by_hand(lb, restart_lb))
   assert "- all that apply together (the reference protocol), sb: no artefact applies" in text
 
 

@@ -9,7 +9,9 @@ fitted main_normal.py rule on every column, the kept partial last batch, the
 unbiased running variance, MNIST's Normalize(0.5, 0.5)), and under all of the
 reference protocol's items together (the fitted rule excluded),
 and reports for each setting the two accuracies, the gap (small minus large)
-and its Welch p-value (``paper_claims.welch_p``).
+with its Welch 95% interval and p-value, and the change of the gap against the
+clean protocol's with its 95% interval and a reading of the claim "the item
+moves the gap" (``read_changes``).
 
 An artefact that does not apply to a row is not run: the reference MNIST
 augmentation on data that are not in-memory images (MNIST-1D), a momentum
@@ -37,6 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from bigbatch_jax import protocol as protocol_lib
+from bigbatch_jax import statistics
 from bigbatch_jax.training import make_plan, train_and_evaluate
 from bigbatch_jax.training.setup import build_model, norm_layer
 from experiments.table1.aggregate import row_numbers
@@ -201,10 +204,65 @@ def _cell(numbers: Mapping[str, dict], setting: str, row: str, skipped) -> dict:
   }
 
 
+# Points: a change of the gap shown to lie within +-1 point reads as "the item does
+# not move the gap", the margin the table's non-inferiority and equivalence claims use.
+CHANGE_MARGIN = 1.0
+
+
+def _gap_change(numbers, setting: str, pair, skipped) -> statistics.Welch | None:
+  """(small - large under ``setting``) - (the same under clean), over the distinct runs.
+
+  Where a setting does not apply to a row its clean run stands in, and enters
+  the contrast once with the weights summed (here they cancel), so that one
+  run is never counted as two independent groups.
+  """
+  weights: dict[str, float] = {}
+  for name_setting, sign in ((setting, 1.0), ("clean", -1.0)):
+    for row, row_sign in zip(pair, (1.0, -1.0)):
+      reason = skipped.get(name_setting, {}).get(row)
+      name = run_name("clean" if reason else name_setting, row)
+      weights[name] = weights.get(name, 0.0) + sign * row_sign
+  used = {name: w for name, w in weights.items() if w != 0}
+  seeds = [numbers[name]["test_accuracy_per_seed"] for name in used]
+  if not used or any(len(x) < 2 for x in seeds):
+    return None
+  return statistics.welch_contrast(seeds, list(used.values()))
+
+
+def read_changes(rows: list[dict]) -> list[dict]:
+  """Adds to each row the reading of "the item moves the gap", Holm-corrected over the rows.
+
+  ``shown`` when Welch's two-sided test of a zero change rejects at 0.05
+  after Holm's correction over the tested settings (``direction`` says
+  "widens" or "narrows"); ``contradicted`` when the two one-sided tests
+  (TOST) put the change inside +-``CHANGE_MARGIN`` points after the same
+  correction; ``inconclusive`` otherwise.
+  """
+  tested = [r for r in rows if r["gap_change_test"] is not None]
+  no_change = statistics.Hypothesis("equivalence", effect=0.0, margin=CHANGE_MARGIN)
+  moved = [statistics.two_sided_p(r["gap_change_test"]) for r in tested]
+  within = [statistics.p_value(no_change, r["gap_change_test"]) for r in tested]
+  adjusted = zip(statistics.holm(moved), statistics.holm(within))
+  for r, p, p_within, (p_holm, p_within_holm) in zip(tested, moved, within, adjusted):
+    r.update(gap_change_p=p, gap_change_p_holm=p_holm)
+    r.update(gap_within_margin_p=p_within, gap_within_margin_p_holm=p_within_holm)
+    if p_holm < 2 * statistics.ALPHA:
+      r["outcome"] = statistics.SHOWN
+      r["direction"] = "widens" if r["gap_change_test"].difference > 0 else "narrows"
+    elif p_within_holm < statistics.ALPHA:
+      r["outcome"] = statistics.CONTRADICTED
+    else:
+      r["outcome"] = statistics.INCONCLUSIVE
+  for r in rows:
+    test = r.pop("gap_change_test")
+    r["gap_change_ci95"] = None if test is None else list(statistics.ci95(test))
+  return rows
+
+
 def ablation_rows(
   numbers: Mapping[str, dict], pair: tuple[str, str], skipped: Mapping[str, Mapping[str, str]]
 ) -> list[dict]:
-  """The ablation table: per setting, both rows' accuracy, the gap, its p-value and change.
+  """The ablation table: per setting, both rows' accuracy, the gap and its change, read.
 
   Args:
     numbers: run name -> ``aggregate.row_numbers`` (``test_accuracy_mean``,
@@ -214,31 +272,40 @@ def ablation_rows(
 
   Returns:
     One dict per setting of ``SETTINGS``: ``small`` and ``large`` cells,
-    ``gap`` (small minus large mean accuracy, points), ``p_value`` (Welch,
-    on the per-seed accuracies) and ``gap_change`` (the gap minus the clean
-    protocol's); the three are None where the setting applies to neither row
-    or a row has no finished run.
+    ``gap`` (small minus large mean accuracy, points), ``gap_ci95`` and
+    ``p_value`` (Welch, two-sided, on the per-seed accuracies),
+    ``gap_change`` (the gap minus the clean protocol's) with ``gap_change_ci95``
+    and, where it is tested (two or more seeds), the reading of
+    :func:`read_changes`; None where the setting applies to neither row or a
+    row has no finished run.
   """
   out, clean_gap = [], None
   for setting in SETTINGS:
     small, large = (_cell(numbers, setting, row, skipped) for row in pair)
     measured = small["test_accuracy_mean"] is not None and large["test_accuracy_mean"] is not None
-    gap = p = change = None
+    gap = p = change = gap_ci = test = None
     if measured and (small["applies"] or large["applies"]):
       gap = small["test_accuracy_mean"] - large["test_accuracy_mean"]
       p = welch_p(small["test_accuracy_per_seed"], large["test_accuracy_per_seed"])
+      if p is not None:
+        welch = statistics.welch(small["test_accuracy_per_seed"], large["test_accuracy_per_seed"])
+        gap_ci = list(statistics.ci95(welch))
       clean_gap = gap if setting == "clean" else clean_gap
       change = None if clean_gap is None else gap - clean_gap
+      if setting != "clean" and change is not None:
+        test = _gap_change(numbers, setting, pair, skipped)
     out.append({
       "setting": setting,
       "label": SETTING_LABELS[setting],
       "small": small,
       "large": large,
       "gap": gap,
+      "gap_ci95": gap_ci,
       "p_value": p,
       "gap_change": change,
+      "gap_change_test": test,
     })  # fmt: skip
-  return out
+  return read_changes(out)
 
 
 def run_ablation(
@@ -275,6 +342,7 @@ def run_ablation(
     "rows": list(pair),
     "batch_sizes": [int(numbers[run_name("clean", r)]["batch_size"] or 0) for r in pair],
     "seeds": list(seeds),
+    "change_margin": CHANGE_MARGIN,
     "runs_run": ran,
     "runs_skipped": len(configs) * len(seeds) - ran,
   }

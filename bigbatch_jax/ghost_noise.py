@@ -4,7 +4,7 @@ Batch norm over the whole batch, then the noise that ghost batches of
 ``ghost_batch_size`` examples would have added, drawn from the same batch:
 the normalization of Hoffer et al.'s Ghost BN without its train/test
 discrepancy. The ghost statistics come from
-:func:`bigbatch_jax.ghost_batch_norm.ghost_statistics` and the whole-batch
+:func:`bigbatch_jax.ghost_batches.ghost_statistics` and the whole-batch
 path from :func:`~bigbatch_jax.ghost_batch_norm.ghost_batch_norm_train`; the
 NNX front end (:mod:`bigbatch_jax.nnx_ghost_noise`) calls the same functions.
 
@@ -53,19 +53,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax.linen import dtypes, module
+from flax.linen import dtypes
 from flax.linen.module import compact
 from jax import lax
 
-from bigbatch_jax.ghost_batch_norm import (
-  GhostBatchNorm,
-  GhostOptions,
-  feature_axes_of,
-  ghost_batch_norm_train,
-  ghost_statistics,
-  normalize,
-  update_running_statistics,
-)
+from bigbatch_jax.ghost_batch_norm import GhostBatchNorm, ghost_batch_norm_train
+from bigbatch_jax.ghost_batches import GhostOptions, ghost_axes, ghost_statistics, is_ghost_size
+from bigbatch_jax.running_statistics import update_running_statistics
 
 GHOST_DRAWS = ("per_ghost", "per_example")
 RNG_COLLECTION = "ghost_noise"  # the flax rng collection (and NNX Rngs stream) of the noise
@@ -74,11 +68,7 @@ NOISE_EPSILON = 1e-3
 
 def check_noise_options(ghost_batch_size: Any, ghost_draws: str, noise_epsilon: Any) -> None:
   """Raises ValueError naming the bad option and the valid ones."""
-  if ghost_batch_size is not None and (
-    not isinstance(ghost_batch_size, int)
-    or isinstance(ghost_batch_size, bool)
-    or ghost_batch_size < 2
-  ):
+  if not is_ghost_size(ghost_batch_size):
     raise ValueError(
       f"GhostNoiseBatchNorm: ghost_batch_size={ghost_batch_size!r} must be an integer >= 2 "
       "(the noise's equivalent batch size; one example has no variance) or None for no noise"
@@ -126,7 +116,7 @@ def ghost_noise(
   from the whole batch (over ``axis_name``, all devices' examples in device
   order), with indices from ``key`` (the same key on every device); their
   means ``m`` and biased variances ``s2`` are
-  :func:`~bigbatch_jax.ghost_batch_norm.ghost_statistics`.
+  :func:`~bigbatch_jax.ghost_batches.ghost_statistics`.
 
   Args:
     key: a typed key, the same on every device.
@@ -157,8 +147,7 @@ def ghost_noise(
   indices = jax.random.randint(key, (draws * num_devices, ghost_batch_size), 0, pool.shape[0])
   indices = lax.dynamic_slice_in_dim(indices, position * draws, draws)
   ghosts = jnp.take(pool, indices, axis=0)  # (draws, N, ...)
-  ghost_features = tuple(ax + 1 for ax in feature_axes)
-  reduction_axes = tuple(i for i in range(1, ghosts.ndim) if i not in ghost_features)
+  reduction_axes, _ = ghost_axes(ghosts.ndim, feature_axes)
   mean, var = ghost_statistics(ghosts, reduction_axes, plain=False, ghost_variance=ghost_variance)
   scale = jnp.sqrt((var + noise_epsilon) / (full_var.astype(var.dtype) + noise_epsilon))
   repeats = local // draws
@@ -313,25 +302,10 @@ class GhostNoiseBatchNorm(GhostBatchNorm):
         "GhostNoiseBatchNorm: axis_index_groups is not supported with ghost noise (the ghost "
         "batches are drawn from the whole axis); pass axis_index_groups=None"
       )
-    use_running_average = module.merge_param(
-      "use_running_average", self.use_running_average, use_running_average
-    )
-    feature_axes = feature_axes_of(x, self.axis)
-    feature_shape = [x.shape[ax] for ax in feature_axes]
-    stats_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
-    ra_mean = self.variable(
-      "batch_stats", "mean", lambda s: jnp.zeros(s, stats_dtype), feature_shape
-    )
-    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stats_dtype), feature_shape)
-    scale, bias = self._params(feature_shape)
-    if use_running_average:
-      reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
-      mean, var = ra_mean.value, ra_var.value
-      if not self.force_float32_reductions:
-        mean, var = jnp.asarray(mean, self.param_dtype), jnp.asarray(var, self.param_dtype)
-      return normalize(
-        x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
-      )
+    call = self._call_variables(x, use_running_average)
+    if call.use_running_average:
+      return self._normalize_by_running_average(x, call)
+    feature_axes, ra_mean, ra_var = call.feature_axes, call.ra_mean, call.ra_var
     initializing = self.is_initializing()
     options = GhostOptions.of(self)
     if initializing:
@@ -340,8 +314,8 @@ class GhostNoiseBatchNorm(GhostBatchNorm):
     noisy = options.ghost_batch_size is not None
     y, mean, var = ghost_noise_train(
       x,
-      scale,
-      bias,
+      call.scale,
+      call.bias,
       feature_axes,
       options,
       key=self.make_rng(RNG_COLLECTION) if noisy else None,

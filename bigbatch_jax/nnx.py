@@ -1,8 +1,10 @@
 """Ghost Batch Normalization for Flax NNX: ``GhostBatchNorm`` and ``ghostify``.
 
-A thin front end over the functions of :mod:`bigbatch_jax.ghost_batch_norm`
-(the ghost statistics, the normalization and the closed-form running update),
-which the linen ``GhostBatchNorm`` calls too: one implementation of the math.
+A thin front end over the functions the linen ``GhostBatchNorm`` calls too
+(the training path of :mod:`bigbatch_jax.ghost_batch_norm`, the ghost
+statistics and normalization of :mod:`bigbatch_jax.ghost_batches`, the
+closed-form running update of :mod:`bigbatch_jax.running_statistics`): one
+implementation of the math.
 
 Examples:
   >>> import jax, jax.numpy as jnp
@@ -27,14 +29,17 @@ import jax
 import jax.numpy as jnp
 from flax import linen, nnx
 
-from bigbatch_jax.ghost_batch_norm import (
+from bigbatch_jax._nnx_batch_norm import (
+  batch_norm_inputs,
+  normalize_by_running_average,
+  update_running_average,
+  use_running_average_of,
+)
+from bigbatch_jax.ghost_batch_norm import ghost_batch_norm_train
+from bigbatch_jax.ghost_batches import (
   GhostOptions,
   check_options,
-  feature_axes_of,
-  ghost_batch_norm_train,
-  normalize,
   num_ghost_batches,
-  update_running_statistics,
 )
 from bigbatch_jax.ghost_noise import NOISE_EPSILON, RNG_COLLECTION, check_noise_options
 from bigbatch_jax.nnx_ghost_noise import GhostNoiseBatchNorm
@@ -66,7 +71,7 @@ class GhostBatchNorm(nnx.BatchNorm):
       normalization.
     stats_update: ``"sequential"`` (the paper's rule) or ``"mean"``.
     ghost_variance: ``"shifted"`` (default), ``"two_pass"`` or ``"one_pass"``;
-      see :func:`bigbatch_jax.ghost_batch_norm.ghost_statistics`.
+      see :func:`bigbatch_jax.ghost_batches.ghost_statistics`.
     running_variance: ``"biased"`` (default, flax) or ``"unbiased"``: PyTorch's
       convention, n / (n - 1) times each ghost batch's variance enters the
       running average while the batch is normalized by the biased one.
@@ -163,27 +168,10 @@ class GhostBatchNorm(nnx.BatchNorm):
     Returns:
       The normalized input, of the shape of ``x``.
     """
-    if use_running_average is None:
-      use_running_average = self.use_running_average
-    if use_running_average is None:
-      raise ValueError(
-        "GhostBatchNorm: use_running_average is None; pass it to the constructor or the "
-        "call, or set the mode with model.train() / model.eval()"
-      )
-    feature_axes = feature_axes_of(x, self.axis)
-    reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
-    scale = None if self.scale is None else self.scale[...]
-    bias = None if self.bias is None else self.bias[...]
-    mean, var = self.mean[...], self.var[...]
-    # The dtype promotion nnx.BatchNorm applies to the input and the variables
-    # (flax 0.12.0's BatchNorm had none, and no promote_dtype attribute).
-    promote = getattr(self, "promote_dtype", None)
-    if promote is not None:
-      x, mean, var, scale, bias = promote((x, mean, var, scale, bias), dtype=self.dtype)
+    use_running_average = use_running_average_of(self, use_running_average)
+    inputs = batch_norm_inputs(self, x)
     if use_running_average:
-      return normalize(
-        x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
-      )
+      return normalize_by_running_average(self, inputs)
 
     # The same training path as the linen module: plain batch norm averages
     # over devices like nnx.BatchNorm; ghost batches never cross devices, their
@@ -191,15 +179,16 @@ class GhostBatchNorm(nnx.BatchNorm):
     options = GhostOptions.of(self)
     num_ghosts = num_ghost_batches(x.shape[0], self.ghost_batch_size)
     y, batch_mean, batch_var = ghost_batch_norm_train(
-      x, scale, bias, feature_axes, options, num_ghosts=num_ghosts, mask=mask
+      inputs.x,
+      inputs.scale,
+      inputs.bias,
+      inputs.feature_axes,
+      options,
+      num_ghosts=num_ghosts,
+      mask=mask,
     )
-    factor = running_variance_factor(x.shape, num_ghosts, feature_axes, options, mask)
-    new_mean, new_var = update_running_statistics(
-      self.mean[...], self.var[...], batch_mean, batch_var, options, factor
-    )
-    # The running statistics carry no gradient (nnx.BatchNorm's rule).
-    self.mean[...] = jax.lax.stop_gradient(new_mean)
-    self.var[...] = jax.lax.stop_gradient(new_var)
+    factor = running_variance_factor(x.shape, num_ghosts, inputs.feature_axes, options, mask)
+    update_running_average(self, batch_mean, batch_var, options, factor)
     return y
 
 
@@ -343,10 +332,7 @@ def _noisy_of(norm, ghost_batch_size, ghost_draws, ghost_variance, rngs) -> Ghos
     # The parameters are replaced by norm's below: only the noise's key matters.
     rngs=nnx.Rngs(0, **{RNG_COLLECTION: rngs[RNG_COLLECTION]()}),
   )
-  for name, value in vars(norm).items():
-    if not name.startswith("_") and name not in _NOISE_ATTRIBUTES:
-      setattr(noisy, name, value)
-  return noisy
+  return _copy_attributes(norm, noisy, skip=_NOISE_ATTRIBUTES)
 
 
 _NOISE_ATTRIBUTES = ("ghost_batch_size", "ghost_draws", "ghost_variance", "noise_rngs")
@@ -359,10 +345,15 @@ def _ghost_of(norm: nnx.BatchNorm, options: dict[str, Any]) -> GhostBatchNorm:
       setattr(norm, name, value)
     return norm
   ghost = GhostBatchNorm(norm.num_features, rngs=nnx.Rngs(0), **options)
+  return _copy_attributes(norm, ghost)
+
+
+def _copy_attributes(norm: nnx.BatchNorm, target: nnx.BatchNorm, skip=()) -> Any:
+  """``target`` given ``norm``'s public attributes (its very variables), except ``skip``."""
   for name, value in vars(norm).items():
-    if not name.startswith("_"):
-      setattr(ghost, name, value)
-  return ghost
+    if not name.startswith("_") and name not in skip:
+      setattr(target, name, value)
+  return target
 
 
 __all__ = ["GhostBatchNorm", "GhostNoiseBatchNorm", "ghostify"]

@@ -25,12 +25,13 @@ from typing import Any
 import jax
 from flax import nnx
 
-from bigbatch_jax.ghost_batch_norm import (
-  GhostOptions,
-  feature_axes_of,
-  normalize,
-  update_running_statistics,
+from bigbatch_jax._nnx_batch_norm import (
+  batch_norm_inputs,
+  normalize_by_running_average,
+  update_running_average,
+  use_running_average_of,
 )
+from bigbatch_jax.ghost_batches import GhostOptions
 from bigbatch_jax.ghost_noise import (
   NOISE_EPSILON,
   RNG_COLLECTION,
@@ -113,48 +114,28 @@ class GhostNoiseBatchNorm(nnx.BatchNorm):
     Returns:
       The normalized input, of the shape of ``x``.
     """
-    if use_running_average is None:
-      use_running_average = self.use_running_average
-    if use_running_average is None:
-      raise ValueError(
-        "GhostNoiseBatchNorm: use_running_average is None; pass it to the constructor or the "
-        "call, or set the mode with model.train() / model.eval()"
-      )
+    use_running_average = use_running_average_of(self, use_running_average)
     if self.ghost_batch_size is not None and self.axis_index_groups is not None:
       raise ValueError(
         "GhostNoiseBatchNorm: axis_index_groups is not supported with ghost noise (the ghost "
         "batches are drawn from the whole axis); pass axis_index_groups=None"
       )
-    feature_axes = feature_axes_of(x, self.axis)
-    reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
-    scale = None if self.scale is None else self.scale[...]
-    bias = None if self.bias is None else self.bias[...]
-    mean, var = self.mean[...], self.var[...]
-    promote = getattr(self, "promote_dtype", None)  # absent in flax 0.12.0 (no promotion)
-    if promote is not None:
-      x, mean, var, scale, bias = promote((x, mean, var, scale, bias), dtype=self.dtype)
+    inputs = batch_norm_inputs(self, x)
     if use_running_average:
-      return normalize(
-        x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
-      )
+      return normalize_by_running_average(self, inputs)
     options = GhostOptions.of(self)
     y, batch_mean, batch_var = ghost_noise_train(
-      x,
-      scale,
-      bias,
-      feature_axes,
+      inputs.x,
+      inputs.scale,
+      inputs.bias,
+      inputs.feature_axes,
       options,
       key=None if self.ghost_batch_size is None else self._key(rngs),
       ghost_draws=self.ghost_draws,
       noise_epsilon=self.noise_epsilon,
       mask=mask,
     )
-    new_mean, new_var = update_running_statistics(
-      self.mean[...], self.var[...], batch_mean, batch_var, options._replace(ghost_batch_size=None)
-    )
-    # The running statistics carry no gradient (nnx.BatchNorm's rule).
-    self.mean[...] = jax.lax.stop_gradient(new_mean)
-    self.var[...] = jax.lax.stop_gradient(new_var)
+    update_running_average(self, batch_mean, batch_var, options._replace(ghost_batch_size=None))
     return y
 
   def _key(self, rngs) -> jax.Array:

@@ -2,47 +2,31 @@
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from bigbatch_jax import training
-from tests.tiny_run import ENV, REPO, RUN_FLAGS, assert_identical, read_result, trained_steps
+from tests.tiny_run import (
+  assert_identical,
+  finish_run,
+  main_command,
+  read_result,
+  start_run,
+  trained_steps,
+)
 
-COMMAND = [
-  sys.executable,
-  "-m",
-  "experiments.main",
-  *RUN_FLAGS,
+COMMAND = main_command(
   "--config.log_every_steps=1",
   "--config.checkpoint_every_steps=1",
   "--config.num_epochs=8",  # 64 updates
-]
+)
 pytestmark = pytest.mark.slow
-
-
-def _start(workdir):
-  return subprocess.Popen(
-    [*COMMAND, f"--workdir={workdir}"],
-    cwd=REPO,
-    env=ENV,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-
-
-def _finish(workdir):
-  proc = _start(workdir)
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
 
 
 def _kill_when(workdir, condition, timeout=300):
   """Starts a run and SIGKILLs it as soon as `condition(workdir)` holds."""
-  proc = _start(workdir)
+  proc = start_run(COMMAND, workdir)
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline and proc.poll() is None:
     if condition(workdir):
@@ -62,7 +46,7 @@ def _writing_a_checkpoint(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("straight")
-  _finish(workdir)
+  finish_run(COMMAND, workdir)
   return read_result(workdir)
 
 
@@ -75,12 +59,12 @@ def test_kill_during_checkpoint_writes_then_resume_is_bit_identical(uninterrupte
   assert kills >= 2
   # Never only a broken checkpoint: what is left restores.
   training.Checkpointer(os.path.join(tmp_path, "checkpoints")).restore_raw()
-  _finish(tmp_path)
+  finish_run(COMMAND, tmp_path)
   assert_identical(uninterrupted, read_result(tmp_path))
 
 
 def test_kill_mid_epoch_then_resume_is_bit_identical(uninterrupted, tmp_path):
   for target in (5, 19, 42):  # steps inside epochs 1, 3 and 6
     assert _kill_when(tmp_path, lambda w, t=target: trained_steps(w) >= t)
-  _finish(tmp_path)
+  finish_run(COMMAND, tmp_path)
   assert_identical(uninterrupted, read_result(tmp_path))

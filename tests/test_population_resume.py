@@ -1,8 +1,6 @@
 """A population run killed (SIGKILL) or stopped (SIGTERM) mid-run resumes bit-identical."""
 
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -11,41 +9,27 @@ import pytest
 
 from bigbatch_jax import training
 from tests.test_population import equivalence_config
-from tests.tiny_run import ENV, REPO, RUN_FLAGS, assert_identical, read_result, trained_steps
+from tests.tiny_run import (
+  assert_identical,
+  finish_run,
+  main_command,
+  read_result,
+  start_run,
+  trained_steps,
+)
 
-COMMAND = [
-  sys.executable,
-  "-m",
-  "experiments.main",
-  *RUN_FLAGS,
+COMMAND = main_command(
   "--config.seeds=(0,1,2)",
   "--config.log_every_steps=1",
   "--config.checkpoint_every_steps=2",
   "--config.num_epochs=6",  # 48 updates
-]
+)
 pytestmark = pytest.mark.slow
-
-
-def _start(workdir):
-  return subprocess.Popen(
-    [*COMMAND, f"--workdir={workdir}"],
-    cwd=REPO,
-    env=ENV,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-
-
-def _finish(workdir):
-  proc = _start(workdir)
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
 
 
 def _signal_when(workdir, target, sig, timeout=300):
   """Starts the run and sends ``sig`` once ``target`` training records (all members) exist."""
-  proc = _start(workdir)
+  proc = start_run(COMMAND, workdir)
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline and proc.poll() is None:
     if trained_steps(workdir) >= target:
@@ -58,13 +42,13 @@ def _signal_when(workdir, target, sig, timeout=300):
 
 def test_kill_and_sigterm_mid_population_then_resume_is_bit_identical(tmp_path):
   straight = tmp_path / "straight"
-  _finish(straight)
+  finish_run(COMMAND, straight)
   interrupted = tmp_path / "interrupted"
   rc, err = _signal_when(interrupted, 3 * 10, signal.SIGKILL)  # 3 members x 10 steps
   assert rc == -signal.SIGKILL, err[-2000:]
   rc, err = _signal_when(interrupted, 3 * 30, signal.SIGTERM)
   assert rc == training.PREEMPTED_EXIT_CODE, err[-2000:]
-  _finish(interrupted)
+  finish_run(COMMAND, interrupted)
   assert_identical(read_result(straight), read_result(interrupted))
   records = read_result(straight)[1]
   assert {r["seed"] for r in records} == {0, 1, 2}

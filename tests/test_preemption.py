@@ -9,7 +9,6 @@ a real process, at a chosen moment.
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -20,11 +19,12 @@ from bigbatch_jax import training
 from bigbatch_jax.training import loop as loop_lib
 from tests.test_training import tiny_config
 from tests.tiny_run import (
-  ENV,
   REPO,
   RUN_FLAGS,
   assert_identical,
+  main_after,
   read_result,
+  start_run,
   table1_command,
   trained_steps,
 )
@@ -34,27 +34,10 @@ FLAGS = [
   "--config.log_every_steps=1",
   "--config.num_epochs=8",  # 64 updates, an evaluation every 8
 ]
-# Runs experiments.main after ``inject`` (Python run first in the same process).
-LAUNCH = """
-import os, signal, runpy, sys
-from bigbatch_jax.training import loop, checkpoint
-def kill(sig=signal.SIGTERM):
-  os.kill(os.getpid(), sig)
-{inject}
-sys.argv = ["experiments.main", *sys.argv[1:]]
-runpy.run_module("experiments.main", run_name="__main__")
-"""
 
 
 def _start(workdir, *flags, inject=""):
-  return subprocess.Popen(
-    [sys.executable, "-c", LAUNCH.format(inject=inject), *FLAGS, f"--workdir={workdir}", *flags],
-    cwd=REPO,
-    env=ENV,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
+  return start_run(main_after(inject, *FLAGS), workdir, *flags)
 
 
 def _run(workdir, *flags, inject="", expect=0):

@@ -15,29 +15,13 @@ import pytest
 
 from bigbatch_jax import training
 from bigbatch_jax.training.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLocked
-from tests.tiny_run import ENV, REPO, RUN_FLAGS, trained_steps
+from tests.tiny_run import RUN_FLAGS, main_after, start_run, trained_steps
 
 FLAGS = [*RUN_FLAGS, "--config.log_every_steps=1", "--config.num_epochs=2"]  # 16 updates
-LAUNCH = """
-import os, signal, runpy, sys, threading
-from bigbatch_jax.training import loop
-def kill(sig):
-  os.kill(os.getpid(), sig)
-{inject}
-sys.argv = ["experiments.main", *sys.argv[1:]]
-runpy.run_module("experiments.main", run_name="__main__")
-"""
 
 
 def _start(workdir, *flags, inject=""):
-  return subprocess.Popen(
-    [sys.executable, "-c", LAUNCH.format(inject=inject), *FLAGS, f"--workdir={workdir}", *flags],
-    cwd=REPO,
-    env=ENV,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  )
+  return start_run(main_after(inject, *FLAGS), workdir, *flags, merge_output=True)
 
 
 def _run(workdir, *flags, inject="", timeout=150):

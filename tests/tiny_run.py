@@ -8,6 +8,7 @@ batch.
 
 import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -30,6 +31,50 @@ RUN_FLAGS = [
 ]
 # The launched runs see two simulated CPU devices.
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+# Runs experiments.main after ``inject`` (Python run first in the same process,
+# e.g. a wrapper that calls ``kill`` at a chosen point).
+LAUNCH = """
+import os, signal, runpy, sys, threading
+from bigbatch_jax.training import loop, checkpoint
+def kill(sig=signal.SIGTERM):
+  os.kill(os.getpid(), sig)
+{inject}
+sys.argv = ["experiments.main", *sys.argv[1:]]
+runpy.run_module("experiments.main", run_name="__main__")
+"""
+
+
+def main_command(*flags) -> list[str]:
+  """``python -m experiments.main`` on the tiny run (:data:`RUN_FLAGS`), then ``flags``."""
+  return [sys.executable, "-m", "experiments.main", *RUN_FLAGS, *flags]
+
+
+def main_after(inject: str, *flags) -> list[str]:
+  """The command that runs experiments.main with ``flags`` after the Python ``inject``."""
+  return [sys.executable, "-c", LAUNCH.format(inject=inject), *flags]
+
+
+def start_run(command, workdir, *flags, merge_output=False) -> subprocess.Popen:
+  """Starts ``command --workdir=workdir *flags`` in the repository, in :data:`ENV`.
+
+  Its stderr is piped and stdout dropped; with ``merge_output`` both are piped
+  together to stdout.
+  """
+  return subprocess.Popen(
+    [*command, f"--workdir={workdir}", *flags],
+    cwd=REPO,
+    env=ENV,
+    stdout=subprocess.PIPE if merge_output else subprocess.DEVNULL,
+    stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+    text=True,
+  )
+
+
+def finish_run(command, workdir) -> None:
+  """Runs ``command --workdir=workdir`` to its end; it must succeed (else its stderr's end)."""
+  proc = start_run(command, workdir)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
 
 
 def table1_command(workdir, *flags) -> list[str]:

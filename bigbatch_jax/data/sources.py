@@ -287,6 +287,30 @@ def image_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> ArrayDataset:
   """Loads and validates an arrays file; see `load_dataset` ("npz:...")."""
   path = pathlib.Path(path).expanduser()
+  arrays = _read_npz(path)
+  name = f"npz:{path}"
+  _check_npz_arrays(name, arrays)
+  labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
+  num_classes = _npz_num_classes(name, labels, num_classes)
+  y_train = arrays["y_train"].astype(np.int32)
+  y_test = arrays["y_test"].astype(np.int32)
+  if arrays["x_train"].dtype == np.uint8:
+    mean, std = image_statistics(arrays["x_train"])
+    return ArrayDataset(
+      name, arrays["x_train"], y_train, arrays["x_test"], y_test, num_classes, mean, std
+    )
+  return ArrayDataset(
+    name,
+    arrays["x_train"].astype(np.float32),
+    y_train,
+    arrays["x_test"].astype(np.float32),
+    y_test,
+    num_classes,
+  )
+
+
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """The arrays of ``_NPZ_KEYS`` in the .npz file ``path``; an error naming what is wrong."""
   if not path.is_file():
     raise FileNotFoundError(f"npz dataset file not found: {str(path)!r}")
   try:
@@ -305,8 +329,11 @@ def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Arra
         f"{str(path)!r} is missing key(s) {missing}; it has {sorted(archive.files)}, "
         f"and needs {list(_NPZ_KEYS)}"
       )
-    arrays = {k: archive[k] for k in _NPZ_KEYS}
-  name = f"npz:{path}"
+    return {k: archive[k] for k in _NPZ_KEYS}
+
+
+def _check_npz_arrays(name: str, arrays: dict[str, np.ndarray]) -> None:
+  """Each split's shapes, dtypes and finiteness, and train and test alike."""
   for split in ("train", "test"):
     x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
     if x.ndim < 2:
@@ -339,39 +366,28 @@ def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Arra
     )
   if len(arrays["x_train"]) == 0:
     raise ValueError(f"{name}: x_train is empty")
-  labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
+
+
+def _npz_num_classes(name: str, labels: np.ndarray, num_classes: int | None) -> int:
+  """The number of classes: ``num_classes`` checked against the labels, or inferred from them."""
   if labels.min() < 0:
     raise ValueError(f"{name}: label {labels.min()} is negative; labels must be >= 0")
-  if num_classes is None:
-    if labels.max() >= np.iinfo(np.int32).max:
-      raise ValueError(f"{name}: label {labels.max()} does not fit in int32")
-    num_classes = int(labels.max()) + 1
-    absent = num_classes - len(np.unique(labels))
-    if absent:
-      raise ValueError(
-        f"{name}: label {labels.max()} makes {num_classes} classes, but {absent} of the labels "
-        f"0..{labels.max()} have no example. Pass the number of classes "
-        "(--config.npz_num_classes=N) or remove the examples of an 'ignore' label"
-      )
-  else:
+  if num_classes is not None:
     num_classes = check_int("npz num_classes", num_classes, 1)
     if labels.max() >= num_classes:
       raise ValueError(
         f"{name}: label {labels.max()} is out of range [0, {num_classes}) "
         f"for num_classes={num_classes}"
       )
-  y_train = arrays["y_train"].astype(np.int32)
-  y_test = arrays["y_test"].astype(np.int32)
-  if arrays["x_train"].dtype == np.uint8:
-    mean, std = image_statistics(arrays["x_train"])
-    return ArrayDataset(
-      name, arrays["x_train"], y_train, arrays["x_test"], y_test, num_classes, mean, std
+    return num_classes
+  if labels.max() >= np.iinfo(np.int32).max:
+    raise ValueError(f"{name}: label {labels.max()} does not fit in int32")
+  num_classes = int(labels.max()) + 1
+  absent = num_classes - len(np.unique(labels))
+  if absent:
+    raise ValueError(
+      f"{name}: label {labels.max()} makes {num_classes} classes, but {absent} of the labels "
+      f"0..{labels.max()} have no example. Pass the number of classes "
+      "(--config.npz_num_classes=N) or remove the examples of an 'ignore' label"
     )
-  return ArrayDataset(
-    name,
-    arrays["x_train"].astype(np.float32),
-    y_train,
-    arrays["x_test"].astype(np.float32),
-    y_test,
-    num_classes,
-  )
+  return num_classes

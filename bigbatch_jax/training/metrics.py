@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from bigbatch_jax.training.json_files import fsync_file, read_json_lines, write_lines_atomic
+from bigbatch_jax.training.plotting import pyplot
 
 
 class MetricsLog:
@@ -159,11 +160,7 @@ def plot_run(records: list[dict], out_dir: str, title: str = "") -> list[str]:
 
   A population's records (with ``member``) get one error curve per member.
   """
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   paths = []
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   groups = _by_member(records)

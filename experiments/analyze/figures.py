@@ -6,28 +6,21 @@ import os
 
 import numpy as np
 
-
-def _plt():
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt
+from bigbatch_jax.training.plotting import pyplot
 
 
 def _save(fig, workdir: str, name: str) -> str:
   path = os.path.join(workdir, f"analysis_{name}.png")
   fig.tight_layout()
   fig.savefig(path, dpi=90)
-  _plt().close(fig)
+  pyplot().close(fig)
   return path
 
 
 def plot_sharpness(result: dict, workdir: str) -> str:
   """Bars of each run's top Hessian eigenvalue and epsilon-sharpness."""
   runs = result["runs"]
-  fig, axes = _plt().subplots(1, 2, figsize=(8, 3.2))
+  fig, axes = pyplot().subplots(1, 2, figsize=(8, 3.2))
   positions = np.arange(len(runs))
   axes[0].bar(positions, [r["top_eigenvalues"][0] for r in runs], color="tab:blue")
   axes[0].set_ylabel("top Hessian eigenvalue")
@@ -43,7 +36,7 @@ def plot_sharpness(result: dict, workdir: str) -> str:
 def plot_interpolation(result: dict, workdir: str) -> str:
   """Loss (log) and accuracy along the line from theta_S to theta_L."""
   curve = result["curve"]
-  fig, ax = _plt().subplots(figsize=(6, 4))
+  fig, ax = pyplot().subplots(figsize=(6, 4))
   ax2 = ax.twinx()
   for split, style in (("train", "--"), ("test", "-")):
     ax.semilogy(curve["alpha"], curve[f"{split}_loss"], "b" + style, label=f"{split} loss")
@@ -67,7 +60,7 @@ def plot_interpolation(result: dict, workdir: str) -> str:
 
 def plot_landscape(result: dict, workdir: str) -> str:
   """Loss changes against ||w - w0||, and their binned spread with the power-law fit."""
-  fig, axes = _plt().subplots(1, 2, figsize=(8, 3.2))
+  fig, axes = pyplot().subplots(1, 2, figsize=(8, 3.2))
   distances = np.asarray(result["distances"], dtype=float)
   changes = np.asarray(result["loss_changes"], dtype=float)
   axes[0].scatter(distances, changes, s=2, alpha=0.4)
@@ -98,7 +91,7 @@ def plot_landscape(result: dict, workdir: str) -> str:
 def plot_noise_scale(result: dict, workdir: str) -> str:
   """B_simple, tr(Sigma) and |G|^2 at each checkpoint."""
   per_step = result["per_step"]
-  fig, axes = _plt().subplots(1, 2, figsize=(8, 3.2))
+  fig, axes = pyplot().subplots(1, 2, figsize=(8, 3.2))
   steps = [r["step"] for r in per_step]
   axes[0].plot(steps, [r["b_simple"] for r in per_step], "o-", ms=3)
   axes[0].set_ylabel("B_simple = tr(Sigma) / |G|²")

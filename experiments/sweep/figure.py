@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import os
 
+from bigbatch_jax.training.plotting import pyplot
 from experiments.sweep.aggregate import JSON_FILE
-from experiments.table1.figures import _plt
 from experiments.table1.runner import read_json
 
 PNG_FILE = "sweep.png"
@@ -22,7 +22,7 @@ def draw(json_path: str, png_path: str | None = None) -> str:
   """Draws the figure of a ``sweep.json`` into ``png_path`` (default: beside it)."""
   summary = read_json(json_path)
   png_path = png_path or os.path.join(os.path.dirname(json_path), PNG_FILE)
-  plt = _plt()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for marker, (variant, points) in zip("os^", summary["curves"].items(), strict=False):
     done = [p for p in points if p["test_accuracy"] is not None]

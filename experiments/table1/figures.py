@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bigbatch_jax.training.plotting import pyplot
 from experiments.table1.report import read_table
 
 FIGURES = (
@@ -22,15 +23,6 @@ FIGURES = (
 )
 
 
-def _plt():
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt
-
-
 def _label(r: dict) -> str:
   return f"{r['variant']} ({r['label']})" if r["label"] != r["variant"] else r["variant"]
 
@@ -39,13 +31,13 @@ def _save(fig, workdir: str, name: str) -> str:
   fig.tight_layout()
   path = os.path.join(workdir, name)
   fig.savefig(path, dpi=80)
-  _plt().close(fig)
+  pyplot().close(fig)
   return path
 
 
 def plot_error(rows: Sequence[dict], key: str, xlabel: str, workdir: str, name: str) -> str:
   """Test error (mean over seeds) against ``key``'s x axis, log scale."""
-  plt = _plt()
+  plt = pyplot()
   colors = plt.get_cmap("tab20")
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for i, r in enumerate(rows):
@@ -63,7 +55,7 @@ def plot_error(rows: Sequence[dict], key: str, xlabel: str, workdir: str, name: 
 
 def plot_weight_distance(rows: Sequence[dict], workdir: str, name: str) -> str:
   """||w - w0|| against log(updates), with each row's log fit (Hoffer Figure 2)."""
-  plt = _plt()
+  plt = pyplot()
   colors = plt.get_cmap("tab20")
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for i, r in enumerate(rows):
@@ -87,7 +79,7 @@ def plot_weight_distance(rows: Sequence[dict], workdir: str, name: str) -> str:
 
 def plot_gap(rows: Sequence[dict], workdir: str, name: str) -> str:
   """Accuracy minus SB's per row (± seed std), with the paper's gap beside where known."""
-  plt = _plt()
+  plt = pyplot()
   colors = plt.get_cmap("tab20")
   sb = next((r for r in rows if r["variant"] == "sb" and r["test_accuracy_mean"] is not None), None)
   ref, ref_name = (sb["test_accuracy_mean"], "SB") if sb else (0.0, "0")

@@ -13,8 +13,18 @@ from ml_collections.config_dict import FieldReference, placeholder
 
 
 def get_config() -> ml_collections.ConfigDict:
+  """Every key at its default; the paper configs override a few."""
   config = ml_collections.ConfigDict()
+  _declare_data(config)
+  _declare_model(config)
+  _declare_batches_and_regime(config)
+  _declare_remedies_and_protocol(config)
+  _declare_run(config)
+  return config
 
+
+def _declare_data(config: ml_collections.ConfigDict) -> None:
+  """The data: source, generation, augmentation, tfds splits."""
   # Data.
   config.dataset = "mnist1d"  # "mnist1d" | "synthetic" | "npz:/path.npz" | "tfds:NAME"
   config.mnist1d_num_samples = 5000  # MNIST-1D examples generated (train + test)
@@ -40,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.tfds_eval_split = "validation"  # the split evaluated (the test records)
   config.prefetch_batches = 2  # training batches built ahead on a background thread
 
+
+def _declare_model(config: ml_collections.ConfigDict) -> None:
+  """The model and its normalization layers."""
   # Model.
   config.model = "f1"  # a name of bigbatch_jax.models.MODELS
   config.model_options = ml_collections.ConfigDict()  # extra fields of the model class
@@ -56,6 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   # "per_example" (every example its own, as Kosson et al.'s code).
   config.ghost_draws = "per_ghost"
 
+
+def _declare_batches_and_regime(config: ml_collections.ConfigDict) -> None:
+  """The variant, the batch sizes and the base regime."""
   # Variant and batch sizes (Hoffer Table 1 columns; see training/variants.py).
   config.variant = "sb"  # e.g. "lb+lr+gbn+ra"
   config.base_batch_size = 128  # B_S: the batch the regime was tuned for
@@ -82,6 +98,9 @@ def get_config() -> ml_collections.ConfigDict:
     float
   )  # None: regime.epochs (times r with "ra"); else overrides it
 
+
+def _declare_remedies_and_protocol(config: ml_collections.ConfigDict) -> None:
+  """The remedies, the protocol items and the non-finite policies."""
   # Remedies.
   # Global-norm clipping on every variant (None: only with "clip", at 5).
   config.grad_clip_norm = placeholder(float)
@@ -124,16 +143,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.noise_alpha = 1e-5  # "white" noise: variance alpha / (1 + t)^gamma (Jaiswal & Taura)
   config.noise_gamma = 0.55  # "white" noise: the decay exponent gamma
 
+
+def _declare_run(config: ml_collections.ConfigDict) -> None:
+  """The keys of how a run is carried out (speed, seed, devices, hosts, logging, checkpoints)."""
   # Speed.
   config.steps_per_call = 1  # updates per jitted call (lax.scan); events at call ends
   config.compute_dtype = "float32"  # "bfloat16": bf16 compute, f32 params and BN statistics
-
-  _declare_run(config)
-  return config
-
-
-def _declare_run(config: ml_collections.ConfigDict) -> None:
-  """The keys of how a run is carried out (seed, devices, hosts, logging, checkpoints)."""
   config.seed = 0  # parameters, data order, dropout and noise
   # A population: a tuple of seeds, e.g. --config.seeds='(0,1,2)', trains one
   # member per seed in one compiled step (bigbatch_jax/training/population.py);

@@ -191,13 +191,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     config, plan, mesh, dataset.num_classes, dataset.input_shape, seeds=seeds, grid=grid
   )
   steps = CompiledSteps(run, mesh, dataset.input_shape, plan, population and population.size)
-  # Compile before reading any data, once per batch size of the run: a batch
-  # that does not fit fails here, with sizes, rather than deep inside XLA.
-  for size in plan.batch_sizes:
-    # A partial last batch is a call of its own (its neighbours are full batches).
-    alone = size == plan.partial_batch_size
-    steps.get(size, 1 if alone else min(config.steps_per_call, plan.num_steps))
-
+  _compile_ahead(steps, plan, config.steps_per_call)
   wait_for_all_processes("bigbatch_jax_before_checkpoints", config.distributed_timeout_s)
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=jax.process_index() == 0)
@@ -254,6 +248,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   write_outputs(summary, records, workdir, title=plan.variant.name)
   checkpoints.close()
   return summary
+
+
+def _compile_ahead(steps: CompiledSteps, plan: RunPlan, steps_per_call: int) -> None:
+  """Compiles before any data is read, once per batch size of the run.
+
+  A batch that does not fit fails here, with sizes, rather than deep inside XLA.
+  """
+  for size in plan.batch_sizes:
+    # A partial last batch is a call of its own (its neighbours are full batches).
+    alone = size == plan.partial_batch_size
+    steps.get(size, 1 if alone else min(steps_per_call, plan.num_steps))
 
 
 def _checkpoint_and_stop(loop: _Loop, watch, state, step: int, start_step: int) -> Preempted:

@@ -16,6 +16,12 @@ The process's resident memory then stays at its peak, as a GPU allocator's
 pool does. It must run before JAX starts its backend (the first computation
 or ``jax.devices()``): threads XLA has already started keep their own arenas.
 The launch scripts call it first thing; it does nothing on other C libraries.
+
+Measured with jax 0.10.2 (tests/test_host_memory.py: a 64 MiB temporary per
+call), it takes the faults per call from about 17 500 to under 1; with jax
+0.12.0.1 only from about 16 400 to 5 500, two thirds of them: the newer XLA
+CPU runtime faults the temporary in again on some calls, for a reason not
+found yet.
 """
 
 from __future__ import annotations

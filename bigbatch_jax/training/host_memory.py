@@ -17,11 +17,10 @@ pool does. It must run before JAX starts its backend (the first computation
 or ``jax.devices()``): threads XLA has already started keep their own arenas.
 The launch scripts call it first thing; it does nothing on other C libraries.
 
-Measured with jax 0.10.2 (tests/test_host_memory.py: a 64 MiB temporary per
-call), it takes the faults per call from about 17 500 to under 1; with jax
-0.12.0.1 only from about 16 400 to 5 500, two thirds of them: the newer XLA
-CPU runtime faults the temporary in again on some calls, for a reason not
-found yet.
+Measured per call with a 64 MiB temporary (tests/test_host_memory.py), it
+takes the faults from about 16 400 to 0: on every call after the second with
+jax 0.10.2; with jax 0.12.0.1 one or two of the first five calls still fault
+it in, the later ones do not.
 """
 
 from __future__ import annotations

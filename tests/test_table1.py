@@ -90,6 +90,8 @@ def test_writes_the_table_json_and_figures(table_dir):
     assert row["test_accuracy_std"] >= 0 and row["weight_distance"] > 0
     assert "paper_accuracy" not in row  # synthetic data is not the paper's MNIST
     assert row["top_hessian_eigenvalue"] > 0  # the sharpness column (Keskar et al.)
+    # lambda_max times the squared norm of the layers batch norm makes scale invariant.
+    assert row["scale_normalized_sharpness"] > row["top_hessian_eigenvalue"]
   sb, sb2, ra = payload["rows"]
   assert ra["updates"] == sb["updates"] == 32  # 512 examples, 1 epoch at 16; RA: 4 epochs at 64
   assert (sb["epochs"], sb2["epochs"], ra["epochs"]) == (1.0, 2.0, 4.0)
@@ -98,6 +100,8 @@ def test_writes_the_table_json_and_figures(table_dir):
   assert 0 < sb["updates_to_sb"] <= sb["updates"] and sb["time_to_sb_s"] > 0
   # Hoffer eq. 6 at w0: 4x the batch at twice the lr (square-root scaling) -> about SB's trace.
   assert sb["covariance_ratio"] == 1.0 and 0.5 < ra["covariance_ratio"] < 2.0
+  # The same with batch norm in training mode on the rows' real batches.
+  assert sb["covariance_ratio_training"] == 1.0 and 0.5 < ra["covariance_ratio_training"] < 2.0
   for row in payload["rows"]:
     assert len(row["test_accuracy_per_seed"]) == 2 and len(row["test_accuracy_ci95"]) == 2
   names = {c["name"] for c in payload["claims"]}
@@ -110,7 +114,8 @@ def test_writes_the_table_json_and_figures(table_dir):
   assert tested and all(c["p_holm"] >= c["p_value"] for c in tested)
   table = pathlib.Path(workdir, "table1.md").read_text()
   assert "| sb | SB |" in table and "| lb+lr+gbn+ra | +RA |" in table and "λ_max" in table
-  assert "| sb@2x |" in table and "tr cov / SB" in table and "95% CI" in table
+  assert "| sb@2x |" in table and "tr cov / SB (BN train)" in table and "95% CI" in table
+  assert "λ_max·||w_SI||²" in table
   assert "p_holm" in table and "vary with the CPU" in table
   assert "paper (%)" not in table and "only on the paper's dataset (tfds:mnist)" in table
   for name in table1.FIGURES:
@@ -139,7 +144,7 @@ def test_a_second_call_runs_nothing_and_shows_paper_numbers_on_their_dataset(tab
   assert train.calls == []
   assert os.path.getmtime(summary) == before
   assert rows[0]["paper_accuracy"] == 98.27 and rows[1]["paper_accuracy"] is None
-  assert all("covariance_ratio" in r for r in rows)  # cached: measured once
+  assert all("covariance_ratio_training" in r for r in rows)  # cached: measured once
   assert "paper (%)" in pathlib.Path(workdir, "table1.md").read_text()
 
 

@@ -6,7 +6,8 @@ of closures and pytrees that work on any model, plus helpers that rebuild a
 ``bigbatch_jax.training`` run from its workdir:
 
 * weight distance ||w_t - w0|| and its fit against log t (Hoffer eq. 4);
-* Hessian top eigenvalues by Lanczos and Keskar's epsilon-sharpness;
+* Hessian top eigenvalues by Lanczos and Keskar's epsilon-sharpness, and
+  the sharpness normalized for batch norm's scale invariance;
 * the parametric plot between two minima (Keskar Fig. 3, Jaiswal Fig. 2);
 * loss statistics along random directions and alpha (Hoffer appendix B);
 * the gradient noise scale B_simple and the update covariance (Hoffer eq. 6).
@@ -53,7 +54,12 @@ from bigbatch_jax.diagnostics.runs import (
   eval_loss_fn,
   load_run,
   sample_batches,
+  scale_invariant_sq_norm_of_run,
   top_hessian_eigenvalue_of_run,
+)
+from bigbatch_jax.diagnostics.scale_invariance import (
+  scale_invariant_modules,
+  scale_normalized_sharpness,
 )
 
 __all__ = [
@@ -81,6 +87,9 @@ __all__ = [
   "random_direction_losses",
   "recompute_batch_stats",
   "sample_batches",
+  "scale_invariant_modules",
+  "scale_invariant_sq_norm_of_run",
+  "scale_normalized_sharpness",
   "top_hessian_eigenvalue_of_run",
   "update_covariance",
   "weight_distance",

@@ -225,6 +225,14 @@ def eval_grad_fn(model, batch_stats):
   return jax.grad(loss)
 
 
+def _whole_batch_model(run: Run):
+  """The run's model with plain batch norm (no ghost batches, no noise) of momentum 0."""
+  norm = functools.partial(
+    GhostBatchNorm, ghost_batch_size=None, momentum=0.0, epsilon=run.config.bn_epsilon
+  )
+  return build_model(run.config, run.dataset.num_classes, norm)
+
+
 def batch_stats_fn(run: Run):
   """(params, x) -> the batch-norm statistics of batch ``x`` (whole-batch, momentum 0).
 
@@ -233,10 +241,7 @@ def batch_stats_fn(run: Run):
   statistic of ``x`` exactly; the training-mode normalization of each layer
   uses its own batch statistics, as in training.
   """
-  norm = functools.partial(
-    GhostBatchNorm, ghost_batch_size=None, momentum=0.0, epsilon=run.config.bn_epsilon
-  )
-  model = build_model(run.config, run.dataset.num_classes, norm)
+  model = _whole_batch_model(run)
 
   def stats(params, x):
     _, updates = model.apply(
@@ -301,3 +306,43 @@ def top_hessian_eigenvalue_of_run(
     functools.partial(hessian_top_eigenvalues, loss_fn, k=1, num_iterations=num_iterations)
   )(run.params, jax.random.key(seed))
   return float(top[0])
+
+
+def scale_invariant_sq_norm_of_run(
+  workdir: str,
+  *,
+  step: int | None = None,
+  batch_size: int = 256,
+  seed: int = 0,
+  defaults: ml_collections.ConfigDict | None = None,
+) -> dict[str, Any]:
+  """||w_SI||**2 of a run's parameters at a checkpoint, and which modules w_SI holds.
+
+  w_SI: the parameters of the layers that batch norm makes scale invariant,
+  found by measurement on one training batch of ``batch_size`` with the
+  whole-batch statistics of training mode
+  (:func:`bigbatch_jax.diagnostics.scale_invariance.scale_invariant_modules`).
+  Multiplied by :func:`top_hessian_eigenvalue_of_run`, the sharpness that a
+  joint rescaling of those layers leaves unchanged.
+  """
+  from bigbatch_jax.diagnostics import scale_invariance
+
+  run = load_run(workdir, step, defaults=defaults)
+  x = sample_batches(run.dataset, 1, min(batch_size, run.dataset.num_train), seed)["x"][0]
+  model = _whole_batch_model(run)
+
+  def logits(params, inputs):
+    out, _ = model.apply(
+      {"params": params, "batch_stats": run.batch_stats},
+      inputs,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": jax.random.key(0)},
+    )
+    return out
+
+  modules = scale_invariance.scale_invariant_modules(jax.jit(logits), run.params, x)
+  return {
+    "scale_invariant_sq_norm": scale_invariance.squared_norm(run.params, modules),
+    "scale_invariant_modules": ["/".join(m) for m in modules],
+  }

@@ -18,9 +18,12 @@ from absl import logging
 from bigbatch_jax import diagnostics
 from bigbatch_jax.configs import default
 from bigbatch_jax.diagnostics import runs as runs_lib
+from bigbatch_jax.ghost_noise import RNG_COLLECTION as GHOST_NOISE_RNG
 from bigbatch_jax.noise import multiplicative_noise_weights
 from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.training import population_grid
 from bigbatch_jax.training.loss import cross_entropy, eval_logits
+from bigbatch_jax.transforms import add_decaying_noise
 
 DIAGNOSTICS = ("sharpness", "interpolation", "landscape", "noise_scale")
 
@@ -224,25 +227,59 @@ def _noise_sizes(run: runs_lib.Run, options: Options) -> tuple[int, int]:
   return small, big
 
 
-def regime_update_fn(plan: plan_lib.RunPlan, model, batch_stats):
+def regime_update_fn(
+  plan: plan_lib.RunPlan, model, batch_stats, white_noise=None, train_model=None
+):
   """-lr_0 * (the regime's gradient estimate): one step of its update noise (Hoffer eq. 6).
 
   lr_0 is the regime's effective initial rate (scaled by (B/B_S)**p); with
-  multiplicative noise the per-example losses carry weights z ~ N(1, s**2).
+  multiplicative noise the per-example losses carry weights z ~ N(1, s**2);
+  with the white noise of Jaiswal & Taura (``white_noise`` = (alpha, gamma),
+  required when the plan has it) the gradient gets the noise of the
+  optimizer's first update, drawn by the same transform
+  (``bigbatch_jax.transforms.add_decaying_noise``: variance alpha).
   Momentum and weight decay are left out: they act alike on every regime.
+
+  Batch norm: with ``train_model`` None, evaluation mode on ``batch_stats``
+  (per-example gradients independent); otherwise ``train_model`` (the row's
+  own normalization, the same parameter tree) in training mode, normalizing
+  with the statistics of the update's own batch or ghost batches.
   """
   lr = float(plan_lib.lr_schedule(plan)(0))
   variance = plan.noise_variance
+  if plan.variant.white_noise and white_noise is None:
+    raise ValueError(
+      f"variant {plan.variant.name!r} adds white noise: pass white_noise=(alpha, gamma)"
+    )
+
+  def logits_fn(params, x, key):
+    if train_model is None:
+      return eval_logits(model, params, batch_stats, x)
+    dropout_key, ghost_noise_key = jax.random.split(key)
+    logits, _ = train_model.apply(
+      {"params": params, "batch_stats": batch_stats},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": dropout_key, GHOST_NOISE_RNG: ghost_noise_key},
+    )
+    return logits
 
   def update_fn(params, batch, key):
+    weight_key, white_key, model_key = jax.random.split(key, 3)
+
     def loss(p):
-      logits = eval_logits(model, p, batch_stats, batch["x"])
+      logits = logits_fn(p, batch["x"], model_key)
       weights = None
       if variance:
-        weights = multiplicative_noise_weights(key, logits.shape[0], variance)
+        weights = multiplicative_noise_weights(weight_key, logits.shape[0], variance)
       return cross_entropy(logits, batch["y"], weights)
 
-    return jax.tree.map(lambda g: -lr * g, jax.grad(loss)(params))
+    grads = jax.grad(loss)(params)
+    if plan.variant.white_noise:
+      noise = add_decaying_noise(white_key, *white_noise)
+      grads, _ = noise.update(grads, noise.init(params))
+    return jax.tree.map(lambda g: -lr * g, grads)
 
   return update_fn
 
@@ -276,7 +313,8 @@ def noise_scale(run: runs_lib.Run, regimes: list[runs_lib.Run], load, options: O
     batches = runs_lib.sample_batches(
       run.dataset, options.noise_batches, regime.plan.batch_size, options.seed + 2, replace=True
     )
-    update_fn = regime_update_fn(regime.plan, run.model, run.batch_stats)
+    white_noise = population_grid.white_noise(regime.config, {})
+    update_fn = regime_update_fn(regime.plan, run.model, run.batch_stats, white_noise)
     out = jax.jit(functools.partial(diagnostics.update_covariance, update_fn, num_projections=0))(
       run.params, batches, jax.random.key(options.seed)
     )

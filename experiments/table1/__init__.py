@@ -63,7 +63,7 @@ __all__ = [
 HESSIAN_SEEDS = 3
 
 
-def _measure(configs, seeds, workdir, hessian: bool, covariance: bool) -> dict[str, float]:
+def _measure(configs, seeds, workdir, hessian: bool, covariance: bool) -> dict[str, dict]:
   """Sharpness of the first ``HESSIAN_SEEDS`` finished runs of each row (cached) and the rows'
   update covariance at w0."""
   if hessian:

@@ -22,6 +22,10 @@ from experiments.table1.rows import label
 from experiments.table1.runner import RUN_TIME_FILE, finished, read_json, run_dir
 
 CURVES = ("error_step", "error_epoch", "distance", "initial_distance")
+# The update-covariance modes of ``measures.update_covariance_traces`` and the
+# row keys of their ratios to SB.
+NORMALIZED = "scale_normalized_sharpness"
+COVARIANCE_COLUMNS = {"evaluation": "covariance_ratio", "training": "covariance_ratio_training"}
 
 
 def finite(v: Any) -> bool:
@@ -120,6 +124,7 @@ def row_numbers(workdir: str, row: str, seeds: Sequence[int]) -> dict:
     "weight_distance_slope": None,
     "weight_distance_r2": None,
     "top_hessian_eigenvalue": _mean([h["top_hessian_eigenvalue"] for h in runs["sharpness"]]),
+    NORMALIZED: _mean([h[NORMALIZED] for h in runs["sharpness"] if NORMALIZED in h]),
     "curves": {k: mean_curve([c[k] for c in runs["curves"]]) for k in (*CURVES, "time")},
   }
   steps, dist = out["curves"]["initial_distance"]
@@ -162,13 +167,15 @@ def aggregate(
   rows: Sequence[str],
   seeds: Sequence[int],
   paper_accuracy: Mapping[str, float] | None = None,
-  covariance: Mapping[str, float] | None = None,
+  covariance: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[dict]:
   """The table's rows (see :func:`row_numbers`) with the columns that compare to SB.
 
   ``updates_to_sb`` / ``time_to_sb_s``: when the row's seed-mean accuracy
   first reaches SB's final mean accuracy. ``covariance_ratio``: the row's
-  update-covariance trace at w0 over SB's (``measures``). ``p_vs_sb`` /
+  update-covariance trace at w0 over SB's, batch norm in evaluation mode;
+  ``covariance_ratio_training``: the same in training mode (``measures``;
+  ``covariance`` maps each mode to the rows' traces). ``p_vs_sb`` /
   ``p_vs_lb``: Welch's p-value of the row's per-seed accuracies against SB's
   and LB's (None for the row itself, or with fewer than two seeds).
   ``paper_accuracy``: the paper's number, when given (the dataset is the paper's).
@@ -181,8 +188,10 @@ def aggregate(
     r.update(p_values_against(r, by_variant))
     if sb is not None and sb["test_accuracy_mean"] is not None:
       r.update(time_to_target(r, sb["test_accuracy_mean"]))
-    if "sb" in covariance and r["variant"] in covariance:
-      r["covariance_ratio"] = covariance[r["variant"]] / covariance["sb"]
+    for mode, key in COVARIANCE_COLUMNS.items():
+      traces = covariance.get(mode, {})
+      if "sb" in traces and r["variant"] in traces:
+        r[key] = traces[r["variant"]] / traces["sb"]
     if paper_accuracy is not None:
       r["paper_accuracy"] = paper_accuracy.get(r["variant"])
   return out

@@ -16,54 +16,83 @@ import ml_collections
 from bigbatch_jax import diagnostics
 from bigbatch_jax.configs import default
 from bigbatch_jax.diagnostics import runs as runs_lib
-from bigbatch_jax.training import json_files, make_plan
+from bigbatch_jax.training import json_files, make_plan, population_grid
+from bigbatch_jax.training.setup import build_model, norm_layer
 from experiments.analyze.compute import regime_update_fn
 from experiments.table1.runner import finished, read_json
 
 HESSIAN_FILE = "hessian.json"
-COVARIANCE_FILE = "covariance.json"
+# Written by an earlier version as {row: trace} without the white noise and in
+# evaluation mode only: a new name, so that those numbers are not read back.
+COVARIANCE_FILE = "update_covariance.json"
+COVARIANCE_MODES = ("evaluation", "training")
 COVARIANCE_BATCHES = 64  # sampled updates per row: the trace's relative error is ~sqrt(2/64)
 
 
-def top_hessian_eigenvalue(directory: str) -> float:
-  """The run's top Hessian eigenvalue (sharpness, Keskar et al.), cached beside the run."""
+def top_hessian_eigenvalue(directory: str) -> dict[str, float]:
+  """The run's sharpness, cached beside the run: lambda_max and lambda_max * ||w_SI||**2.
+
+  lambda_max: the top Hessian eigenvalue (Keskar et al.). Under batch norm it
+  scales as 1 / ||w||**2 along the scale-invariant layers, and the rows end
+  at very different ||w||; ``scale_normalized_sharpness`` multiplies it by
+  the squared norm of those layers (``bigbatch_jax.diagnostics.scale_invariance``).
+  """
   path = os.path.join(directory, HESSIAN_FILE)
-  if not os.path.exists(path):
+  cached = read_json(path) if os.path.exists(path) else {}
+  if "top_hessian_eigenvalue" not in cached:
     # 4 fixed batches of up to 256 training examples (fewer on a small dataset).
     num_train = read_json(os.path.join(directory, "summary.json"))["num_train"]
-    value = diagnostics.top_hessian_eigenvalue_of_run(
+    cached["top_hessian_eigenvalue"] = diagnostics.top_hessian_eigenvalue_of_run(
       directory, batch_size=min(256, num_train // 4), defaults=default.get_config()
     )
-    json_files.write_json_atomic(path, {"top_hessian_eigenvalue": value})
-  return read_json(path)["top_hessian_eigenvalue"]
+  if "scale_invariant_sq_norm" not in cached:
+    cached.update(runs_lib.scale_invariant_sq_norm_of_run(directory, defaults=default.get_config()))
+    cached["scale_normalized_sharpness"] = (
+      cached["top_hessian_eigenvalue"] * cached["scale_invariant_sq_norm"]
+    )
+    json_files.write_json_atomic(path, cached)
+  return cached
 
 
 def update_covariance_traces(
   configs: Mapping[str, ml_collections.ConfigDict], sb_directory: str, workdir: str
-) -> dict[str, float]:
+) -> dict[str, dict[str, float]]:
   """tr cov(dw) of each row's first update at SB's w0 (Hoffer eq. 6), cached in the workdir.
 
-  Every row is measured at the same point: SB's initial parameters, with
-  batch-norm statistics of a training batch. A row's update is
-  ``-lr_0 * gradient`` of its batch size, with its multiplicative noise
-  weights if any (see ``experiments.analyze.compute.regime_update_fn``); the
-  driver divides by SB's trace (LB about 1/r; +LR and +mult about 1).
+  Every row is measured at the same point, SB's initial parameters. A row's
+  update is ``-lr_0 * gradient`` of its batch size, with its multiplicative
+  noise weights and its white noise if any (see
+  ``experiments.analyze.compute.regime_update_fn``), in two modes:
+
+  * ``"evaluation"``: batch norm on the statistics of one training batch,
+    frozen, so the per-example gradients are independent, as Hoffer eq. 6
+    assumes: LB about 1/r and +LR about 1 hold there by construction, and
+    Ghost BN cannot differ from BN;
+  * ``"training"``: each row's own normalization in training mode on its
+    real batches (whole-batch BN, ghost batches, ghost noise), so that the
+    examples of a batch are coupled through its statistics, as in training.
+
+  The driver divides each mode by SB's trace in the same mode.
   """
   path = os.path.join(workdir, COVARIANCE_FILE)
   cached = read_json(path) if os.path.exists(path) else {}
-  todo = [row for row in configs if row not in cached]
-  if not todo or not finished(sb_directory):
-    return {row: cached[row] for row in configs if row in cached}
-  run = runs_lib.load_run(sb_directory, defaults=default.get_config())
-  probe = runs_lib.sample_batches(run.dataset, 1, min(1000, run.dataset.num_train), seed=0)
-  stats = runs_lib.batch_stats_fn(run)(run.initial_params, probe["x"][0])
-  for i, row in enumerate(todo):
-    plan = make_plan(configs[row], run.dataset.num_train, num_devices=1)
-    batches = runs_lib.sample_batches(
-      run.dataset, COVARIANCE_BATCHES, plan.batch_size, seed=1 + i, replace=True
-    )
-    update_fn = regime_update_fn(plan, run.model, stats)
-    measure = jax.jit(functools.partial(diagnostics.update_covariance, update_fn))
-    cached[row] = float(measure(run.initial_params, batches, jax.random.key(i))["trace"])
-  json_files.write_json_atomic(path, cached, indent=2)
-  return {row: cached[row] for row in configs if row in cached}
+  cached = {mode: cached.get(mode, {}) for mode in COVARIANCE_MODES}
+  todo = [row for row in configs if any(row not in cached[mode] for mode in COVARIANCE_MODES)]
+  if todo and finished(sb_directory):
+    run = runs_lib.load_run(sb_directory, defaults=default.get_config())
+    probe = runs_lib.sample_batches(run.dataset, 1, min(1000, run.dataset.num_train), seed=0)
+    stats = runs_lib.batch_stats_fn(run)(run.initial_params, probe["x"][0])
+    for i, row in enumerate(todo):
+      config = configs[row]
+      plan = make_plan(config, run.dataset.num_train, num_devices=1)
+      batches = runs_lib.sample_batches(
+        run.dataset, COVARIANCE_BATCHES, plan.batch_size, seed=1 + i, replace=True
+      )
+      white_noise = population_grid.white_noise(config, {})
+      row_model = build_model(config, run.dataset.num_classes, norm_layer(plan, config, None))
+      for mode, train_model in (("evaluation", None), ("training", row_model)):
+        update_fn = regime_update_fn(plan, run.model, stats, white_noise, train_model)
+        measure = jax.jit(functools.partial(diagnostics.update_covariance, update_fn))
+        cached[mode][row] = float(measure(run.initial_params, batches, jax.random.key(i))["trace"])
+    json_files.write_json_atomic(path, cached, indent=2)
+  return {mode: {row: v[row] for row in configs if row in v} for mode, v in cached.items()}

@@ -25,7 +25,8 @@ def _header(show_paper: bool) -> list[str]:
   head = ["variant", "", "test acc. (%)", "± std", "95% CI", "seeds", "p vs SB", "p vs LB"]
   head += ["paper (%)"] if show_paper else []
   head += ["batch", "updates", "epochs", "wall (s/run)", "updates to SB", "time to SB (s)"]
-  return [*head, "tr cov / SB", "||w-w0||", "slope", "R²", "λ_max"]
+  head += ["tr cov / SB (BN eval)", "tr cov / SB (BN train)"]
+  return [*head, "||w-w0||", "slope", "R²", "λ_max", "λ_max·||w_SI||²"]
 
 
 def _seeds_cell(r: dict) -> str:
@@ -58,10 +59,12 @@ def _cells(r: dict, show_paper: bool) -> list[str]:
     _fmt(r.get("updates_to_sb"), "d", never),
     _fmt(r.get("time_to_sb_s"), ".1f", never),
     _fmt(r.get("covariance_ratio"), ".3g"),
+    _fmt(r.get("covariance_ratio_training"), ".3g"),
     _fmt(r["weight_distance"], ".1f"),
     _fmt(r["weight_distance_slope"], ".2f"),
     _fmt(r["weight_distance_r2"], ".3f"),
     _fmt(r.get("top_hessian_eigenvalue"), ".3g"),
+    _fmt(r.get("scale_normalized_sharpness"), ".4g"),
   ]
 
 

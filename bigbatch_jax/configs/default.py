@@ -31,6 +31,13 @@ def _declare_data(config: ml_collections.ConfigDict) -> None:
   # npz: the number of classes (None: largest label + 1, every label in between present)
   config.npz_num_classes = placeholder(int)
   config.data_seed = placeholder(int)  # dataset generation/split seed (None: the source's default)
+  # Hold out this fraction of the TRAINING set and evaluate on it instead of the
+  # test set, e.g. 0.1 to choose a learning rate (bigbatch_jax/data/validation.py);
+  # 0.0: train on all of it and evaluate on the test set.
+  config.validation_fraction = 0.0
+  # Seeds which examples are held out, independently of config.seed: every seed
+  # and grid member of a selection sees the same split.
+  config.validation_seed = 0
   # Training augmentation, as the bigBatch reference (preprocess.get_transform):
   # "none"; "cifar": pad 4, random crop, horizontal flip (in-memory image
   # datasets); "imagenet": random resized crop and flip, evaluation on a resize

@@ -28,6 +28,7 @@ from bigbatch_jax.training.metrics import distances_at_drops
 from bigbatch_jax.training.plan_sizes import (
   batch_sizes_of,
   check_partial_batch,
+  check_validation_split,
   durations_of,
   ghost_batch_size_of,
 )
@@ -72,6 +73,7 @@ def make_plan(
   )
   if partial:
     check_partial_batch(num_train, batch, num_devices, process_count, ghost)
+  check_validation_split(config, num_train, batch_phases)
   drop_distances = ()
   if variant.distance_drops:
     drop_distances = _drop_distances(config)

@@ -101,6 +101,12 @@ def _declare_batches_and_regime(config: ml_collections.ConfigDict) -> None:
   config.regime.drop_fractions = ()
   config.regime.drop_factor = 0.1  # lr multiplier at each drop
   config.regime.nesterov = False  # Nesterov momentum
+  # The rate's shape: "steps" (x drop_factor at each drop) or "poly" (You et al.'s
+  # LARS/LAMB schedule: linear warmup from 0 over poly_warmup_epochs, then
+  # (1 - progress)^poly_power to 0 at the end; the drops are not used).
+  config.regime.decay = "steps"
+  config.regime.poly_warmup_epochs = 5.0  # "poly": epochs of the linear warmup
+  config.regime.poly_power = 2.0  # "poly": the decay's exponent
   config.num_epochs = placeholder(
     float
   )  # None: regime.epochs (times r with "ra"); else overrides it

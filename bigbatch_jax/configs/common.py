@@ -105,9 +105,28 @@ def shrink_to_quick(config: ml_collections.ConfigDict, epochs: float = 3.0) -> N
   config.log_every_steps = 10
 
 
+def grid_config(grid: Mapping[str, Any] | None) -> ml_collections.ConfigDict | None:
+  """``config.population_grid``'s value in the form that survives copying the config.
+
+  The grid's keys are dotted config keys (``"regime.lr"``). Held as a plain
+  dict, ``ConfigDict.copy_and_resolve_references`` turns it into a
+  ``ConfigDict``, which refuses dotted keys (a ``ValueError`` on every copy);
+  a ``ConfigDict`` made with ``allow_dotted_keys=True`` is copied as itself,
+  keys and values unchanged, and written to JSON as the dict. None stays None.
+  """
+  if grid is None or isinstance(grid, ml_collections.ConfigDict):
+    return grid
+  return ml_collections.ConfigDict(dict(grid), allow_dotted_keys=True)
+
+
 def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
-  """Sets dotted keys, e.g. ``{"model_options.hidden": 8}``, as ``--config.KEY=VALUE`` would."""
+  """Sets dotted keys, e.g. ``{"model_options.hidden": 8}``, as ``--config.KEY=VALUE`` would.
+
+  A ``population_grid`` given as a dict is stored by :func:`grid_config`.
+  """
   for key, value in overrides.items():
+    if key == "population_grid" and isinstance(value, Mapping):
+      value = grid_config(value)
     *path, leaf = key.split(".")
     target = config
     for part in path:

@@ -169,6 +169,8 @@ def _declare_run(config: ml_collections.ConfigDict) -> None:
   # config.seed): the single run of config.seed.
   config.seeds = FieldReference(None, field_type=object)
   # Per-member values crossed with the seeds, e.g. '{"regime.lr": (0.03, 0.1)}' (None: none).
+  # In code, store it as configs.common.grid_config({...}): a dict with dotted keys
+  # cannot be copied by ConfigDict.copy_and_resolve_references.
   config.population_grid = FieldReference(None, field_type=object)
   config.num_devices = placeholder(int)  # devices of the data-parallel mesh (None: all)
   # Multi-host: jax.distributed.initialize(). Unset address/count/id are taken

@@ -55,13 +55,15 @@ def test_ties_edges_and_diverged_rates_are_reported():
 
 def test_a_grid_with_dotted_keys_survives_copies_json_and_the_resume_check(tmp_path):
   config = default.get_config()
-  override(config, {"population_grid": {"regime.lr": (0.1, 0.2)}})
-  copy = config.copy_and_resolve_references()  # a plain dict here raised ValueError
-  assert population_grid.grid_values(copy) == {"regime.lr": (0.1, 0.2)}
-  assert json.loads(copy.to_json())["population_grid"] == {"regime.lr": [0.1, 0.2]}
+  grid = {"regime.weight_decay": (0.0, 1e-4), "regime.lr": (0.1, 0.2)}  # not in sorted order
+  override(config, {"population_grid": grid})
+  # A plain dict here raised ValueError; copies of copies keep the keys and their order.
+  copy = config.copy_and_resolve_references().copy_and_resolve_references()
+  assert list(population_grid.grid_values(copy).items()) == list(grid.items())
+  assert json.loads(copy.to_json())["population_grid"] == {k: list(v) for k, v in grid.items()}
   (tmp_path / "config.json").write_text(copy.to_json())
   assert config_changes(config, str(tmp_path)) == []
-  config.population_grid = grid_config({"regime.lr": (0.1, 0.3)})
+  config.population_grid = grid_config({**grid, "regime.lr": (0.1, 0.3)})
   assert config_changes(config, str(tmp_path)) != []
 
 

@@ -105,18 +105,33 @@ def shrink_to_quick(config: ml_collections.ConfigDict, epochs: float = 3.0) -> N
   config.log_every_steps = 10
 
 
+class GridConfig(ml_collections.ConfigDict):
+  """A population grid: a ConfigDict that keeps dotted keys and their order through copies.
+
+  ``copy_and_resolve_references`` builds each copy as ``self.__class__()``
+  and then copies ``allow_dotted_keys`` but not ``sort_keys``; making both
+  this class's defaults keeps them in every copy. The key order matters: the
+  grid's members are crossed in it (``training.population_grid``).
+  """
+
+  def __init__(self, initial_dictionary=None, type_safe: bool = True):
+    super().__init__(
+      initial_dictionary, type_safe=type_safe, allow_dotted_keys=True, sort_keys=False
+    )
+
+
 def grid_config(grid: Mapping[str, Any] | None) -> ml_collections.ConfigDict | None:
   """``config.population_grid``'s value in the form that survives copying the config.
 
   The grid's keys are dotted config keys (``"regime.lr"``). Held as a plain
   dict, ``ConfigDict.copy_and_resolve_references`` turns it into a
   ``ConfigDict``, which refuses dotted keys (a ``ValueError`` on every copy);
-  a ``ConfigDict`` made with ``allow_dotted_keys=True`` is copied as itself,
-  keys and values unchanged, and written to JSON as the dict. None stays None.
+  a :class:`GridConfig` is copied as itself, keys, their order and values
+  unchanged, and written to JSON as the dict. None stays None.
   """
-  if grid is None or isinstance(grid, ml_collections.ConfigDict):
+  if grid is None or isinstance(grid, GridConfig):
     return grid
-  return ml_collections.ConfigDict(dict(grid), allow_dotted_keys=True)
+  return GridConfig(dict(grid))
 
 
 def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:

@@ -256,6 +256,56 @@ def gradual_warmup(scale: float, warmup_steps: int) -> optax.Schedule:
   return optax.linear_schedule(1.0 / scale, 1.0, int(warmup_steps))
 
 
+LR_DECAYS = ("steps", "poly")
+
+
+def warmup_polynomial_decay(
+  peak: float, warmup_steps: int, total_steps: int, power: float = 2.0
+) -> optax.Schedule:
+  """You et al.'s LARS/LAMB schedule: linear warmup from 0, then polynomial decay to 0.
+
+  lr(t) = peak * t / W for t < W, then peak * (1 - (t - W) / (T - W))**power
+  until T, and 0 after; W = ``warmup_steps``, T = ``total_steps``. Built from
+  optax's linear and polynomial schedules joined at W; ``peak`` may be a
+  traced value (a population member's learning rate).
+
+  Args:
+    peak: the rate at the end of the warmup.
+    warmup_steps: W, updates of the linear warmup (0: none), below T.
+    total_steps: T, the run's updates; the rate reaches 0 there.
+    power: the decay's exponent (2 in both papers).
+
+  Returns:
+    An ``optax.Schedule`` of the update count.
+
+  Examples:
+    >>> lr = warmup_polynomial_decay(2.0, 10, 110, power=2.0)
+    >>> [round(float(lr(t)), 4) for t in (0, 5, 10, 60, 110)]
+    [0.0, 1.0, 2.0, 0.5, 0.0]
+
+  References:
+    You, Gitman, Ginsburg 2017, "Large Batch Training of Convolutional
+    Networks", sections 4-5 (poly policy, power 2; warmup over the first 5
+    epochs); You et al. 2020, "Large Batch Optimization for Deep Learning:
+    Training BERT in 76 minutes", section 4 (linear warmup, then polynomial
+    decay of the rate).
+  """
+  for name, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+      raise ValueError(f"{name} must be a whole number of updates >= 0, got {value!r}")
+  if not warmup_steps < total_steps:
+    raise ValueError(
+      f"the warmup ({warmup_steps} updates) must end before the run's {total_steps} updates"
+    )
+  if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
+    raise ValueError(f"the decay's power must be > 0, got {power!r}")
+  decay = optax.polynomial_schedule(peak, 0.0, power, int(total_steps - warmup_steps))
+  if not warmup_steps:
+    return decay
+  warmup = optax.linear_schedule(0.0, peak, int(warmup_steps))
+  return optax.join_schedules((warmup, decay), (int(warmup_steps),))
+
+
 @dataclasses.dataclass(frozen=True)
 class GrowingBatch:
   """The phases of a growing-batch run (Smith et al. 2018).

@@ -2,10 +2,11 @@
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
-from bigbatch_jax import Regime, adapt_regime, epochs_to_steps, regimes
+from bigbatch_jax import Regime, adapt_regime, epochs_to_steps, regimes, training
 
 F1 = Regime(
   lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=50, drop_epochs=(10, 20, 30), batch_size=128
@@ -126,3 +127,51 @@ def test_growing_batch_rejects_empty_phases_and_indivisible_sizes():
     regimes.growing_batch_phases(dataclasses.replace(F1, drop_epochs=()), MNIST_TRAIN)
   with pytest.raises(ValueError, match="must be > 1"):
     regimes.growing_batch_phases(F1, MNIST_TRAIN, growth_factor=1.0)
+
+
+def test_warmup_polynomial_decay_follows_the_formula_at_chosen_steps():
+  peak, warmup, total, power = 3.0, 8, 48, 2.0
+  lr = jax.jit(regimes.warmup_polynomial_decay(peak, warmup, total, power))
+  for t in (0, 1, 4, 7, 8, 9, 20, 47, 48, 60):
+    if t < warmup:
+      expected = peak * t / warmup
+    else:
+      expected = peak * max(0.0, 1 - (t - warmup) / (total - warmup)) ** power
+    np.testing.assert_allclose(float(lr(t)), expected, rtol=1e-6, atol=1e-7, err_msg=f"t={t}")
+  no_warmup = regimes.warmup_polynomial_decay(peak, 0, total, 1.0)
+  np.testing.assert_allclose(float(no_warmup(12)), peak * (1 - 12 / total), rtol=1e-6)
+  with pytest.raises(ValueError, match="must end before the run's 48 updates"):
+    regimes.warmup_polynomial_decay(peak, 48, total)
+  with pytest.raises(ValueError, match="power must be > 0"):
+    regimes.warmup_polynomial_decay(peak, 8, total, 0.0)
+
+
+def test_lars_and_lamb_rows_run_on_the_poly_schedule_with_their_masks():
+  from experiments.configs import f1
+  from experiments.table1 import rows as rows_lib
+
+  for row in ("lb+lars", "lb+lamb"):
+    config = rows_lib.variant_config(f1, row, "quick")
+    plan = training.make_plan(config, num_train=8000, num_devices=1)
+    # 5 epochs of 8000 / 1024 updates, then power 2 to 0 at the run's end.
+    warmup, total, peak = plan.poly_warmup_steps, plan.num_steps, config.regime.lr
+    assert (plan.lr_decay, warmup, plan.poly_power) == ("poly", round(5 * 8000 / 1024), 2.0)
+    lr = training.lr_schedule(plan)
+    for t in (0, warmup // 2, warmup, (warmup + total) // 2, total):
+      expected = (
+        peak * t / warmup if t < warmup else peak * (1 - (t - warmup) / (total - warmup)) ** 2
+      )
+      np.testing.assert_allclose(float(lr(t)), expected, rtol=1e-5, atol=1e-9)
+  sgd = training.make_plan(rows_lib.variant_config(f1, "lb", "quick"), 8000, num_devices=1)
+  assert sgd.lr_decay == "steps" and sgd.regime.drop_epochs  # the SGD rows keep their drops
+  params = {"dense": {"kernel": np.ones((3, 2)), "bias": np.ones(2)}, "bn": {"scale": np.ones(2)}}
+  assert regimes.kernel_mask(params) == {
+    "dense": {"kernel": True, "bias": False},
+    "bn": {"scale": False},
+  }
+  bad = rows_lib.variant_config(f1, "lb+lars", "quick", {"regime.decay": "cosine"})
+  with pytest.raises(ValueError, match=r"config.regime.decay='cosine'; valid: \('steps', 'poly'\)"):
+    training.make_plan(bad, 8000, num_devices=1)
+  grow = rows_lib.variant_config(f1, "sb+grow", "quick", {"regime.decay": "poly"})
+  with pytest.raises(ValueError, match="has no drops"):
+    training.make_plan(grow, 8000, num_devices=1)

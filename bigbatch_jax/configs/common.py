@@ -105,9 +105,43 @@ def shrink_to_quick(config: ml_collections.ConfigDict, epochs: float = 3.0) -> N
   config.log_every_steps = 10
 
 
+class GridConfig(ml_collections.ConfigDict):
+  """A population grid: a ConfigDict that keeps dotted keys and their order through copies.
+
+  ``copy_and_resolve_references`` builds each copy as ``self.__class__()``
+  and then copies ``allow_dotted_keys`` but not ``sort_keys``; making both
+  this class's defaults keeps them in every copy. The key order matters: the
+  grid's members are crossed in it (``training.population_grid``).
+  """
+
+  def __init__(self, initial_dictionary=None, type_safe: bool = True):
+    super().__init__(
+      initial_dictionary, type_safe=type_safe, allow_dotted_keys=True, sort_keys=False
+    )
+
+
+def grid_config(grid: Mapping[str, Any] | None) -> ml_collections.ConfigDict | None:
+  """``config.population_grid``'s value in the form that survives copying the config.
+
+  The grid's keys are dotted config keys (``"regime.lr"``). Held as a plain
+  dict, ``ConfigDict.copy_and_resolve_references`` turns it into a
+  ``ConfigDict``, which refuses dotted keys (a ``ValueError`` on every copy);
+  a :class:`GridConfig` is copied as itself, keys, their order and values
+  unchanged, and written to JSON as the dict. None stays None.
+  """
+  if grid is None or isinstance(grid, GridConfig):
+    return grid
+  return GridConfig(dict(grid))
+
+
 def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
-  """Sets dotted keys, e.g. ``{"model_options.hidden": 8}``, as ``--config.KEY=VALUE`` would."""
+  """Sets dotted keys, e.g. ``{"model_options.hidden": 8}``, as ``--config.KEY=VALUE`` would.
+
+  A ``population_grid`` given as a dict is stored by :func:`grid_config`.
+  """
   for key, value in overrides.items():
+    if key == "population_grid" and isinstance(value, Mapping):
+      value = grid_config(value)
     *path, leaf = key.split(".")
     target = config
     for part in path:

@@ -31,6 +31,13 @@ def _declare_data(config: ml_collections.ConfigDict) -> None:
   # npz: the number of classes (None: largest label + 1, every label in between present)
   config.npz_num_classes = placeholder(int)
   config.data_seed = placeholder(int)  # dataset generation/split seed (None: the source's default)
+  # Hold out this fraction of the TRAINING set and evaluate on it instead of the
+  # test set, e.g. 0.1 to choose a learning rate (bigbatch_jax/data/validation.py);
+  # 0.0: train on all of it and evaluate on the test set.
+  config.validation_fraction = 0.0
+  # Seeds which examples are held out, independently of config.seed: every seed
+  # and grid member of a selection sees the same split.
+  config.validation_seed = 0
   # Training augmentation, as the bigBatch reference (preprocess.get_transform):
   # "none"; "cifar": pad 4, random crop, horizontal flip (in-memory image
   # datasets); "imagenet": random resized crop and flip, evaluation on a resize
@@ -94,6 +101,12 @@ def _declare_batches_and_regime(config: ml_collections.ConfigDict) -> None:
   config.regime.drop_fractions = ()
   config.regime.drop_factor = 0.1  # lr multiplier at each drop
   config.regime.nesterov = False  # Nesterov momentum
+  # The rate's shape: "steps" (x drop_factor at each drop) or "poly" (You et al.'s
+  # LARS/LAMB schedule: linear warmup from 0 over poly_warmup_epochs, then
+  # (1 - progress)^poly_power to 0 at the end; the drops are not used).
+  config.regime.decay = "steps"
+  config.regime.poly_warmup_epochs = 5.0  # "poly": epochs of the linear warmup
+  config.regime.poly_power = 2.0  # "poly": the decay's exponent
   config.num_epochs = placeholder(
     float
   )  # None: regime.epochs (times r with "ra"); else overrides it
@@ -156,6 +169,8 @@ def _declare_run(config: ml_collections.ConfigDict) -> None:
   # config.seed): the single run of config.seed.
   config.seeds = FieldReference(None, field_type=object)
   # Per-member values crossed with the seeds, e.g. '{"regime.lr": (0.03, 0.1)}' (None: none).
+  # In code, store it as configs.common.grid_config({...}): a dict with dotted keys
+  # cannot be copied by ConfigDict.copy_and_resolve_references.
   config.population_grid = FieldReference(None, field_type=object)
   config.num_devices = placeholder(int)  # devices of the data-parallel mesh (None: all)
   # Multi-host: jax.distributed.initialize(). Unset address/count/id are taken

@@ -47,6 +47,7 @@ from bigbatch_jax.data.tfds_sources import (
   TFDS_DATASETS,
   TfdsStreamSource,
 )
+from bigbatch_jax.data.validation import evaluated_split, hold_out_validation, split_sizes
 
 __all__ = [
   "AUGMENTATIONS",
@@ -67,6 +68,8 @@ __all__ = [
   "cache_dir",
   "cifar_augment",
   "eval_batches",
+  "evaluated_split",
+  "hold_out_validation",
   "image_statistics",
   "imagenet_eval_transform",
   "imagenet_train_transform",
@@ -83,6 +86,7 @@ __all__ = [
   "random_flip_left_right",
   "resize_image",
   "shard_for_process",
+  "split_sizes",
   "split_source",
   "stream_indices",
 ]

@@ -14,6 +14,7 @@ SEED_TAG_AUGMENT = 1
 SEED_TAG_TRANSFORM = 2
 SEED_TAG_SPLIT = 3
 SEED_TAG_SYNTHETIC = 4
+SEED_TAG_VALIDATION = 5
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

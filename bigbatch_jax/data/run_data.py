@@ -18,6 +18,7 @@ from bigbatch_jax.data.augment import (
 from bigbatch_jax.data.gather import RandomAccessSource
 from bigbatch_jax.data.sources import load_dataset
 from bigbatch_jax.data.tfds_sources import TFDS_STREAMED, TfdsStreamSource
+from bigbatch_jax.data.validation import hold_out_validation, split_sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +57,20 @@ def _streamed_tfds_name(spec: str) -> str | None:
 
 
 def load_data(config: ml_collections.ConfigDict) -> ArrayDataset | StreamedDataset:
-  """The config's dataset: in memory, or streamed for tfds:imagenet2012."""
+  """The config's dataset: in memory, or streamed for tfds:imagenet2012.
+
+  With ``config.validation_fraction`` > 0 the evaluated split is that fraction
+  of the training set, held out by ``config.validation_seed``
+  (``bigbatch_jax.data.validation``); the test set is not read.
+  """
+  split_sizes(1000, config.validation_fraction)  # checks the fraction before any loading
   streamed = _streamed_tfds_name(config.dataset)
+  if streamed is not None and config.validation_fraction:
+    raise ValueError(
+      f"config.validation_fraction={config.validation_fraction} needs an in-memory dataset; "
+      f"{config.dataset} is streamed: hold out a validation split with "
+      "config.tfds_train_split/tfds_eval_split (e.g. 'train[:90%]' and 'train[90%:]')"
+    )
   if streamed is not None:
     # ImageNet does not fit in memory: open the splits, decode per example.
     splits = [
@@ -81,7 +94,10 @@ def load_data(config: ml_collections.ConfigDict) -> ArrayDataset | StreamedDatas
       options["image_size"] = config.image_size
   dataset = load_dataset(config.dataset, seed=config.data_seed, **options)
   # The reference protocol's Normalize(0.5, 0.5) for MNIST on every route (npz too).
-  return protocol.reference_mnist_normalization(protocol.resolve_protocol(config), dataset)
+  dataset = protocol.reference_mnist_normalization(protocol.resolve_protocol(config), dataset)
+  if config.validation_fraction:
+    dataset = hold_out_validation(dataset, config.validation_fraction, config.validation_seed)
+  return dataset
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,11 +23,12 @@ from bigbatch_jax.ghost_noise import GHOST_DRAWS
 from bigbatch_jax.noise import matched_noise_variance
 from bigbatch_jax.protocol import Protocol, column_of, resolve_protocol
 from bigbatch_jax.reference_columns import ScriptColumn
-from bigbatch_jax.regimes import Regime, adapt_regime
+from bigbatch_jax.regimes import LR_DECAYS, Regime, adapt_regime
 from bigbatch_jax.training.metrics import distances_at_drops
 from bigbatch_jax.training.plan_sizes import (
   batch_sizes_of,
   check_partial_batch,
+  check_validation_split,
   durations_of,
   ghost_batch_size_of,
 )
@@ -72,6 +73,10 @@ def make_plan(
   )
   if partial:
     check_partial_batch(num_train, batch, num_devices, process_count, ghost)
+  check_validation_split(config, num_train, batch_phases)
+  lr_decay = _lr_decay(config, variant)
+  if lr_decay == "poly":
+    regime = dataclasses.replace(regime, drop_epochs=())  # the polynomial decay instead
   drop_distances = ()
   if variant.distance_drops:
     drop_distances = _drop_distances(config)
@@ -96,6 +101,9 @@ def make_plan(
     lr_base_batch_size=column.lr_base if column else protocol.lr_base_batch_size(base),
     grow_lr_follows_batch=_flag(config, "grow_lr_follows_batch"),
     warmup_steps=_warmup_steps(config, variant, num_train, schedule),
+    lr_decay=lr_decay,
+    poly_warmup_steps=_poly_warmup_steps(config, lr_decay, num_train, schedule, num_steps),
+    poly_power=float(config.regime.poly_power),
     momentum_restart_steps=_momentum_restart_steps(
       protocol, variant, regime, num_train, schedule, num_steps
     ),
@@ -122,6 +130,38 @@ def _warmup_steps(config, variant: Variant, num_train: int, schedule: BatchSched
   if isinstance(epochs, bool) or not isinstance(epochs, int | float) or not epochs > 0:
     raise ValueError(f"config.warmup_epochs must be > 0, got {epochs!r}")
   return max(1, schedule.num_steps(epochs, num_train))
+
+
+def _lr_decay(config, variant: Variant) -> str:
+  """``config.regime.decay`` checked against the variant ("poly" has no drops to grow at)."""
+  decay = config.regime.decay
+  if decay not in LR_DECAYS:
+    raise ValueError(f"config.regime.decay={decay!r}; valid: {LR_DECAYS}")
+  if decay == "poly" and (variant.grow_batch or variant.distance_drops):
+    raise ValueError(
+      f"config.regime.decay='poly' has no drops, which variant {variant.name!r} grows the batch "
+      "or triggers at; use regime.decay='steps'"
+    )
+  power = config.regime.poly_power
+  if isinstance(power, bool) or not isinstance(power, int | float) or not power > 0:
+    raise ValueError(f"config.regime.poly_power must be > 0, got {power!r}")
+  return decay
+
+
+def _poly_warmup_steps(config, decay: str, num_train: int, schedule, num_steps: int) -> int:
+  """Updates of the "poly" schedule's warmup (0 for "steps"); it must end before the run."""
+  if decay != "poly":
+    return 0
+  epochs = config.regime.poly_warmup_epochs
+  if isinstance(epochs, bool) or not isinstance(epochs, int | float) or epochs < 0:
+    raise ValueError(f"config.regime.poly_warmup_epochs must be >= 0, got {epochs!r}")
+  steps = schedule.num_steps(epochs, num_train) if epochs else 0
+  if steps >= num_steps:
+    raise ValueError(
+      f"config.regime.poly_warmup_epochs={epochs} is {steps} updates, not fewer than the run's "
+      f"{num_steps}; use a shorter warmup"
+    )
+  return steps
 
 
 def _momentum_restart_steps(protocol: Protocol, variant, regime, num_train, schedule, num_steps):

@@ -147,3 +147,13 @@ def check_partial_batch(num_train, batch, num_devices, process_count, ghost) -> 
       f"least 2 examples: use a batch size or ghost_batch_size for which {ghosts} divides "
       f"{local}, or config.partial_last_batch=False"
     )
+
+
+def check_validation_split(config, num_train: int, batch_phases) -> None:
+  """With a validation split, the kept training set must hold the run's largest batch."""
+  largest = max(size for _, size in batch_phases)
+  if config.validation_fraction and num_train < largest:
+    raise ValueError(
+      f"config.validation_fraction={config.validation_fraction} keeps {num_train} training "
+      f"examples, fewer than the run's batch of {largest}; use a smaller fraction or batch"
+    )

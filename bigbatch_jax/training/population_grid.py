@@ -75,6 +75,8 @@ class Population:
 def grid_values(config: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
   """``config.population_grid`` checked: config key -> its distinct values; ``{}`` for none.
 
+  The grid is a dict, or the ``ConfigDict`` of
+  ``bigbatch_jax.configs.common.grid_config`` (the form a config copy keeps).
   Raises ``ValueError`` naming the key for an unknown key, a key that is not
   per-member (it changes shapes or the plan: batch size, ghost size, model,
   epochs, ...), the seed keys, an empty or non-tuple value, a repeated value
@@ -83,6 +85,9 @@ def grid_values(config: ml_collections.ConfigDict) -> dict[str, tuple[float, ...
   grid = config.population_grid
   if grid is None:
     return {}
+  if isinstance(grid, ml_collections.ConfigDict):
+    # configs.common.grid_config's form: a ConfigDict that keeps the dotted keys.
+    grid = dict(grid.items())
   if not isinstance(grid, Mapping):
     raise ValueError(
       f"config.population_grid={grid!r}; valid: None or a dict of config key -> tuple of "

@@ -15,7 +15,7 @@ import optax
 
 from bigbatch_jax import transforms
 from bigbatch_jax.data.schedule import BatchSchedule
-from bigbatch_jax.regimes import Regime, gradual_warmup
+from bigbatch_jax.regimes import Regime, gradual_warmup, warmup_polynomial_decay
 from bigbatch_jax.training.variants import Variant
 
 
@@ -42,6 +42,9 @@ class RunPlan:
   lr_base_batch_size: int | None = None
   grow_lr_follows_batch: bool = False  # "grow": the lr rule reads the growing batch
   warmup_steps: int = 0  # "warmup": Goyal's linear ramp to the scaled lr over these updates
+  lr_decay: str = "steps"  # regime.decay: "steps" (the regime's drops) or "poly"
+  poly_warmup_steps: int = 0  # "poly": updates of the linear warmup from 0
+  poly_power: float = 2.0  # "poly": the decay's exponent
   momentum_restart_steps: tuple[int, ...] = ()  # the momentum is zeroed before these updates
   lars_trust_coefficient: float = 0.001  # "lars": eta
   bn_scale_uniform: bool = False  # batch-norm scales start U(0, 1) (PyTorch < 1.0)
@@ -123,10 +126,18 @@ class RunPlan:
 def lr_schedule(plan: RunPlan) -> optax.Schedule:
   """The scheduled learning rate: the regime's schedule times (B / B_base)**p.
 
+  The schedule is the regime's drops, or with ``lr_decay == "poly"``
+  ``bigbatch_jax.regimes.warmup_polynomial_decay`` over the run's updates.
+
   With "dist" the distance-triggered drops multiply this on device (the step
   logs the product).
   """
-  base = plan.regime.schedule(plan.steps_per_epoch)
+  if plan.lr_decay == "poly":
+    base = warmup_polynomial_decay(
+      plan.regime.lr, plan.poly_warmup_steps, plan.num_steps, plan.poly_power
+    )
+  else:
+    base = plan.regime.schedule(plan.steps_per_epoch)
   scale = transforms.batch_size_scale_schedule(plan.lr_batch_size(), plan.lr_base, plan.lr_rule)
   if plan.warmup_steps:
     warmup = gradual_warmup(plan.lr_scale, plan.warmup_steps)

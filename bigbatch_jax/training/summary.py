@@ -6,6 +6,7 @@ import os
 
 import jax
 
+from bigbatch_jax.data.validation import evaluated_split
 from bigbatch_jax.training.json_files import write_json_atomic
 from bigbatch_jax.training.metrics import fit_log_growth, plot_run
 from bigbatch_jax.training.plan import RunPlan
@@ -38,6 +39,8 @@ def run_summary(config, plan: RunPlan, records: list[dict], wall_time: float) ->
     "trained_updates": trained,
     "finished": finished,
     "epochs": plan.regime.epochs,
+    # "validation": the accuracies below are the held-out part of the training set.
+    "evaluated_split": evaluated_split(config.validation_fraction),
     "test_accuracy": final.get("test_accuracy"),
     "test_error": final.get("test_error"),
     "best_test_accuracy": max((r["test_accuracy"] for r in evals), default=None),

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 import ml_collections
 
 from bigbatch_jax.training import train_and_evaluate
-from experiments.table1 import figures, measures
+from experiments.table1 import figures, lr_selection, measures
 from experiments.table1.aggregate import aggregate, run_curves
 from experiments.table1.figures import FIGURES
 from experiments.table1.paper_claims import claims
@@ -90,6 +90,8 @@ def run_table(
   covariance: bool = True,
   paper_data: bool | None = None,
   population: bool = True,
+  select_lr: bool = False,
+  num_train: int | None = None,
 ) -> list[dict]:
   """Runs every (row, seed) not yet finished, then writes the table, JSON and figures.
 
@@ -108,11 +110,22 @@ def run_table(
     paper_data: whether the data is the paper's (``rows.is_mnist``); None:
       whether the configs' dataset is named ``paper_dataset``.
     population: train each row's seeds as one population (``runner.run_all``).
+    select_lr: first choose each row's learning rate on a validation split
+      (``lr_selection``), then run the seeds at it.
+    num_train: the training set's size (a growing batch capped there is
+      capped at the kept part during the selection).
 
   Returns:
     The table rows (also in ``workdir/table1.json``).
   """
   start = time.perf_counter()
+  selections = {}
+  if select_lr:
+    for row, config in configs.items():
+      selections[row] = lr_selection.select_lr(
+        row, config, workdir, train_fn, echo, population, num_train
+      )
+    configs = lr_selection.selected_configs(configs, selections)
   ran = run_all(configs, seeds, workdir, train_fn, echo, population)
   traces = _measure(configs, seeds, workdir, hessian, covariance)
   some = next(iter(configs.values()))
@@ -120,6 +133,9 @@ def run_table(
     paper_data = some.dataset == paper_dataset
   show_paper = paper_accuracy is not None and paper_data
   rows = aggregate(workdir, list(configs), seeds, paper_accuracy if show_paper else None, traces)
+  for row in rows:
+    if row["variant"] in selections:
+      row["lr_selection"] = selections[row["variant"]]
   meta = {
     "dataset": some.dataset,
     "model": some.model,
@@ -132,6 +148,12 @@ def run_table(
     "runs_run": ran,
     "runs_skipped": len(configs) * len(seeds) - ran,
   }
+  if select_lr:
+    meta["lr_selection"] = {
+      "factors": list(lr_selection.LR_FACTORS),
+      "seeds": list(lr_selection.SELECTION_SEEDS),
+      "validation_fraction": lr_selection.VALIDATION_FRACTION,
+    }
   write_table(rows, workdir, meta)
   figures.plot_all(workdir)
   echo(format_table(rows, meta))

@@ -21,6 +21,10 @@ and PyTorch's unbiased running variance (docs/reference_protocol.md).
 numbers: the momentum restart, the MNIST augmentation and main_normal.py's
 sqrt(B/256) lr and ceil(B/256) stretch on every column.
 
+``--variants=recipes`` runs the validation-tuned protocol (``lr_selection``,
+``--select_lr``): each row's learning rate is chosen from a grid of five on a
+validation split held out from the training set, then its seeds train at it.
+
 ``--ablation=SB_ROW,LB_ROW`` (e.g. ``sb,lb``, or ``sb,lb+lr`` where the lr
 rule matters) runs the ablation set instead of the table (``ablation``): the
 two rows under the clean protocol, under each artefact of the reference
@@ -110,6 +114,13 @@ flags.DEFINE_bool(
   "of seed i); false: one run per seed, one after another.",
 )
 flags.DEFINE_bool(
+  "select_lr",
+  None,
+  "Choose each row's learning rate on a validation split first (10% of the training set held "
+  "out; the default rate x 1/4, 1/2, 1, 2, 4; two selection seeds; experiments/table1/"
+  "lr_selection.py), then run --seeds at it. Default: on for --variants=recipes, else off.",
+)
+flags.DEFINE_bool(
   "hessian", True, "Measure the top Hessian eigenvalue of each row's first three seeds (λ_max)."
 )
 flags.DEFINE_bool(
@@ -132,6 +143,7 @@ class Setup:
   paper_accuracy: dict[str, float] | None
   paper_dataset: str | None
   paper_data: bool  # the data is MNIST (rows.is_mnist): print the paper's numbers
+  num_train: int  # the training set's size
 
 
 def with_protocol(overrides: dict, protocol: str | None) -> dict:
@@ -174,7 +186,14 @@ def setup_from_flags() -> Setup:
     schedule_records(config, data.num_train, overrides)
   paper_data = paper_dataset == "tfds:mnist" and is_mnist(FLAGS.config.dataset, data)
   paper_data = paper_data or FLAGS.config.dataset == paper_dataset
-  return Setup(configs, preset, getattr(module, "PAPER_ACCURACY", None), paper_dataset, paper_data)
+  return Setup(
+    configs,
+    preset,
+    getattr(module, "PAPER_ACCURACY", None),
+    paper_dataset,
+    paper_data,
+    data.num_train,
+  )
 
 
 def ablation_from_flags():
@@ -252,6 +271,8 @@ def main(argv):
       covariance=FLAGS.covariance,
       paper_data=setup.paper_data,
       population=FLAGS.population,
+      select_lr=FLAGS.variants.strip() == "recipes" if FLAGS.select_lr is None else FLAGS.select_lr,
+      num_train=setup.num_train,
     )
   except Preempted as stopped:  # the same command resumes the run and then the table
     exit_for_rerun(stopped, "experiments.table1")

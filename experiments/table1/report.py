@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bigbatch_jax.training import json_files
+from experiments.table1.lr_selection import describe
 from experiments.table1.paper_claims import claims
 
 TABLE_FILE = "table1.md"
@@ -21,9 +22,10 @@ def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
   return missing if value is None else format(value, spec)
 
 
-def _header(show_paper: bool) -> list[str]:
+def _header(show_paper: bool, selected: bool) -> list[str]:
   head = ["variant", "", "test acc. (%)", "± std", "95% CI", "seeds", "p vs SB", "p vs LB"]
   head += ["paper (%)"] if show_paper else []
+  head += ["selected lr"] if selected else []
   head += ["batch", "updates", "epochs", "wall (s/run)", "updates to SB", "time to SB (s)"]
   head += ["tr cov / SB (BN eval)", "tr cov / SB (BN train)"]
   return [*head, "||w-w0||", "slope", "R²", "λ_max", "λ_max·||w_SI||²"]
@@ -40,7 +42,15 @@ def _seeds_cell(r: dict) -> str:
   return cell
 
 
-def _cells(r: dict, show_paper: bool) -> list[str]:
+def _lr_cell(r: dict) -> str:
+  selection = r.get("lr_selection")
+  if selection is None:
+    return "-"
+  edge = {"lowest": " (grid's lowest)", "highest": " (grid's highest)"}.get(selection["edge"], "")
+  return f"{selection['selected_lr']:g}{edge}"
+
+
+def _cells(r: dict, show_paper: bool, selected: bool = False) -> list[str]:
   acc = _fmt(r["test_accuracy_mean"], ".2f", "diverged" if r["diverged_seeds"] else "-")
   ci = r.get("test_accuracy_ci95")
   ci_cell = "-" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
@@ -49,6 +59,8 @@ def _cells(r: dict, show_paper: bool) -> list[str]:
   cells += [_fmt(r.get("p_vs_sb"), ".2g"), _fmt(r.get("p_vs_lb"), ".2g")]
   if show_paper:
     cells.append(_fmt(r.get("paper_accuracy"), ".2f"))
+  if selected:
+    cells.append(_lr_cell(r))
   never = "never" if r["test_accuracy_mean"] is not None and "updates_to_sb" in r else "-"
   return [
     *cells,
@@ -106,7 +118,8 @@ def format_claims(checks: Sequence[dict]) -> list[str]:
 def format_table(rows: Sequence[dict], meta: Mapping[str, Any]) -> str:
   """The Markdown table (Hoffer Table 1 layout), its caption and the claim checks."""
   show_paper = any("paper_accuracy" in r for r in rows)
-  head = _header(show_paper)
+  selected = any("lr_selection" in r for r in rows)
+  head = _header(show_paper, selected)
   lines = [
     f"Hoffer et al. Table 1 on {meta['dataset']} ({meta['model']}, preset {meta['preset']}, "
     f"B_S={meta['base_batch_size']}, B_L={meta['large_batch_size']}); accuracy is the final "
@@ -119,7 +132,9 @@ def format_table(rows: Sequence[dict], meta: Mapping[str, Any]) -> str:
     "| " + " | ".join(head) + " |",
     "|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|",
   ]
-  lines += ["| " + " | ".join(_cells(r, show_paper)) + " |" for r in rows]
+  lines += ["| " + " | ".join(_cells(r, show_paper, selected)) + " |" for r in rows]
+  if selected:
+    lines += ["", *format_selection(rows, meta)]
   if not show_paper and meta.get("paper_dataset"):
     lines += ["", f"Paper numbers are shown only on the paper's dataset ({meta['paper_dataset']})."]
   checks = claims(rows)
@@ -137,6 +152,23 @@ def format_table(rows: Sequence[dict], meta: Mapping[str, Any]) -> str:
     f"({meta['runs_skipped']} skipped as already done).",
   ]
   return "\n".join(lines)
+
+
+def format_selection(rows: Sequence[dict], meta: Mapping[str, Any]) -> list[str]:
+  """The validation-tuned protocol: each row's grid, validation accuracies and selected rate."""
+  chosen = meta.get("lr_selection", {})
+  lines = [
+    "Learning rates selected on a validation split (lr_selection): "
+    f"{chosen.get('validation_fraction', 0.1):g} of the training set held out, the default "
+    f"rate x {chosen.get('factors', [])}, selection seeds {chosen.get('seeds', [])}; the rate "
+    "with the best mean validation accuracy is selected, then the table's seeds train on the "
+    "whole training set at it and measure the test set. Mean validation accuracy (%) by lr:",
+    "",
+  ]
+  for r in rows:
+    if "lr_selection" in r:
+      lines.append(f"- {r['variant']}: {describe(r['lr_selection'])}")
+  return lines
 
 
 def write_table(rows: Sequence[dict], workdir: str, meta: Mapping[str, Any]) -> None:

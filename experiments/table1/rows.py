@@ -103,7 +103,25 @@ VARIANT_SETS = {
 # examples, not over the whole large batch: their row is Ghost BN with ghost
 # batches of 32 (a --config.ghost_batch_size override still wins).
 GOYAL_GHOST_BATCH_SIZE = 32
-ROW_SETTINGS = {"lb+linear+warmup+gbn": {"ghost_batch_size": GOYAL_GHOST_BATCH_SIZE}}
+# LARS and LAMB as their papers run them: linear warmup over 5 epochs from 0,
+# then polynomial decay (power 2) to 0 (You et al. 2017 sec. 4-5; You et al.
+# 2020 sec. 4), at a rate of their own scale (gamma; the SGD rate 0.1 is not
+# one): LARS's gamma multiplies eta ||w|| / ||g|| with eta = 1e-3, so a
+# layer's step is gamma * 1e-3 of its ||w|| per unit gradient direction and
+# gamma runs in units: 10 here; LAMB's per-layer step is gamma ||w||, of
+# Adam's step-size scale: 0.01 here. Both are round centres of the
+# validation grid (``selection.LR_FACTORS``: 2.5 to 40, 0.0025 to 0.04), not
+# tuned values.
+PAPER_SCHEDULE = {
+  "regime.decay": "poly",
+  "regime.poly_warmup_epochs": 5.0,
+  "regime.poly_power": 2.0,
+}
+ROW_SETTINGS = {
+  "lb+linear+warmup+gbn": {"ghost_batch_size": GOYAL_GHOST_BATCH_SIZE},
+  "lb+lars": {**PAPER_SCHEDULE, "regime.lr": 10.0},
+  "lb+lamb": {**PAPER_SCHEDULE, "regime.lr": 0.01},
+}
 # Ghost BN against Ghost Noise Injection (Kosson, Fan & Jaggi 2024), with and
 # without regime adaptation.
 NORMALIZER_LABELS = {

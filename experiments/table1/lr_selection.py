@@ -1,0 +1,233 @@
+"""Each row's learning rate chosen on a validation split, before its seeds measure the test set.
+
+The validation-tuned protocol (``--variants=recipes``): every row, SB and LB
+included, gets the same budget, :data:`LR_FACTORS` times its default rate
+(``config.regime.lr``: SGD's base rate, scaled by the row's own rule; LARS's
+and LAMB's gamma of ``rows.ROW_SETTINGS``) crossed with the
+:data:`SELECTION_SEEDS`, trained on the training set less a held-out
+:data:`VALIDATION_FRACTION` (``bigbatch_jax.data.validation``, the same
+split for every row, seed and rate) and evaluated on the held-out part. The
+rate with the best mean validation accuracy over the selection seeds is the
+row's rate (:func:`choose`); the table's seeds then train on the whole
+training set at it and measure the test set as before. The test set never
+takes part in the choice.
+
+Why these numbers: five rates a factor 2 apart span 16x around the default,
+enough to bracket an optimum whose default is off by up to 4x in either
+direction, and the edge of the grid is reported when the best rate lies
+there (the optimum may lie beyond). Two selection seeds (distinct from the
+table's 0-9) make the choice a mean, not one run's noise, at twice one
+population's cost per row. Each row's grid is one population
+(``config.population_grid``), resumable like any run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from bigbatch_jax.configs.common import grid_config
+from bigbatch_jax.training import json_files, parse_variant
+from experiments.table1.runner import check_same_config, finished, read_json
+
+LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+SELECTION_SEEDS = (100, 101)
+VALIDATION_FRACTION = 0.1
+SELECTION_DIR = "lr_selection"
+SELECTION_FILE = "selection.json"
+
+
+def grid_lrs(lr: float) -> tuple[float, ...]:
+  """The row's grid: ``lr`` times each of :data:`LR_FACTORS`, increasing."""
+  if not lr > 0:
+    raise ValueError(f"config.regime.lr={lr!r}: the grid's centre must be > 0")
+  return tuple(float(lr * f) for f in LR_FACTORS)
+
+
+def selection_config(
+  config: ml_collections.ConfigDict, num_train: int | None = None
+) -> ml_collections.ConfigDict:
+  """The row's grid population on the validation split (a copy; ``config`` is unchanged).
+
+  Args:
+    config: the row's config (its ``regime.lr`` is the grid's centre).
+    num_train: the full training set's size; a growing batch capped there
+      (``batch_growth_max``) is capped at the kept part instead.
+  """
+  selection = config.copy_and_resolve_references()
+  selection.validation_fraction = VALIDATION_FRACTION
+  selection.population_grid = grid_config({"regime.lr": grid_lrs(config.regime.lr)})
+  selection.seeds = SELECTION_SEEDS
+  selection.seed = SELECTION_SEEDS[0]
+  if (
+    parse_variant(config.variant).grow_batch
+    and num_train is not None
+    and config.batch_growth_max == num_train
+  ):
+    selection.batch_growth_max = num_train - round(VALIDATION_FRACTION * num_train)
+  return selection
+
+
+def choose(lrs: Sequence[float], accuracies: Mapping[float, Sequence[float | None]]) -> dict:
+  """The rate with the best mean validation accuracy over the selection seeds.
+
+  Args:
+    lrs: the grid, increasing.
+    accuracies: rate -> its validation accuracy per selection seed (None: the
+      member diverged or did not finish; such a rate is not eligible).
+
+  Returns:
+    ``lrs``, ``validation_accuracy_per_seed`` and ``validation_accuracy_mean``
+    (per rate, in grid order; the mean None where a seed is missing),
+    ``selected_lr``, ``ties`` (every rate whose mean equals the best; the
+    smallest is selected) and ``edge`` ("lowest" or "highest" when the
+    selected rate is at the grid's end, else None).
+
+  Raises:
+    ValueError: no rate has all its seeds.
+  """
+  per_seed = [list(accuracies[lr]) for lr in lrs]
+  means = [
+    None if not seeds or any(a is None for a in seeds) else float(np.mean(seeds))
+    for seeds in per_seed
+  ]
+  eligible = [m for m in means if m is not None]
+  if not eligible:
+    raise ValueError(
+      f"no learning rate of the grid {list(lrs)} finished on every selection seed: each "
+      "diverged or stopped; widen the grid towards smaller rates"
+    )
+  best = max(eligible)
+  ties = [lr for lr, m in zip(lrs, means, strict=True) if m == best]
+  selected = ties[0]
+  edge = "lowest" if selected == lrs[0] else "highest" if selected == lrs[-1] else None
+  return {
+    "lrs": list(lrs),
+    "validation_accuracy_per_seed": per_seed,
+    "validation_accuracy_mean": means,
+    "selected_lr": selected,
+    "ties": ties,
+    "edge": edge,
+  }
+
+
+def _member_accuracies(summary: dict, lrs: Sequence[float]) -> dict[float, list[float | None]]:
+  """Rate -> validation accuracy (%) per selection seed, from a grid population's summary."""
+  if summary.get("evaluated_split") != "validation":
+    raise ValueError(
+      f"the selection population evaluated {summary.get('evaluated_split')!r}, not the "
+      "validation split; delete its directory and rerun"
+    )
+  accuracies: dict[float, list[float | None]] = {lr: [] for lr in lrs}
+  for member in summary["members"]:
+    lr = member["hyperparameters"]["regime.lr"]
+    accuracy = member.get("test_accuracy")
+    accuracies[lr].append(None if accuracy is None else 100 * accuracy)
+  return accuracies
+
+
+def _run_population(config, directory: str, train_fn, echo, head: str) -> dict:
+  lrs = grid_lrs(config.regime.lr)
+  if finished(directory):
+    check_same_config(config, directory)
+    echo(f"{head}: done before, skipped")
+    return _member_accuracies(read_json(os.path.join(directory, "summary.json")), lrs)
+  echo(f"{head}: {len(lrs)} rates x {len(SELECTION_SEEDS)} seeds as one population")
+  try:
+    summary = train_fn(config, directory)
+  except FloatingPointError as e:
+    echo(f"{head}: every member diverged: {e}")
+    return {lr: [None] * len(SELECTION_SEEDS) for lr in lrs}
+  if not summary.get("finished"):
+    raise RuntimeError(f"{head}: stopped before its planned updates; rerun the same command")
+  return _member_accuracies(summary, lrs)
+
+
+def _run_singly(config, directory: str, train_fn, echo, head: str) -> dict:
+  """Each (rate, seed) of the grid as its own run in ``directory/lr_RATE/seed_S``."""
+  accuracies: dict[float, list[float | None]] = {}
+  for lr in grid_lrs(config.regime.lr):
+    accuracies[lr] = []
+    for seed in SELECTION_SEEDS:
+      single = config.copy_and_resolve_references()
+      single.population_grid, single.seeds, single.seed = None, None, seed
+      single.regime.lr = lr
+      run = os.path.join(directory, f"lr_{lr:g}", f"seed_{seed}")
+      if finished(run):
+        check_same_config(single, run)
+        summary = read_json(os.path.join(run, "summary.json"))
+      else:
+        echo(f"{head}: lr {lr:g} seed {seed}")
+        try:
+          summary = train_fn(single, run)
+        except FloatingPointError as e:
+          echo(f"{head}: lr {lr:g} seed {seed} diverged: {e}")
+          summary = {"test_accuracy": None, "evaluated_split": "validation", "finished": True}
+        if not summary.get("finished"):
+          raise RuntimeError(f"{head}: {run} stopped before its planned updates; rerun")
+      if summary.get("evaluated_split") != "validation":
+        raise ValueError(f"{run} evaluated {summary.get('evaluated_split')!r}, not validation")
+      accuracy = summary.get("test_accuracy")
+      accuracies[lr].append(None if accuracy is None else 100 * accuracy)
+  return accuracies
+
+
+def select_lr(
+  row: str,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  train_fn: Callable[[ml_collections.ConfigDict, str], dict],
+  echo: Callable[[str], None],
+  population: bool = True,
+  num_train: int | None = None,
+) -> dict:
+  """Runs (or reads) ``row``'s grid on the validation split and chooses its rate.
+
+  Returns :func:`choose`'s record with ``selection_seeds`` and
+  ``validation_fraction`` added, also written to
+  ``workdir/lr_selection/ROW/selection.json``.
+  """
+  selection = selection_config(config, num_train)
+  directory = os.path.join(workdir, SELECTION_DIR, row)
+  head = f"lr selection {row}"
+  if population:
+    accuracies = _run_population(selection, os.path.join(directory, "grid"), train_fn, echo, head)
+  else:
+    accuracies = _run_singly(selection, directory, train_fn, echo, head)
+  try:
+    record = choose(grid_lrs(config.regime.lr), accuracies)
+  except ValueError as e:
+    raise ValueError(f"{head}: {e}") from None
+  record |= {"selection_seeds": list(SELECTION_SEEDS), "validation_fraction": VALIDATION_FRACTION}
+  json_files.write_json_atomic(os.path.join(directory, SELECTION_FILE), record, indent=2)
+  echo(f"{head}: {describe(record)}")
+  return record
+
+
+def describe(record: dict) -> str:
+  """One line: the grid's mean validation accuracies, the selected rate, ties and edge."""
+  cells = ", ".join(
+    f"{lr:g}: " + ("-" if m is None else f"{m:.2f}")
+    for lr, m in zip(record["lrs"], record["validation_accuracy_mean"], strict=True)
+  )
+  line = f"validation accuracy (%) by lr {{{cells}}}; selected lr {record['selected_lr']:g}"
+  if len(record["ties"]) > 1:
+    line += f" (tied with {', '.join(f'{t:g}' for t in record['ties'][1:])})"
+  if record["edge"]:
+    line += f" (the grid's {record['edge']} rate: the best may lie beyond it)"
+  return line
+
+
+def selected_configs(
+  configs: Mapping[str, ml_collections.ConfigDict], selections: Mapping[str, dict]
+) -> dict[str, ml_collections.ConfigDict]:
+  """Each row's config at its selected rate (copies)."""
+  chosen = {}
+  for row, config in configs.items():
+    copy = config.copy_and_resolve_references()
+    copy.regime.lr = selections[row]["selected_lr"]
+    chosen[row] = copy
+  return chosen

@@ -2,8 +2,8 @@
 
 The free memory is made small on purpose (``parallel.available_memory_bytes``
 patched to a value between the compiled step's need for G and for G + 1
-members), so that a population of 4 splits into groups of the size the
-compiled memory allows.
+members), so that a population of 2 splits into groups of 1 and one of 4
+into groups of 3 and 1, as the compiled memory says.
 """
 
 import json
@@ -25,12 +25,12 @@ SEEDS = (4, 7)
 GRID = {"regime.lr": (0.05, 0.1)}  # crossed with SEEDS: 4 members
 
 
-def _config(**overrides):
-  # 12 updates, evaluated at the end.
+def _config(grid=None, **overrides):
+  """A tiny F1 population of SEEDS (crossed with ``grid``): 8 updates, evaluated at the end."""
   config = equivalence_config(
-    "lb+lr+gbn", seeds=SEEDS, stop_after_steps=None, **{"regime.epochs": 1.5, **overrides}
+    "lb+lr+gbn", seeds=SEEDS, stop_after_steps=None, **{"regime.epochs": 1.0, **overrides}
   )
-  config.population_grid = GRID
+  config.population_grid = grid
   return config
 
 
@@ -43,13 +43,16 @@ def _step_bytes(config, size):
   return population_groups.member_steps(config, plan, mesh, dataset, members, size).memory_bytes
 
 
-def _free_for(monkeypatch, config, size):
-  """Patches the free memory to lie between the needs of ``size`` and ``size + 1`` members."""
-  fits, too_many = _step_bytes(config, size), _step_bytes(config, size + 1)
-  assert fits < too_many
-  free = (fits + too_many) // 2
-  monkeypatch.setattr(parallel, "available_memory_bytes", lambda mesh: free)
-  return free
+def _train_measuring(monkeypatch, config, workdir):
+  """Trains ``config`` in ``workdir``; the largest need per device its compiled calls had."""
+  needs = []
+  measure = parallel.step_memory_bytes
+  monkeypatch.setattr(
+    parallel, "step_memory_bytes", lambda c: needs.append(measure(c)) or needs[-1]
+  )
+  training.train_and_evaluate(config, workdir)
+  monkeypatch.setattr(parallel, "step_memory_bytes", measure)
+  return max(needs)
 
 
 def _summary(workdir):
@@ -57,39 +60,95 @@ def _summary(workdir):
     return json.load(f)
 
 
-def _close(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+def _grouping(workdir):
+  with open(os.path.join(workdir, "groups.json")) as f:
+    return population_groups.Grouping(**json.load(f))
 
 
-def test_a_population_that_does_not_fit_trains_in_groups_and_resumes_after_a_group(
+def _logged(caplog, line, free):
+  return any(line in r.getMessage() and f"({free} bytes)" in r.getMessage() for r in caplog.records)
+
+
+def assert_equal_to_one_population(grouped, whole):
+  """The outputs of a population trained in groups equal those of it trained at once."""
+  summary, expected = _summary(grouped), _summary(whole)
+  names = ("member", "seed", "hyperparameters")
+  assert [[m.get(k) for k in names] for m in summary["members"]] == [
+    [m.get(k) for k in names] for m in expected["members"]
+  ]
+  for key in ("test_accuracy", "test_error", "best_test_accuracy", "weight_distance"):
+    np.testing.assert_allclose(
+      [m[key] for m in summary["members"]], [m[key] for m in expected["members"]], rtol=1e-5
+    )
+  assert summary["finished"] and summary["seeds"] == expected["seeds"]
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+    _final_state(grouped),
+    _final_state(whole),
+  )
+  records, whole_records = _records(grouped), _records(whole)
+  assert [[r["step"], *(r.get(k) for k in names)] for r in records] == [
+    [r["step"], *(r.get(k) for k in names)] for r in whole_records
+  ]
+  for r, w in zip(records, whole_records, strict=True):
+    for key in ("loss", "test_accuracy", "test_loss", "weight_distance"):
+      assert (key in r) == (key in w)
+      if key in w:
+        np.testing.assert_allclose(r[key], w[key], rtol=1e-5)
+  assert os.path.exists(os.path.join(grouped, "error_curves.png"))
+
+
+def _split_in_two(monkeypatch, config, tmp_path):
+  """Trains ``config`` (2 members) at once; then makes its step not fit, by one byte."""
+  whole = str(tmp_path / "whole")
+  free = _train_measuring(monkeypatch, config, whole) - 1
+  monkeypatch.setattr(parallel, "available_memory_bytes", lambda mesh: free)
+  return whole, free
+
+
+def test_a_population_that_does_not_fit_trains_in_groups_equal_to_one_population(
   tmp_path, monkeypatch, caplog
 ):
   config = _config()
-  whole = str(tmp_path / "whole")
-  training.train_and_evaluate(config, whole)
-  free = _free_for(monkeypatch, config, 3)
+  whole, free = _split_in_two(monkeypatch, config, tmp_path)
   grouped = str(tmp_path / "grouped")
-  # SIGTERM in the middle of the second group (members 3..3): the first is finished.
-  calls = {"n": 0}
+  with caplog.at_level(logging.WARNING):
+    summary = training.train_and_evaluate(config, grouped)
+  grouping = _grouping(grouped)
+  assert grouping == population_groups.Grouping(2, 1, grouping.bytes_per_group, free)
+  assert grouping.bytes_per_group <= free
+  line = "a population of 2 members trains in 2 groups of 1 members (sizes [1, 1])"
+  assert _logged(caplog, line, free)
+  for name in ("members_0-0", "members_1-1"):
+    assert os.path.exists(os.path.join(grouped, "groups", name, "summary.json"))
+  assert summary == _summary(grouped)
+  assert_equal_to_one_population(grouped, whole)
+
+
+@pytest.mark.slow
+def test_a_population_split_in_groups_resumes_without_training_a_finished_group_again(
+  tmp_path, monkeypatch
+):
+  config = _config()
+  whole, _ = _split_in_two(monkeypatch, config, tmp_path)
+  grouped = str(tmp_path / "grouped")
+  # SIGTERM in the middle of the second group: the first is finished.
+  calls = []
   real_next = loop.next_batches
 
   def next_then_stop(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == 12 + 5:  # the first group's 12 calls, then 5 of the second's
+    calls.append(1)
+    if len(calls) == 8 + 3:  # the first group's 8 calls, then 3 of the second's
       os.kill(os.getpid(), signal.SIGTERM)
     return real_next(*args, **kwargs)
 
   monkeypatch.setattr(loop, "next_batches", next_then_stop)
-  with caplog.at_level(logging.WARNING), pytest.raises(training.Preempted):
+  with pytest.raises(training.Preempted):
     training.train_and_evaluate(config, grouped)
-  with open(os.path.join(grouped, "groups.json")) as f:
-    needed = population_groups.Grouping(**json.load(f))
-  assert needed == population_groups.Grouping(4, 3, needed.bytes_per_group, free)
-  assert needed.bytes_per_group <= free
-  line = "a population of 4 members trains in 2 groups of 3 members (sizes [3, 1])"
-  assert any(line in r.getMessage() and f"({free} bytes)" in r.getMessage() for r in caplog.records)
-  first = os.path.join(grouped, "groups", "members_0-2")
-  assert training.Checkpointer(os.path.join(first, "checkpoints")).latest_step() == 12
+  first = os.path.join(grouped, "groups", "members_0-0")
+  second = os.path.join(grouped, "groups", "members_1-1")
+  assert training.Checkpointer(os.path.join(first, "checkpoints")).latest_step() == 8
+  assert training.Checkpointer(os.path.join(second, "checkpoints")).latest_step() == 3
   finished_at = os.path.getmtime(os.path.join(first, "summary.json"))
 
   # The same command again: the first group is not trained again, the second resumes.
@@ -99,44 +158,60 @@ def test_a_population_that_does_not_fit_trains_in_groups_and_resumes_after_a_gro
   monkeypatch.setattr(
     loop, "_prepare", lambda *a, **k: prepared.append(a[4]) or real_prepare(*a, **k)
   )
-  summary = training.train_and_evaluate(config, grouped)
-  assert [p.seeds for p in prepared] == [(7,)]
+  training.train_and_evaluate(config, grouped)
+  assert [p.seeds for p in prepared] == [(SEEDS[1],)]
   assert os.path.getmtime(os.path.join(first, "summary.json")) == finished_at
+  assert_equal_to_one_population(grouped, whole)
 
-  # The whole population's outputs, members in order, equal to the one-group run.
-  expected = _summary(whole)
-  assert summary == _summary(grouped)
-  assert [(m["member"], m["seed"], m["hyperparameters"]) for m in summary["members"]] == [
-    (m["member"], m["seed"], m["hyperparameters"]) for m in expected["members"]
+
+def test_a_group_is_done_once_its_summary_is_written_and_its_checkpoint_at_the_end(tmp_path):
+  directory = str(tmp_path / "group")
+  checkpoints = training.Checkpointer(os.path.join(directory, "checkpoints"))
+  checkpoints.save(8, {"w": np.zeros(2)})
+  checkpoints.close()
+  assert not population_groups.group_done(directory, 8)  # no summary: stopped before its end
+  with open(os.path.join(directory, "summary.json"), "w") as f:
+    json.dump({}, f)
+  assert population_groups.group_done(directory, 8)
+  assert not population_groups.group_done(directory, 12)  # stop_after_steps raised since
+
+
+@pytest.mark.slow
+def test_a_grid_population_splits_into_the_largest_groups_in_member_order(
+  tmp_path, monkeypatch, caplog
+):
+  config = _config(GRID)
+  whole = str(tmp_path / "whole")
+  training.train_and_evaluate(config, whole)
+  # Between the needs of 3 and 4 members: groups of 3 and 1, across the grid's points.
+  fits, too_many = _step_bytes(config, 3), _step_bytes(config, 4)
+  free = (fits + too_many) // 2
+  monkeypatch.setattr(parallel, "available_memory_bytes", lambda mesh: free)
+  grouped = str(tmp_path / "grouped")
+  with caplog.at_level(logging.WARNING):
+    training.train_and_evaluate(config, grouped)
+  assert _grouping(grouped) == population_groups.Grouping(4, 3, fits, free)
+  line = "a population of 4 members trains in 2 groups of 3 members (sizes [3, 1])"
+  assert _logged(caplog, line, free)
+  assert_equal_to_one_population(grouped, whole)
+  assert [m["hyperparameters"]["regime.lr"] for m in _summary(grouped)["members"]] == [
+    0.05,
+    0.05,
+    0.1,
+    0.1,
   ]
-  for key in ("test_accuracy", "test_error", "weight_distance"):
-    np.testing.assert_allclose(
-      [m[key] for m in summary["members"]], [m[key] for m in expected["members"]], rtol=1e-5
-    )
-  _close(_final_state(grouped), _final_state(whole))
-  records, whole_records = _records(grouped), _records(whole)
-  assert [(r["step"], r["member"], r["seed"]) for r in records] == [
-    (r["step"], r["member"], r["seed"]) for r in whole_records
-  ]
-  for r, w in zip(records, whole_records, strict=True):
-    assert r["hyperparameters"] == w["hyperparameters"]
-    for key in ("loss", "test_accuracy", "test_loss"):
-      if key in w:
-        np.testing.assert_allclose(r[key], w[key], rtol=1e-5)
-  assert os.path.exists(os.path.join(grouped, "error_curves.png"))
 
 
 def test_a_group_of_one_member_that_does_not_fit_is_the_memory_error(tmp_path, monkeypatch):
-  config = _config()
-  free = _step_bytes(config, 1) - 1
-  monkeypatch.setattr(parallel, "available_memory_bytes", lambda mesh: free)
+  monkeypatch.setattr(parallel, "available_memory_bytes", lambda mesh: 1)
   with pytest.raises(MemoryError) as raised:
-    training.train_and_evaluate(config, str(tmp_path / "run"))
+    training.train_and_evaluate(_config(), str(tmp_path / "run"))
   message = str(raised.value)
-  assert "population of 4 members at batch_size=64" in message
+  assert "population of 2 members at batch_size=64" in message
   assert "GiB per device but" in message and "use a smaller --config.batch_size" in message
-  assert "one member alone still needs" in message and f"against {free} free" in message
+  assert "one member alone still needs" in message and "against 1 free" in message
   assert not os.path.exists(tmp_path / "run" / "groups")
+  assert not os.path.exists(tmp_path / "run" / "groups.json")
 
 
 def _measured(needs):

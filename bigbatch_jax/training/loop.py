@@ -274,7 +274,8 @@ def _train_members(
   wait_for_all_processes("bigbatch_jax_metrics_written", config.distributed_timeout_s)
   records = metrics_log.read()
   summary = loop.members.summary(config, plan, records, time.perf_counter() - start_time)
-  write_outputs(summary, records, workdir, title=plan.variant.name)
+  # A group's figures would be drawn again, with every member, by the merge.
+  write_outputs(summary, records, workdir, plan.variant.name, figures=first_member is None)
   checkpoints.close()
   return summary
 

@@ -6,10 +6,12 @@ members), so that a population of 2 splits into groups of 1 and one of 4
 into groups of 3 and 1, as the compiled memory says.
 """
 
+import ast
 import json
 import logging
 import os
 import signal
+import time
 
 import jax
 import numpy as np
@@ -19,7 +21,18 @@ from bigbatch_jax import data as data_lib
 from bigbatch_jax import training
 from bigbatch_jax.training import loop, parallel, population_groups
 from bigbatch_jax.training.population_grid import population_of
+from experiments import launch
+from experiments.configs import common
 from tests.test_population import _final_state, _records, equivalence_config
+from tests.tiny_run import (
+  RUN_FLAGS,
+  assert_identical,
+  finish_run,
+  main_after,
+  read_result,
+  start_run,
+  trained_steps,
+)
 
 SEEDS = (4, 7)
 GRID = {"regime.lr": (0.05, 0.1)}  # crossed with SEEDS: 4 members
@@ -34,12 +47,12 @@ def _config(grid=None, **overrides):
   return config
 
 
-def _step_bytes(config, size):
+def _step_bytes(config, size, seeds=SEEDS):
   """What the library measures for the first ``size`` members of ``config``'s population."""
   dataset = data_lib.load_data(config)
   mesh = parallel.make_mesh(config.num_devices)
   plan = training.make_plan(config, dataset.num_train, mesh.size)
-  members = population_of(config, plan, SEEDS)
+  members = population_of(config, plan, seeds)
   return population_groups.member_steps(config, plan, mesh, dataset, members, size).memory_bytes
 
 
@@ -254,3 +267,64 @@ def test_a_saved_grouping_of_another_population_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"splits a population of 4 members, .* has 6"):
     population_groups.read_grouping(str(tmp_path), 6)
   assert population_groups.read_grouping(str(tmp_path / "none"), 4) is None
+
+
+# A population of 3 seeds on the launched tiny run (tests/tiny_run.py), 48 updates.
+LAUNCHED = {
+  "seeds": (0, 1, 2),
+  "log_every_steps": 1,
+  "checkpoint_every_steps": 2,
+  "num_epochs": 6.0,
+}
+
+
+def _launched_config():
+  """The config ``experiments.main`` builds from :data:`RUN_FLAGS` and :data:`LAUNCHED`."""
+  flags = dict(flag[len("--config.") :].split("=", 1) for flag in RUN_FLAGS[1:])
+  config = launch.load_config(RUN_FLAGS[0].split("=", 1)[1])
+  common.override(config, {**{k: _value(v) for k, v in flags.items()}, **LAUNCHED})
+  return config
+
+
+def _value(text):
+  """A flag's value as ``config_flags`` reads it: a Python literal, else the string."""
+  try:
+    return ast.literal_eval(text)
+  except ValueError:
+    return text
+
+
+def _signal_in_second_group(command, workdir, target, sig):
+  """Runs ``command`` and sends ``sig`` once the second group logged ``target`` updates."""
+  second = os.path.join(workdir, "groups", "members_2-2")
+  proc = start_run(command, workdir)
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and proc.poll() is None:
+    if trained_steps(second) >= target:
+      proc.send_signal(sig)
+      break
+    time.sleep(0.002)
+  _, err = proc.communicate(timeout=600)
+  return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_kill_and_sigterm_in_a_group_then_rerun_ends_bit_identical(tmp_path):
+  config = _launched_config()
+  # Between the needs of 2 and 3 members: groups of 2 and 1.
+  free = (_step_bytes(config, 2, config.seeds) + _step_bytes(config, 3, config.seeds)) // 2
+  inject = "from bigbatch_jax.training import parallel\n"
+  inject += f"parallel.available_memory_bytes = lambda mesh: {free}"
+  flags = [f"--config.{k}={v}".replace(" ", "") for k, v in LAUNCHED.items()]
+  command = main_after(inject, *RUN_FLAGS, *flags)
+  straight = tmp_path / "straight"
+  finish_run(command, straight)
+  assert _grouping(str(straight)).bounds() == [(0, 2), (2, 3)]
+  interrupted = tmp_path / "interrupted"
+  rc, err = _signal_in_second_group(command, interrupted, 10, signal.SIGKILL)
+  assert rc == -signal.SIGKILL, err[-2000:]
+  rc, err = _signal_in_second_group(command, interrupted, 30, signal.SIGTERM)
+  assert rc == training.PREEMPTED_EXIT_CODE, err[-2000:]
+  finish_run(command, interrupted)
+  assert_identical(read_result(straight), read_result(interrupted))
+  assert [r["member"] for r in read_result(straight)[1][:3]] == [0, 1, 2]

@@ -20,6 +20,7 @@ import pytest
 from bigbatch_jax import data as data_lib
 from bigbatch_jax import training
 from bigbatch_jax.training import loop, parallel, population_groups
+from bigbatch_jax.training.members import split_population
 from bigbatch_jax.training.population_grid import population_of
 from experiments import launch
 from experiments.configs import common
@@ -136,6 +137,17 @@ def test_a_population_that_does_not_fit_trains_in_groups_equal_to_one_population
     assert os.path.exists(os.path.join(grouped, "groups", name, "summary.json"))
   assert summary == _summary(grouped)
   assert_equal_to_one_population(grouped, whole)
+  # The drivers split it into the single runs of its seeds, as any population.
+  directories = {seed: str(tmp_path / f"seed_{seed}") for seed in SEEDS}
+  split_population(grouped, directories)
+  merged = _final_state(grouped)
+  for member, seed in enumerate(SEEDS):
+    assert _summary(directories[seed])["seed"] == seed
+    jax.tree.map(
+      np.testing.assert_array_equal,
+      _final_state(directories[seed]),
+      jax.tree.map(lambda x, m=member: x[m], merged),
+    )
 
 
 @pytest.mark.slow

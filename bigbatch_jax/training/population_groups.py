@@ -104,8 +104,9 @@ def member_steps(
   ``size`` members trains with them (they take any members' values).
   """
   members = part(population, 0, size)
+  built = []
 
-  def build(members=members):
+  def build():
     run = set_up_run(
       config,
       plan,
@@ -115,23 +116,16 @@ def member_steps(
       seeds=members.seeds,
       grid=members.arrays(),
     )
+    built.append(run)
     return run.state, run.hyperparameters
 
   replicated = parallel.replicated(mesh)
   state, values = jax.tree.map(
     lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(build)
   )
-  # The model, optimizer and step arguments do not depend on the members.
-  one = set_up_run(
-    config,
-    plan,
-    mesh,
-    dataset.num_classes,
-    dataset.input_shape,
-    seeds=members.seeds[:1],
-    grid=part(members, 0, 1).arrays(),
-  )
-  run = dataclasses.replace(one, state=state, hyperparameters=values)
+  # The model, optimizer and step arguments are built from the config and plan alone (no
+  # array of the trace): the abstract state and values replace the traced ones.
+  run = dataclasses.replace(built[0], state=state, hyperparameters=values)
   steps = CompiledSteps(run, mesh, dataset.input_shape, plan, size, check_memory=False)
   compile_ahead(steps, plan, config.steps_per_call)
   return steps

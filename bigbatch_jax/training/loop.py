@@ -21,10 +21,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bigbatch_jax import data as data_lib
-from bigbatch_jax.training import parallel
+from bigbatch_jax.training import parallel, population_groups
 from bigbatch_jax.training import population as population_lib
 from bigbatch_jax.training import step as step_lib
 from bigbatch_jax.training.checkpoint import Checkpointer
+from bigbatch_jax.training.compiled_steps import CompiledSteps, compile_ahead
 from bigbatch_jax.training.distributed import maybe_initialize_distributed, wait_for_all_processes
 from bigbatch_jax.training.evaluation import evaluation_record
 from bigbatch_jax.training.members import Members
@@ -33,75 +34,13 @@ from bigbatch_jax.training.plan import RunPlan, make_plan
 from bigbatch_jax.training.population_grid import population_of
 from bigbatch_jax.training.preemption import Preempted, PreemptionWatch
 from bigbatch_jax.training.run_limits import SkipLimit, check_limit_keys
-from bigbatch_jax.training.setup import RunSetup, set_up_run
+from bigbatch_jax.training.setup import set_up_run
 from bigbatch_jax.training.state import TrainState
 from bigbatch_jax.training.summary import write_outputs
 from bigbatch_jax.training.workdir import check_and_save_config
 from bigbatch_jax.training.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
-
-
-class CompiledSteps:
-  """The run's train calls, compiled ahead of time once per (batch size, call length).
-
-  A kept partial last batch is a batch size of its own: its step
-  computes the loss and the batch statistics over its real examples, with its
-  own ghost batches where ``RunSetup.partial_step_args`` says so.
-  """
-
-  def __init__(
-    self,
-    run: RunSetup,
-    mesh: Mesh,
-    input_shape: tuple[int, ...],
-    plan: RunPlan,
-    members: int | None = None,
-  ):
-    self._run, self._plan, self._members = run, plan, members
-    self._state, self._mesh, self._input_shape = run.state, mesh, input_shape
-    self._sharded = {}
-    self._compiled = {}
-
-  def _sharded_fn(self, batch_size: int, scanned: bool):
-    args = self._run.step_args_at(batch_size, self._plan)
-    key = (args is self._run.step_args, scanned)
-    if key not in self._sharded:
-      population = self._members is not None
-      one, many = (
-        (population_lib.population_train_step, population_lib.population_train_steps)
-        if population
-        else (step_lib.train_step, step_lib.train_steps)
-      )
-      if self._run.member_arguments is not None:
-        args = {**args, "member_arguments": self._run.member_arguments}
-      self._sharded[key] = parallel.shard_train_step(
-        many if scanned else one, self._mesh, stacked=scanned, members=population, **args
-      )
-    return self._sharded[key]
-
-  def get(self, batch_size: int, length: int):
-    """The call ``(state, batches) -> (state, metrics)`` of ``length`` steps at ``batch_size``.
-
-    Compiled on first use. A population's call passes its members' grid
-    values (``RunSetup.hyperparameters``) to the compiled step as arrays.
-    """
-    if (batch_size, length) not in self._compiled:
-      fn = self._sharded_fn(batch_size, scanned=length != 1)
-      steps = None if length == 1 else length
-      values = self._run.hyperparameters
-      compiled = parallel.compile_train_step(
-        fn, self._state, batch_size, self._input_shape, self._mesh, steps, self._members, values
-      )
-      if self._members is not None:
-        compiled = functools.partial(_call_with_values, compiled, values)
-      self._compiled[batch_size, length] = compiled
-    return self._compiled[batch_size, length]
-
-
-def _call_with_values(compiled, values, state, batches):
-  """A population's compiled step called with its members' grid values."""
-  return compiled(state, batches, values)
 
 
 def call_length(step: int, end_step: int, steps_per_call: int, plan: RunPlan) -> int:
@@ -178,7 +117,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   plan = make_plan(config, dataset.num_train, mesh.size, jax.process_count())
   check_limit_keys(config)
   population = population_of(config, plan, population_lib.member_seeds(config))
-  seeds = None if population is None else population.seeds
   data_lib.input_pipeline(config, dataset)  # checks config.augment before any compute
   if config.eval_batch_size % mesh.size:
     raise ValueError(
@@ -186,12 +124,103 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     )
   os.makedirs(workdir, exist_ok=True)
   check_and_save_config(config, workdir)
+  train = functools.partial(_train_members, config, dataset, mesh, plan)
+  if population is None or population.size == 1:
+    return train(workdir, population)
+  grouping = population_groups.read_grouping(workdir, population.size)
+  compiled = {}
+  if grouping is None:
+    try:
+      prepared = _prepare(config, dataset, mesh, plan, population)
+    except MemoryError as error:
+      # Only the message is kept: the error's frames hold the whole population's state.
+      failed = str(error)
+    else:
+      return train(workdir, population, prepared=prepared)
+    grouping = _choose_grouping(failed, config, dataset, mesh, plan, population, workdir, compiled)
+  return _train_groups(config, workdir, plan, population, grouping, train, compiled)
+
+
+def _prepare(config, dataset, mesh: Mesh, plan: RunPlan, population, steps=None):
+  """The run's set-up and its calls compiled ahead (``MemoryError`` if one does not fit).
+
+  ``steps``: calls already compiled for the population's size.
+  """
+  seeds = None if population is None else population.seeds
   grid = None if population is None else population.arrays()
   run = set_up_run(
     config, plan, mesh, dataset.num_classes, dataset.input_shape, seeds=seeds, grid=grid
   )
+  if steps is not None:
+    return run, steps.for_run(run)
   steps = CompiledSteps(run, mesh, dataset.input_shape, plan, population and population.size)
-  _compile_ahead(steps, plan, config.steps_per_call)
+  compile_ahead(steps, plan, config.steps_per_call)
+  return run, steps
+
+
+def _choose_grouping(failed: str, config, dataset, mesh, plan, population, workdir, compiled):
+  """The groups of a population whose step did not fit, decided and saved.
+
+  ``compiled`` receives the calls compiled for each group size measured.
+  """
+  if Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() is not None:
+    raise MemoryError(
+      f"{failed}. {workdir} holds a checkpoint of this population trained as one group: "
+      "resume it where it fits, or train it in a new --workdir (it is then split into groups)"
+    )
+
+  def measure(size: int) -> int:
+    compiled[size] = population_groups.member_steps(config, plan, mesh, dataset, population, size)
+    return compiled[size].memory_bytes
+
+  free = parallel.available_memory_bytes(mesh)
+  grouping = population_groups.choose_grouping(failed, measure, population.size, free)
+  population_groups.write_grouping(workdir, grouping)
+  return grouping
+
+
+def _train_groups(config, workdir: str, plan: RunPlan, population, grouping, train, compiled):
+  """Trains the groups one after another (finished ones are not trained again), then merges.
+
+  ``compiled``: group size -> its calls, where the grouping's measure compiled them.
+  """
+  log.warning(grouping.describe())
+  end_step = plan.num_steps
+  if config.stop_after_steps is not None:
+    end_step = min(end_step, config.stop_after_steps)
+  for first, end in grouping.bounds():
+    directory = population_groups.group_dir(workdir, first, end)
+    if population_groups.group_done(directory, end_step):
+      log.info("members %d-%d: trained to step %d in %s", first, end - 1, end_step, directory)
+      continue
+    log.info("members %d-%d of %d: training in %s", first, end - 1, population.size, directory)
+    os.makedirs(directory, exist_ok=True)
+    part = population_groups.part(population, first, end)
+    train(directory, part, first_member=first, steps=compiled.get(end - first))
+  return population_groups.merge_groups(workdir, config, plan, population, grouping, end_step)
+
+
+def _train_members(
+  config,
+  dataset,
+  mesh: Mesh,
+  plan: RunPlan,
+  workdir: str,
+  population,
+  *,
+  prepared=None,
+  steps=None,
+  first_member: int | None = None,
+) -> dict[str, Any]:
+  """Trains ``population``'s members (None: the single run) in ``workdir``; their summary.
+
+  ``prepared``: ``_prepare``'s set-up and compiled calls when already made;
+  ``steps``: the calls alone, compiled for the population's size;
+  ``first_member``: the first member's index in the whole population when
+  ``population`` is one of its groups (``population_groups.py``).
+  """
+  seeds = None if population is None else population.seeds
+  run, steps = prepared or _prepare(config, dataset, mesh, plan, population, steps)
   wait_for_all_processes("bigbatch_jax_before_checkpoints", config.distributed_timeout_s)
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=jax.process_index() == 0)
@@ -219,7 +248,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     ),
     checkpoints,
     metrics_log,
-    _members(config, population, plan, checkpoints, dataset, state, restored),
+    _members(config, population, plan, checkpoints, dataset, state, restored, first_member),
     bar,
   )
   start_time = loop.last_time = time.perf_counter()
@@ -245,20 +274,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   wait_for_all_processes("bigbatch_jax_metrics_written", config.distributed_timeout_s)
   records = metrics_log.read()
   summary = loop.members.summary(config, plan, records, time.perf_counter() - start_time)
-  write_outputs(summary, records, workdir, title=plan.variant.name)
+  # A group's figures would be drawn again, with every member, by the merge.
+  write_outputs(summary, records, workdir, plan.variant.name, figures=first_member is None)
   checkpoints.close()
   return summary
-
-
-def _compile_ahead(steps: CompiledSteps, plan: RunPlan, steps_per_call: int) -> None:
-  """Compiles before any data is read, once per batch size of the run.
-
-  A batch that does not fit fails here, with sizes, rather than deep inside XLA.
-  """
-  for size in plan.batch_sizes:
-    # A partial last batch is a call of its own (its neighbours are full batches).
-    alone = size == plan.partial_batch_size
-    steps.get(size, 1 if alone else min(steps_per_call, plan.num_steps))
 
 
 def _checkpoint_and_stop(loop: _Loop, watch, state, step: int, start_step: int) -> Preempted:
@@ -285,13 +304,23 @@ def _checkpoint_and_stop(loop: _Loop, watch, state, step: int, start_step: int) 
   return Preempted(message, watch.signal_name, step, saved)
 
 
-def _members(config, population, plan: RunPlan, checkpoints, dataset, state, restored) -> Members:
+def _members(
+  config, population, plan: RunPlan, checkpoints, dataset, state, restored, first_member=None
+) -> Members:
   """The run's members, each guard with its skip limit and what its message can name.
 
   The skip limit is enforced for a single run (``DivergenceGuard.check_state``);
-  a population's members are checked for non-finite steps only.
+  a population's members are checked for non-finite steps only. A group
+  (``first_member`` set) trains on when all its members diverged.
   """
-  members = Members(population, plan, checkpoints, config.divergence_loss_factor)
+  members = Members(
+    population,
+    plan,
+    checkpoints,
+    config.divergence_loss_factor,
+    first_member=first_member or 0,
+    stop_when_all_diverged=first_member is None,
+  )
   for guard in members.guards:
     if config.nonfinite_policy == "skip":
       guard.skip_limit = SkipLimit.from_config(config, plan.num_steps)

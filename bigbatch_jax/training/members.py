@@ -42,7 +42,13 @@ class Members:
   """The members of a run: ``population`` None for a single run.
 
   ``population`` is a ``population_grid.Population`` (or, for a population
-  of seeds, the tuple of its seeds).
+  of seeds, the tuple of its seeds). ``first_member``: the index its first
+  member has in the whole population, for one group of a population split
+  to fit in memory (``population_groups.py``): records, reports and the
+  summary name members by that index; arguments and arrays are the group's.
+  ``stop_when_all_diverged``: False for such a group, which trains on when
+  all its members have diverged (the others of the population may not
+  have: the whole population's check raises, ``population_groups.py``).
   """
 
   def __init__(
@@ -51,10 +57,14 @@ class Members:
     plan: RunPlan,
     checkpoints: Checkpointer,
     loss_factor: float | None,
+    first_member: int = 0,
+    stop_when_all_diverged: bool = True,
   ):
     if isinstance(population, tuple | list):
       population = Population(tuple(population), tuple({} for _ in population))
     self.grid = population
+    self.first_member = first_member
+    self.stop_when_all_diverged = stop_when_all_diverged
     self.seeds = None if population is None else population.seeds
     self.plan = plan
     count = 1 if population is None else population.size
@@ -76,7 +86,7 @@ class Members:
     """What a record of ``member`` carries to name it (nothing for a single run)."""
     if self.seeds is None:
       return {}
-    fields = {"member": member, "seed": self.seeds[member]}
+    fields = {"member": self.first_member + member, "seed": self.seeds[member]}
     if self.grid.keys:
       fields["hyperparameters"] = self.values(member)
     return fields
@@ -124,10 +134,10 @@ class Members:
     lr = float(lr_schedule(self.plans[member])(step))
     self.diverged[member] = {"step": step, "lr": lr, "error": str(error)}
     name = member_label(self.seeds[member], self.values(member))
-    message = f"population member {member} ({name}) is frozen: {error}"
+    message = f"population member {self.first_member + member} ({name}) is frozen: {error}"
     log.warning(message)
     print(f"WARNING: {message}", flush=True)
-    if not self.live():
+    if not self.live() and self.stop_when_all_diverged:
       raise FloatingPointError(f"every member of the population diverged; the last: {error}")
 
   def summary(self, config, plan: RunPlan, records: list[dict], wall_time: float) -> dict:
@@ -140,9 +150,9 @@ class Members:
       if member in self.diverged:
         members.append({**name, "diverged": self.diverged[member]})
         continue
-      own = [r for r in records if r.get("member") == member]
+      own = [r for r in records if r.get("member") == name["member"]]
       summary = run_summary(config, self.plans[member], own, wall_time)
-      members.append({"member": member, **summary, **name})
+      members.append({"member": name["member"], **summary, **name})
     shared = run_summary(config, plan, [], wall_time)
     for key in ("seed", "test_accuracy", "test_error", "best_test_accuracy", "train_accuracy"):
       shared.pop(key)

@@ -142,6 +142,8 @@ def compile_train_step(
   steps: int | None = None,
   members: int | None = None,
   hyperparameters: dict | None = None,
+  *,
+  check_memory: bool = True,
 ):
   """Compiles the step ahead of time and checks that it fits in memory.
 
@@ -150,7 +152,8 @@ def compile_train_step(
   batch, ``members`` the population's axis after it, ``hyperparameters``
   a population's grid values, the step's third argument). Raises ``MemoryError``
   naming the batch, the population and the sizes when the step needs more
-  memory per device than is free.
+  memory per device than is free (``check_memory``: False skips the check;
+  ``state`` may then be abstract, ``jax.ShapeDtypeStruct`` leaves).
   """
   sharding = NamedSharding(mesh, batch_spec(steps is not None, members is not None))
   lead = tuple(n for n in (steps, members) if n is not None)
@@ -160,6 +163,8 @@ def compile_train_step(
   }
   extra = () if members is None else (hyperparameters or {},)
   compiled = train_fn.lower(state, batch, *extra).compile()
+  if not check_memory:
+    return compiled
   needed, free = step_memory_bytes(compiled), available_memory_bytes(mesh)
   if needed > free:
     gib = 2.0**30

@@ -55,9 +55,12 @@ def run_summary(config, plan: RunPlan, records: list[dict], wall_time: float) ->
   return summary
 
 
-def write_outputs(summary: dict, records: list[dict], workdir: str, title: str) -> None:
-  """``summary.json`` and the run's figures, written by process 0."""
+def write_outputs(
+  summary: dict, records: list[dict], workdir: str, title: str, figures: bool = True
+) -> None:
+  """``summary.json`` and (``figures``) the run's figures, written by process 0."""
   if jax.process_index() != 0:
     return
   write_json_atomic(os.path.join(workdir, "summary.json"), summary, indent=2)
-  plot_run(records, workdir, title=title)
+  if figures:
+    plot_run(records, workdir, title=title)

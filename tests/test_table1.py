@@ -115,7 +115,7 @@ def test_writes_the_table_json_and_figures(table_dir):
   table = pathlib.Path(workdir, "table1.md").read_text()
   assert "| sb | SB |" in table and "| lb+lr+gbn+ra | +RA |" in table and "λ_max" in table
   assert "| sb@2x |" in table and "tr cov / SB (BN train)" in table and "95% CI" in table
-  assert "λ_max·||w_SI||²" in table
+  assert "λ_max·‖w_SI‖²" in table and "| ‖w-w0‖ |" in table
   assert "p_holm" in table and "vary with the CPU" in table
   assert "paper (%)" not in table and "only on the paper's dataset (tfds:mnist)" in table
   for name in table1.FIGURES:

@@ -28,7 +28,8 @@ def _header(show_paper: bool, selected: bool) -> list[str]:
   head += ["selected lr"] if selected else []
   head += ["batch", "updates", "epochs", "wall (s/run)", "updates to SB", "time to SB (s)"]
   head += ["tr cov / SB (BN eval)", "tr cov / SB (BN train)"]
-  return [*head, "||w-w0||", "slope", "R²", "λ_max", "λ_max·||w_SI||²"]
+  # ‖ (U+2016), not ||: a pipe would split the Markdown table's cell.
+  return [*head, "‖w-w0‖", "slope", "R²", "λ_max", "λ_max·‖w_SI‖²"]
 
 
 def _seeds_cell(r: dict) -> str:

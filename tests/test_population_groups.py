@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import time
 
 import jax
 import numpy as np
@@ -31,8 +30,7 @@ from tests.tiny_run import (
   finish_run,
   main_after,
   read_result,
-  start_run,
-  trained_steps,
+  signal_once_trained,
 )
 
 SEEDS = (4, 7)
@@ -309,15 +307,7 @@ def _value(text):
 def _signal_in_second_group(command, workdir, target, sig):
   """Runs ``command`` and sends ``sig`` once the second group logged ``target`` updates."""
   second = os.path.join(workdir, "groups", "members_2-2")
-  proc = start_run(command, workdir)
-  deadline = time.monotonic() + 300
-  while time.monotonic() < deadline and proc.poll() is None:
-    if trained_steps(second) >= target:
-      proc.send_signal(sig)
-      break
-    time.sleep(0.002)
-  _, err = proc.communicate(timeout=600)
-  return proc.returncode, err
+  return signal_once_trained(command, workdir, sig, target, watched=second)
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
 """A population run killed (SIGKILL) or stopped (SIGTERM) mid-run resumes bit-identical."""
 
 import signal
-import time
 
 import jax
 import numpy as np
@@ -14,8 +13,7 @@ from tests.tiny_run import (
   finish_run,
   main_command,
   read_result,
-  start_run,
-  trained_steps,
+  signal_once_trained,
 )
 
 COMMAND = main_command(
@@ -27,17 +25,9 @@ COMMAND = main_command(
 pytestmark = pytest.mark.slow
 
 
-def _signal_when(workdir, target, sig, timeout=300):
-  """Starts the run and sends ``sig`` once ``target`` training records (all members) exist."""
-  proc = start_run(COMMAND, workdir)
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline and proc.poll() is None:
-    if trained_steps(workdir) >= target:
-      proc.send_signal(sig)
-      break
-    time.sleep(0.002)
-  _, err = proc.communicate(timeout=600)
-  return proc.returncode, err
+def _signal_when(workdir, target, sig):
+  """Sends ``sig`` once ``target`` training records (all members) exist."""
+  return signal_once_trained(COMMAND, workdir, sig, target)
 
 
 def test_kill_and_sigterm_mid_population_then_resume_is_bit_identical(tmp_path):

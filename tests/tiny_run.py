@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -94,6 +95,23 @@ def trained_steps(workdir) -> int:
     return 0
   with open(path) as f:
     return sum(1 for line in f if '"loss"' in line)
+
+
+def signal_once_trained(command, workdir, sig, target, watched=None, timeout=300):
+  """Runs ``command`` in ``workdir`` and sends ``sig`` once ``watched`` holds ``target`` records.
+
+  ``watched``: the directory whose ``metrics.jsonl`` is counted (the workdir
+  when None). Returns the run's exit status and stderr.
+  """
+  proc = start_run(command, workdir)
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline and proc.poll() is None:
+    if trained_steps(watched or workdir) >= target:
+      proc.send_signal(sig)
+      break
+    time.sleep(0.002)
+  _, err = proc.communicate(timeout=600)
+  return proc.returncode, err
 
 
 def read_records(workdir) -> list[dict]:

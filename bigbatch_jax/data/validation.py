@@ -67,9 +67,8 @@ def hold_out_validation(dataset: ArrayDataset, fraction: float, split_seed: int)
     their original order) and whose ``x_test``/``y_test`` are the held-out
     ones, named ``NAME[validation F, seed S]``.
   """
-  if isinstance(split_seed, bool) or not isinstance(split_seed, numbers.Integral):
-    raise ValueError(f"config.validation_seed={split_seed!r}; valid: an int >= 0")
-  if split_seed < 0:
+  integral = isinstance(split_seed, numbers.Integral) and not isinstance(split_seed, bool)
+  if not integral or split_seed < 0:
     raise ValueError(f"config.validation_seed={split_seed!r}; valid: an int >= 0")
   kept_count, _ = split_sizes(dataset.num_train, fraction)
   rng = np.random.default_rng([SEED_TAG_VALIDATION, split_seed])

@@ -43,6 +43,13 @@ from bigbatch_jax.training.workdir_lock import WorkdirLock
 log = logging.getLogger(__name__)
 
 
+def _end_step(config, plan: RunPlan) -> int:
+  """The step this call of the run ends at: the plan's last, or config.stop_after_steps."""
+  if config.stop_after_steps is None:
+    return plan.num_steps
+  return min(plan.num_steps, config.stop_after_steps)
+
+
 def call_length(step: int, end_step: int, steps_per_call: int, plan: RunPlan) -> int:
   """Steps of the call from ``step``: steps_per_call, less at the end or a batch-size change."""
   length = min(steps_per_call, end_step - step)
@@ -185,9 +192,7 @@ def _train_groups(config, workdir: str, plan: RunPlan, population, grouping, tra
   ``compiled``: group size -> its calls, where the grouping's measure compiled them.
   """
   log.warning(grouping.describe())
-  end_step = plan.num_steps
-  if config.stop_after_steps is not None:
-    end_step = min(end_step, config.stop_after_steps)
+  end_step = _end_step(config, plan)
   for first, end in grouping.bounds():
     directory = population_groups.group_dir(workdir, first, end)
     if population_groups.group_done(directory, end_step):
@@ -229,9 +234,7 @@ def _train_members(
     log.info("resumed %s at step %d", workdir, restored)
   start_step = 0 if restored is None else restored
   metrics_log.truncate_after(-1 if restored is None else restored)
-  end_step = plan.num_steps
-  if config.stop_after_steps is not None:
-    end_step = min(end_step, config.stop_after_steps)
+  end_step = _end_step(config, plan)
 
   batches = _train_batches(config, dataset, plan, start_step, seeds)
   bar = _progress_bar(config, plan, start_step)

@@ -16,6 +16,7 @@ import pytest
 from bigbatch_jax import training
 from bigbatch_jax.training import population
 from experiments.configs import default
+from tests import tiny_run
 from tests.test_training import tiny_config
 
 SEEDS = (4, 7)
@@ -221,3 +222,33 @@ def test_a_split_population_gives_each_seed_a_single_runs_workdir(tmp_path):
       run.params,
       population.take_member(_final_state(workdir)["params"], member),
     )
+
+
+def test_steps_per_call_changes_no_record_and_no_checkpoint_of_a_population(tmp_path):
+  """Calls end at the steps with a log, an evaluation or a checkpoint (``loop.call_length``).
+
+  The periods here fall inside calls of 5 (logs every 8 steps, evaluations
+  every 0.7 epoch of 32 steps, checkpoints every 12 steps), so an event taken
+  at the end of its call would see a later state.
+  """
+  runs = {}
+  for steps_per_call in (1, 5):
+    workdir = str(tmp_path / f"calls_of_{steps_per_call}")
+    config = tiny_config(
+      "sb",
+      seeds=SEEDS,
+      steps_per_call=steps_per_call,
+      log_every_steps=8,
+      eval_every_epochs=0.7,
+      checkpoint_every_steps=12,
+      max_checkpoints_to_keep=10,
+      eval_on_train=False,
+    )
+    training.train_and_evaluate(config, workdir)
+    checkpoints = training.Checkpointer(os.path.join(workdir, "checkpoints"))
+    runs[steps_per_call] = (checkpoints.all_steps(), tiny_run.read_result(workdir))
+  (steps_one, result_one), (steps_five, result_five) = runs[1], runs[5]
+  assert steps_one == steps_five == [12, 24, 36, 48, 60, 64]
+  evaluated = [r["step"] for r in result_one[1] if "test_accuracy" in r and r["member"] == 0]
+  assert evaluated == [23, 45, 64]
+  tiny_run.assert_identical(result_one, result_five)

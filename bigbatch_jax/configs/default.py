@@ -160,7 +160,7 @@ def _declare_remedies_and_protocol(config: ml_collections.ConfigDict) -> None:
 def _declare_run(config: ml_collections.ConfigDict) -> None:
   """The keys of how a run is carried out (speed, seed, devices, hosts, logging, checkpoints)."""
   # Speed.
-  config.steps_per_call = 1  # updates per jitted call (lax.scan); events at call ends
+  config.steps_per_call = 1  # most updates per jitted call (lax.scan); calls end at events
   config.compute_dtype = "float32"  # "bfloat16": bf16 compute, f32 params and BN statistics
   config.seed = 0  # parameters, data order, dropout and noise
   # A population: a tuple of seeds, e.g. --config.seeds='(0,1,2)', trains one

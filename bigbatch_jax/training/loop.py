@@ -50,13 +50,42 @@ def _end_step(config, plan: RunPlan) -> int:
   return min(plan.num_steps, config.stop_after_steps)
 
 
-def call_length(step: int, end_step: int, steps_per_call: int, plan: RunPlan) -> int:
-  """Steps of the call from ``step``: steps_per_call, less at the end or a batch-size change."""
-  length = min(steps_per_call, end_step - step)
+def call_length(step: int, end_step: int, config, plan: RunPlan) -> int:
+  """Steps of the call from ``step``: ``config.steps_per_call``, less at the end, at a
+  batch-size change or at the first step with an event (``event_after``).
+
+  Ending a call at an event gives the log, evaluation and checkpoint of that
+  step the state of that step, whatever ``steps_per_call`` is; a scanned call
+  computes what as many calls of one step compute, so the run's records and
+  checkpoints do not depend on ``steps_per_call`` (only its speed does).
+  """
+  length = min(config.steps_per_call, end_step - step)
   change = plan.batch_schedule.next_change(step)
   if change is not None and step < change < step + length:
     length = change - step
+  for done in range(step + 1, step + length):
+    if event_after(config, plan, done):
+      return done - step
   return length
+
+
+def _logged(config, plan: RunPlan, done: int) -> bool:
+  return done % config.log_every_steps == 0 or done == plan.num_steps
+
+
+def _evaluated(config, plan: RunPlan, done: int) -> bool:
+  period = config.eval_every_epochs
+  crossed = int(plan.epoch_at(done) / period) > int(plan.epoch_at(done - 1) / period)
+  return crossed or done == plan.num_steps
+
+
+def _checkpointed(config, plan: RunPlan, done: int) -> bool:
+  return done % (config.checkpoint_every_steps or plan.num_steps) == 0
+
+
+def event_after(config, plan: RunPlan, done: int) -> bool:
+  """Whether update ``done`` (counted from 1) ends with a log, an evaluation or a checkpoint."""
+  return any(f(config, plan, done) for f in (_logged, _evaluated, _checkpointed))
 
 
 def next_batches(batches, length: int, mesh: Mesh, members: bool = False) -> dict[str, jax.Array]:
@@ -262,7 +291,7 @@ def _train_members(
         step = previous = start_step
         # The signal flag is read between calls: every process stops after the same call.
         while step < end_step and not watch.should_stop(previous, step):
-          length = call_length(step, end_step, config.steps_per_call, plan)
+          length = call_length(step, end_step, config, plan)
           call = steps.get(plan.batch_size_at(step), length)
           state, metrics = call(state, next_batches(batches, length, mesh, seeds is not None))
           state = _after_call(loop, state, metrics, step, length, end_step)
@@ -378,22 +407,17 @@ def _after_call(loop: _Loop, state: TrainState, metrics, step: int, length: int,
   config, plan, members = loop.config, loop.plan, loop.members
   done = step + length
   finished = range(step + 1, done + 1)
-  log_steps = [d for d in finished if d % config.log_every_steps == 0 or d == plan.num_steps]
+  log_steps = [d for d in finished if _logged(config, plan, d)]
   if log_steps:
     state = _log_metrics(loop, state, metrics, step, length, log_steps)
-  period = config.eval_every_epochs
-  evaluation_due = any(
-    int(plan.epoch_at(d) / period) > int(plan.epoch_at(d - 1) / period) for d in finished
-  )
-  if evaluation_due or done == plan.num_steps:
+  if any(_evaluated(config, plan, d) for d in finished):
     state = members.check_state(state)
     record = evaluation_record(loop.eval_fn, state, loop.dataset, config, loop.mesh, plan, done)
     head = {"step": record.pop("step"), "epoch": record.pop("epoch")}
     for member, values in members.split(record):
       loop.metrics_log.write({**head, **members.fields(member), **values})
     loop.bar.set_postfix(test_acc=f"{np.mean(record['test_accuracy']):.4f}")
-  checkpoint_every = config.checkpoint_every_steps or plan.num_steps
-  if any(d % checkpoint_every == 0 for d in finished) or done in (plan.num_steps, end_step):
+  if any(_checkpointed(config, plan, d) for d in finished) or done in (plan.num_steps, end_step):
     state = members.check_state(state)
     loop.checkpoints.save(done, state)
     loop.metrics_log.sync()  # the log on disk reaches at least the checkpoint

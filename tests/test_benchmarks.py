@@ -10,6 +10,10 @@ import sys
 
 import pytest
 
+from experiments.benchmarks import population
+from experiments.configs import f1
+from experiments.table1 import rows
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
   "--quick",
@@ -105,3 +109,11 @@ def test_the_checkpoint_part_times_both_ways_and_replaces_only_its_section(tmp_p
   assert "## Other\n\nkept\n" in text and text.endswith("## Last\n\nkept too\n")
   assert "old" not in text and "| save, with checksums |" in text
   assert "Measured by `cmd` (load average 1 -> 2; CPU: c)." in text
+
+
+def test_the_population_part_times_the_call_length_the_table_driver_runs():
+  for _, variant, _, _ in population.CASES:
+    config, dataset = population.row_config(variant)
+    table = rows.variant_config(f1, variant, "quick")
+    rows.schedule_records(table, dataset.num_train)
+    assert config.steps_per_call == table.steps_per_call == 50, variant

@@ -219,6 +219,25 @@ def test_presets_build_each_variant_and_keep_overrides():
   assert (r4.variant, r4.large_batch_size) == ("lb+linear+white", 4 * r4.base_batch_size)
 
 
+def test_rows_scan_whole_logging_intervals_only_where_every_event_falls_on_one():
+  """``rows.whole_calls``: one compiled call length per row, or one update per call."""
+  configs = {v: table1.variant_config(f1, v, "quick") for v in ("sb", "lb", "lb+lr+gbn+ra")}
+  for config in configs.values():
+    table1.schedule_records(config, num_train=8000)
+  # SB and +RA: 5 000 updates, logs every 50, evaluations every 250, checkpoints every 1 000.
+  assert configs["sb"].steps_per_call == configs["lb+lr+gbn+ra"].steps_per_call == 50
+  # 312 updates: logs every 3, evaluations every 15.6 updates (at 16, 32, 47, ...).
+  assert configs["lb"].steps_per_call == 1
+  # A checkpoint inside the interval: the largest length that divides every event step.
+  sb = configs["sb"]
+  sb.checkpoint_every_steps = 125
+  assert rows_lib.whole_calls(sb, training.make_plan(sb, 8000, 1)) == 25
+  # A flag keeps its value.
+  lb = table1.variant_config(f1, "lb", "quick", {"steps_per_call": 4})
+  table1.schedule_records(lb, num_train=8000, overrides={"steps_per_call": 4})
+  assert lb.steps_per_call == 4
+
+
 def test_paper_numbers_on_mnist_given_any_way():
   def data(n_train, n_test, shape, classes=10):
     return types.SimpleNamespace(

@@ -5,8 +5,10 @@ F1 128 x 3 on MNIST-1D), the per-update cost of training P seeds as P single
 runs (P states, each advanced by the row's compiled call, one after another)
 is timed against one population of P members (one state with a member axis,
 one compiled call of ``population.population_train_steps``). Both are the
-calls ``train_and_evaluate`` compiles (``loop.CompiledSteps``) at the row's
-``steps_per_call``, fed host batches through ``put_batch`` as the loop does;
+calls ``train_and_evaluate`` compiles (``loop.CompiledSteps``) at the
+``steps_per_call`` the Table 1 driver gives the row (``rows.whole_calls``:
+SB and +RA scan 50 updates per call), fed host batches through
+``put_batch`` as the loop does;
 compilation, evaluation and the data pipeline's gather are outside the timing.
 The speed-up is the median over interleaved rounds of (P single calls) /
 (one population call).
@@ -24,6 +26,7 @@ from bigbatch_jax.training.plan import make_plan
 from bigbatch_jax.training.setup import set_up_run
 from experiments.benchmarks import timing
 from experiments.benchmarks.report import Section, Target
+from experiments.table1 import rows
 
 # (name, Table 1 row's variant, members, the speed-up target)
 CASES = (
@@ -53,9 +56,16 @@ class _Batches:
     return batch
 
 
-def _case(variant: str, members: int, rounds: int, rng) -> dict:
+def row_config(variant: str):
+  """The default Table 1 row's config, with the periods and call length its driver sets."""
   config = f1.get_config(f"{variant},table1")
   dataset = data_lib.load_data(config)
+  rows.schedule_records(config, dataset.num_train)
+  return config, dataset
+
+
+def _case(variant: str, members: int, rounds: int, rng) -> dict:
+  config, dataset = row_config(variant)
   mesh = parallel.make_mesh(1)
   plan = make_plan(config, dataset.num_train, mesh.size)
   size, length = plan.batch_size, min(config.steps_per_call, plan.num_steps)

@@ -22,6 +22,7 @@ import numpy as np
 
 from bigbatch_jax.configs.common import override
 from bigbatch_jax.training import make_plan, parse_variant
+from bigbatch_jax.training.loop import event_after
 
 # Hoffer Table 1's columns, the convergence check, then the noise remedies
 # (Hoffer sec. 4; Jaiswal & Taura) and the reviewers' questions.
@@ -146,6 +147,9 @@ PRESETS = ("auto", "quick", "full")
 PRESET_OPTIONS = {"quick": "table1", "full": None}
 EVALS_PER_RUN = 20
 LOGS_PER_RUN = 100
+# The most updates of one compiled call (lax.scan) the table asks for: the
+# dispatch saved per update levels off well before this (docs/table1_preset.md).
+MAX_STEPS_PER_CALL = 50
 
 
 def split_row(row: str) -> tuple[str, str | None]:
@@ -244,12 +248,32 @@ def variant_config(
 def schedule_records(
   config: ml_collections.ConfigDict, num_train: int, overrides: Iterable[str] = ()
 ) -> None:
-  """Sets the evaluation and logging periods so that every run has the same resolution."""
+  """Sets the evaluation and logging periods so that every run has the same resolution, and
+  the updates per call (``whole_calls``)."""
   plan = make_plan(config, num_train, num_devices=1)
   if "eval_every_epochs" not in overrides:
     config.eval_every_epochs = plan.regime.epochs / EVALS_PER_RUN
   if "log_every_steps" not in overrides:
     config.log_every_steps = max(1, plan.num_steps // LOGS_PER_RUN)
+  if "steps_per_call" not in overrides:
+    config.steps_per_call = whole_calls(config, plan)
+
+
+def whole_calls(config: ml_collections.ConfigDict, plan) -> int:
+  """The most updates per call (up to ``MAX_STEPS_PER_CALL``) whose multiples hold every event.
+
+  A call ends early at a log, an evaluation or a checkpoint
+  (``bigbatch_jax.training.loop.call_length``), so ``steps_per_call`` changes
+  no record; but each shorter call is one more compiled length. A length
+  that every event step (and the last step) is a multiple of compiles once;
+  a row without one (events at uneven steps) keeps one update per call.
+  """
+  events = [d for d in range(1, plan.num_steps + 1) if event_after(config, plan, d)]
+  events.append(plan.num_steps)
+  for length in range(min(MAX_STEPS_PER_CALL, config.log_every_steps), 1, -1):
+    if all(d % length == 0 for d in events):
+      return length
+  return 1
 
 
 def label(row: str) -> str:

@@ -425,5 +425,11 @@ def _log_metrics(loop: _Loop, state, metrics, step: int, length: int, log_steps:
       record["batch_size"] = plan.batch_size_at(d - 1)
       record["examples_per_sec"] = rate
       loop.metrics_log.write(record)
-  loop.bar.set_postfix(loss=f"{np.mean(values['loss']):.3f}", lr=f"{np.mean(values['lr']):.3g}")
+  loop.bar.set_postfix(loss=f"{np.mean(values['loss']):.3f}", lr=lr_text(values["lr"]))
   return state
+
+
+def lr_text(lrs) -> str:
+  """The progress bar's rate: one value, or a grid population's lowest-highest."""
+  low, high = float(np.min(lrs)), float(np.max(lrs))
+  return f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"

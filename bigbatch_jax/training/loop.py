@@ -127,9 +127,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   plan = make_plan(config, dataset.num_train, mesh.size, jax.process_count(), protocol)
   check_limit_keys(config)
   population = population_of(config, plan, population_lib.member_seeds(config))
-  data_lib.input_pipeline(
-    config, dataset, plan.protocol
-  )  # checks config.augment before any compute
+  # Checks config.augment against the data before any compute.
+  data_lib.input_pipeline(config, dataset, plan.protocol)
   if config.eval_batch_size % mesh.size:
     raise ValueError(
       f"config.eval_batch_size={config.eval_batch_size} is not divisible by {mesh.size} devices"
@@ -430,5 +429,11 @@ def _log_metrics(loop: _Loop, state, metrics, step: int, length: int, log_steps:
       record["batch_size"] = plan.batch_size_at(d - 1)
       record["examples_per_sec"] = rate
       loop.metrics_log.write(record)
-  loop.bar.set_postfix(loss=f"{np.mean(values['loss']):.3f}", lr=f"{np.mean(values['lr']):.3g}")
+  loop.bar.set_postfix(loss=f"{np.mean(values['loss']):.3f}", lr=lr_text(values["lr"]))
   return state
+
+
+def lr_text(lrs) -> str:
+  """The progress bar's rate: one value, or a grid population's lowest-highest."""
+  low, high = float(np.min(lrs)), float(np.max(lrs))
+  return f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"

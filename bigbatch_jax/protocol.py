@@ -68,6 +68,8 @@ class RunKind:
     optimizer: the variant's optimizer ("sgd", "lars" or "lamb").
     momentum: the regime's momentum.
     grow_batch: the variant grows the batch (Smith et al.).
+    ghost_noise: the variant normalizes with Ghost Noise Injection (no
+      bigBatch script runs it).
     data: the dataset's name, or None when the question is not about it.
     input_shape: one example's shape.
     pixel_mean: the data carry a pixel mean (uint8 images).
@@ -79,6 +81,7 @@ class RunKind:
   optimizer: str = "sgd"
   momentum: float = 0.0
   grow_batch: bool = False
+  ghost_noise: bool = False
   data: str | None = None
   input_shape: tuple[int, ...] = ()
   pixel_mean: bool = False
@@ -95,6 +98,7 @@ class RunKind:
         optimizer=variant.optimizer,
         momentum=momentum,
         grow_batch=variant.grow_batch,
+        ghost_noise=variant.ghost_noise,
       )
     if dataset is not None:
       parts.update(
@@ -114,7 +118,7 @@ def _without_momentum(run: RunKind) -> str | None:
 
 
 def _not_a_script_variant(run: RunKind) -> str | None:
-  if run.grow_batch or run.optimizer != "sgd":
+  if run.grow_batch or run.ghost_noise or run.optimizer != "sgd":
     return f"variant {run.variant!r} is not one of them"
   return None
 
@@ -122,6 +126,12 @@ def _not_a_script_variant(run: RunKind) -> str | None:
 def _growing_batch(run: RunKind) -> str | None:
   if run.grow_batch:
     return f"variant {run.variant!r} grows the batch (not supported together)"
+  return None
+
+
+def _ghost_noise(run: RunKind) -> str | None:
+  if run.ghost_noise:
+    return f"variant {run.variant!r} normalizes with Ghost Noise Injection (biased variance)"
   return None
 
 
@@ -226,7 +236,9 @@ PROTOCOL_ITEMS = (
     "unbiased_running_variance",
     "keeps PyTorch's unbiased running variance in batch norm",
     (False, True, False),
-    "batch norm",
+    "batch norm, Ghost BN (not Ghost Noise Injection, which keeps flax's biased one)",
+    "variant",
+    _ghost_noise,
   ),
   ProtocolItem(
     "reference_mnist_normalize",

@@ -286,6 +286,22 @@ def test_the_items_table_decides_where_each_item_applies():
     reference.applies("augment", sgd)
 
 
+def test_the_reference_leaves_ghost_noise_its_own_column_and_variance():
+  config = f1.get_config("lb+lr+gni,quick")
+  config.protocol = "reference"
+  plan = plan_lib.make_plan(config, 8000, num_devices=1)
+  assert plan.script_command == "" and plan.ghost_batch_size == plan.base_batch_size
+  assert plan.running_variance == "biased"  # GNI keeps flax's biased running variance
+  for key, words in (
+    ("script_columns", "is not one of them"),
+    ("unbiased_running_variance", "Ghost Noise"),
+  ):
+    explicit = config.copy_and_resolve_references()
+    explicit[key] = True
+    with pytest.raises(ValueError, match=rf"config\.{key} .*variant 'lb\+lr\+gni' .*{words}"):
+      plan_lib.make_plan(explicit, 8000, num_devices=1)
+
+
 def test_a_run_resolves_its_protocol_once(tmp_path, monkeypatch):
   original, calls = protocol_lib.resolve_protocol, []
 

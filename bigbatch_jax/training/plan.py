@@ -117,7 +117,9 @@ def make_plan(
     lars_trust_coefficient=_lars_trust_coefficient(config),
     bn_scale_uniform=protocol.bn_scale_uniform,
     partial_last_batch=partial,
-    running_variance="unbiased" if protocol.unbiased_running_variance else "biased",
+    running_variance=(
+      "unbiased" if protocol.applies("unbiased_running_variance", run) else "biased"
+    ),
     script_command=column.command if column else "",
     protocol=protocol,
   )

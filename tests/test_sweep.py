@@ -102,10 +102,12 @@ def test_b_simple_is_measured_along_the_b_s_run_itself_at_each_epoch(tmp_path):
   with open(os.path.join(run, "summary.json")) as f:
     assert json.load(f)["finished"] is True
 
-  # Resumed: nothing trains again; an epoch whose checkpoint is gone is refused, naming it.
+  # Resumed: nothing trains or is measured again; an epoch whose checkpoint is gone is
+  # refused, naming it.
   calls.clear()
-  assert noise.measure_along("sb_b16", config, workdir, 0, EPOCHS, counting(calls), print) == record
-  assert calls == []
+  lines = []
+  resumed = noise.measure_along("sb_b16", config, workdir, 0, EPOCHS, counting(calls), lines.append)
+  assert resumed == record and calls == [] and lines == []
   with pytest.raises(ValueError, match=r"trained past update 3 \(epoch 0\.1\)"):
     noise.measure_along("sb_b16", config, workdir, 0, [0.1, 1.0], counting(calls), print)
 

@@ -74,15 +74,14 @@ def _recorded(path: str, directory: str, b_small: int) -> list[dict]:
   return list(cached["along"])
 
 
-def _latest_step(directory: str) -> int | None:
+def _kept_steps(directory: str) -> list[int]:
   if not os.path.isdir(os.path.join(directory, "checkpoints")):
-    return None
+    return []
   checkpointer = Checkpointer(os.path.join(directory, "checkpoints"))
   try:
-    steps = checkpointer.all_steps()
+    return list(checkpointer.all_steps())
   finally:
     checkpointer.close()
-  return steps[-1] if steps else None
 
 
 def measure_along(
@@ -114,17 +113,17 @@ def measure_along(
   for epoch, step in zip(epochs, steps, strict=True):
     if step in done:
       continue
-    latest = _latest_step(directory)
-    if finished(directory) and step == num_steps:
-      pass  # the finished run's last checkpoint is the step
-    elif latest is not None and latest > step:
+    kept = _kept_steps(directory)
+    if step in kept:
+      pass  # trained to there already (a stop before the measurement, or a finished run)
+    elif finished(directory) or (kept and kept[-1] > step):
       raise ValueError(
         f"{directory} is trained past update {step} (epoch {epoch:g}) and its checkpoint there is "
         f"gone, so B_simple cannot be measured there; delete {directory} and rerun"
       )
     elif step == num_steps:
       run_all({row: config}, [seed], workdir, train_fn, echo)
-    elif latest != step:
+    else:
       echo(f"{row} seed {seed}: training to epoch {epoch:g} (update {step}) to measure B_simple")
       staged = single.copy_and_resolve_references()
       staged.stop_after_steps = step

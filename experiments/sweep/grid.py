@@ -24,8 +24,8 @@ PLAIN = "lb"
 TUNED = "lb+lr tuned"  # the tuned curve's name in sweep.json and the figure
 TUNED_VARIANT = "lb+lr"
 EVALS_PER_RUN = 4
-# Sizes per preset: "default" is the README's figure (13 min on two loaded CPU
-# cores, 6 min of CPU time; see README); "tiny" is the tests' end-to-end run.
+# Sizes per preset: "default" is docs/sweep.md's figure (its time is measured
+# there); "tiny" is the tests' end-to-end run, seconds per run.
 PRESETS: dict[str, dict[str, Any]] = {
   "default": {
     "batch_sizes": (32, 64, 128, 256, 512, 1024, 2048, 4096),

@@ -310,6 +310,8 @@ def test_signal_stops_the_driver_and_a_rerun_continues(tmp_path):
     command(tmp_path, *flags), cwd=REPO, capture_output=True, text=True, timeout=300
   )
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-  assert "[1/3] sb_b16 seed 0: done before, skipped" in again.stdout
-  assert again.stdout.count("B_simple = ") == 2
+  # Each epoch's B_simple is measured once, before the stop or after it.
+  assert ("".join(out) + rest + again.stdout).count("B_simple = ") == 2
+  with open(tmp_path / "noise_scale.json") as f:
+    assert [r["step"] for r in json.load(f)["along"]] == [15, 30]
   assert (tmp_path / "sweep.json").exists()

@@ -32,53 +32,245 @@ batch), which matched Hoffer et al.'s MNIST numbers on one or two seeds.
 Where the source is ambiguous the reference protocol takes what the script
 does; each item is also a config key of its own (None: the protocol's
 default), so the alternatives are one switch away.
+
+The items are data: :data:`PROTOCOL_ITEMS`, one :class:`ProtocolItem` each
+(key, what it changes, defaults per protocol, where it applies).
+:func:`resolve_protocol` reads them with the config once per run into a
+:class:`Protocol`, which the plan carries; ``Protocol.applies(key, run)``
+answers whether an item is in effect for a run (:class:`RunKind`: its
+variant, its data). The data side of items 2 and 7 is
+:mod:`bigbatch_jax.data.reference_mnist`, which imports this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
+from collections.abc import Callable
 
 import ml_collections
-import numpy as np
 
 from bigbatch_jax.reference_columns import MAIN_NORMAL_BATCH_SIZE, ScriptColumn, script_column
 
 PROTOCOLS = ("clean", "reference", "reference-fitted")
 
-# config key -> (clean, reference, reference-fitted) default
-_ARTEFACT_DEFAULTS = {
-  "momentum_restart": (False, True, True),
-  "reference_mnist_augment": (False, True, True),
-  "bn_scale_uniform": (False, True, False),
-  "script_columns": (False, True, False),
-  "main_normal_lr": (False, False, True),
-  "partial_last_batch": (False, True, False),
-  "unbiased_running_variance": (False, True, False),
-  "reference_mnist_normalize": (False, True, False),
-}
-ARTEFACT_KEYS = tuple(_ARTEFACT_DEFAULTS)
+
+@dataclasses.dataclass(frozen=True)
+class RunKind:
+  """What a run is, as far as where a protocol item applies: its variant and its data.
+
+  ``variant`` and ``data`` also say which half is known: the plan asks about
+  the variant before any data are read, the data path about the data; an item
+  asked about a half that is None is a programming error.
+
+  Attributes:
+    variant: the variant's name, or None when the question is not about it.
+    optimizer: the variant's optimizer ("sgd", "lars" or "lamb").
+    momentum: the regime's momentum.
+    grow_batch: the variant grows the batch (Smith et al.).
+    ghost_noise: the variant normalizes with Ghost Noise Injection (no
+      bigBatch script runs it).
+    data: the dataset's name, or None when the question is not about it.
+    input_shape: one example's shape.
+    pixel_mean: the data carry a pixel mean (uint8 images).
+    pixel_std: the data carry a pixel standard deviation.
+    in_memory: the dataset is a dataclass whose normalisation can be replaced.
+  """
+
+  variant: str | None = None
+  optimizer: str = "sgd"
+  momentum: float = 0.0
+  grow_batch: bool = False
+  ghost_noise: bool = False
+  data: str | None = None
+  input_shape: tuple[int, ...] = ()
+  pixel_mean: bool = False
+  pixel_std: bool = False
+  in_memory: bool = False
+
+  @classmethod
+  def of(cls, variant=None, momentum: float = 0.0, dataset=None) -> RunKind:
+    """The kind of a run of ``variant`` (a parsed ``Variant``) at ``momentum`` on ``dataset``."""
+    parts = {}
+    if variant is not None:
+      parts.update(
+        variant=variant.name,
+        optimizer=variant.optimizer,
+        momentum=momentum,
+        grow_batch=variant.grow_batch,
+        ghost_noise=variant.ghost_noise,
+      )
+    if dataset is not None:
+      parts.update(
+        data=dataset.name,
+        input_shape=tuple(getattr(dataset, "input_shape", ())),
+        pixel_mean=getattr(dataset, "mean", None) is not None,
+        pixel_std=getattr(dataset, "std", None) is not None,
+        in_memory=dataclasses.is_dataclass(dataset),
+      )
+    return cls(**parts)
+
+
+def _without_momentum(run: RunKind) -> str | None:
+  if run.optimizer == "lamb" or not run.momentum:
+    return f"this run has none (optimizer {run.optimizer!r}, momentum {run.momentum})"
+  return None
+
+
+def _not_a_script_variant(run: RunKind) -> str | None:
+  if run.grow_batch or run.ghost_noise or run.optimizer != "sgd":
+    return f"variant {run.variant!r} is not one of them"
+  return None
+
+
+def _growing_batch(run: RunKind) -> str | None:
+  if run.grow_batch:
+    return f"variant {run.variant!r} grows the batch (not supported together)"
+  return None
+
+
+def _ghost_noise(run: RunKind) -> str | None:
+  if run.ghost_noise:
+    return f"variant {run.variant!r} normalizes with Ghost Noise Injection (biased variance)"
+  return None
+
+
+def _not_images(run: RunKind) -> str | None:
+  if run.pixel_mean and run.pixel_std and len(run.input_shape) == 3:
+    return None
+  return (
+    f"{run.data} has examples of shape {run.input_shape}: not in-memory images with a pixel "
+    "normalisation (such as tfds:mnist)"
+  )
+
+
+def _not_grey_images(run: RunKind) -> str | None:
+  shape = run.input_shape
+  grey = len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1)
+  if run.pixel_mean and grey and run.in_memory:
+    return None
+  missing = "" if run.pixel_mean else " without a pixel normalisation"
+  return f"{run.data} has examples of shape {shape}{missing}: not one-channel in-memory images"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolItem:
+  """One artefact of the reference code: its config key, its defaults and where it applies.
+
+  Attributes:
+    key: the config key (None there: the protocol's default) and the
+      :class:`Protocol` field.
+    changes: what it changes, in words (the start of its error messages).
+    defaults: on or off under each of ``PROTOCOLS``, in that order.
+    where: where it applies, in words.
+    reads: the half of :class:`RunKind` its rule reads ("variant" or "data"),
+      or "" when it applies to every run.
+    not_applicable: ``RunKind -> reason or None``: why it does not apply.
+  """
+
+  key: str
+  changes: str
+  defaults: tuple[bool, bool, bool]
+  where: str
+  reads: str = ""
+  not_applicable: Callable[[RunKind], str | None] | None = None
+
+  def default(self, protocol: str) -> bool:
+    return self.defaults[PROTOCOLS.index(protocol)]
+
+  def reason_not_applied(self, run: RunKind) -> str | None:
+    """Why the item does not apply to ``run``, or None when it does."""
+    if self.not_applicable is None:
+      return None
+    if getattr(run, self.reads) is None:
+      raise ValueError(
+        f"protocol item {self.key!r} applies by the run's {self.reads}, which {run} lacks"
+      )
+    return self.not_applicable(run)
+
+
+# The items in their numbered order (the module docstring), main_normal_lr after item 4.
+PROTOCOL_ITEMS = (
+  ProtocolItem(
+    "momentum_restart",
+    "zeroes the SGD (or LARS) momentum every epoch",
+    (False, True, True),
+    "runs with SGD or LARS momentum",
+    "variant",
+    _without_momentum,
+  ),
+  ProtocolItem(
+    "reference_mnist_augment",
+    "pads images with black, crops and flips them",
+    (False, True, True),
+    "in-memory images with a pixel normalisation",
+    "data",
+    _not_images,
+  ),
+  ProtocolItem(
+    "bn_scale_uniform", "starts batch-norm scales U(0, 1)", (False, True, False), "batch norm"
+  ),
+  ProtocolItem(
+    "script_columns",
+    "runs each column with a bigBatch script (momentum SGD at one batch size)",
+    (False, True, False),
+    "momentum-SGD variants at one batch size (no LARS, LAMB or growing batch)",
+    "variant",
+    _not_a_script_variant,
+  ),
+  ProtocolItem(
+    "main_normal_lr",
+    "scales the lr by (B / 256)**p and stretches the regime by ceil(B / 256)",
+    (False, False, True),
+    "every run (it changes those whose lr is scaled or regime adapted)",
+  ),
+  ProtocolItem(
+    "partial_last_batch",
+    "keeps each epoch's last partial batch at one batch size",
+    (False, True, False),
+    "variants at one batch size (no growing batch)",
+    "variant",
+    _growing_batch,
+  ),
+  ProtocolItem(
+    "unbiased_running_variance",
+    "keeps PyTorch's unbiased running variance in batch norm",
+    (False, True, False),
+    "batch norm, Ghost BN (not Ghost Noise Injection, which keeps flax's biased one)",
+    "variant",
+    _ghost_noise,
+  ),
+  ProtocolItem(
+    "reference_mnist_normalize",
+    "normalises one-channel uint8 images held in memory (MNIST) with mean 0.5 and std 0.5",
+    (False, True, False),
+    "one-channel in-memory images with a pixel normalisation",
+    "data",
+    _not_grey_images,
+  ),
+)
+ITEMS = {item.key: item for item in PROTOCOL_ITEMS}
+ARTEFACT_KEYS = tuple(ITEMS)
 
 
 def protocol_items(name: str) -> tuple[str, ...]:
   """The artefact keys protocol ``name`` switches on."""
   if name not in PROTOCOLS:
     raise ValueError(f"protocol {name!r}; valid: {PROTOCOLS}")
-  index = PROTOCOLS.index(name)
-  return tuple(key for key, defaults in _ARTEFACT_DEFAULTS.items() if defaults[index])
+  return tuple(item.key for item in PROTOCOL_ITEMS if item.default(name))
 
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-  """The artefacts of the reference code a run reproduces.
+  """The artefacts of the reference code a run reproduces, resolved once per run.
+
+  Each artefact field is on or off; :meth:`applies` says whether it is in
+  effect for a given run (:data:`PROTOCOL_ITEMS` says where each applies).
 
   Attributes:
     name: one of ``PROTOCOLS``.
     momentum_restart: zero the SGD momentum at each epoch's first update.
-    reference_mnist_augment: pad 2 with black, crop and flip image data; with
-      the reference protocols only where the data are in-memory images
-      (``mnist_augment_explicit`` says whether the config asked for it).
+    reference_mnist_augment: pad 2 with black, crop and flip image data.
     bn_scale_uniform: batch-norm scales start U(0, 1).
     script_columns: each column's batch size, ghost size, lr rule and regime
       stretch are its script's (:func:`bigbatch_jax.reference_columns.script_column`).
@@ -90,17 +282,9 @@ class Protocol:
       unbiased one.
     reference_mnist_normalize: in-memory one-channel uint8 images are
       normalised with mean 0.5 and std 0.5.
-    mnist_augment_explicit: ``reference_mnist_augment`` was set in the config.
-    momentum_restart_explicit: ``momentum_restart`` was set in the config (the
-      reference protocols skip runs without SGD momentum, e.g. LAMB; asking
-      for it explicitly there is an error).
-    mnist_normalize_explicit: ``reference_mnist_normalize`` was set in the config.
-    script_columns_explicit: ``script_columns`` was set in the config (the
-      reference protocol leaves variants no script runs, e.g. LAMB or a
-      growing batch, to the config's own rule; asking for it there is an error).
-    partial_last_batch_explicit: ``partial_last_batch`` was set in the config
-      (the reference protocol keeps a growing batch's epochs whole; asking for
-      both is an error).
+    explicit: the artefact keys set in the config (not None). A protocol's
+      default skips runs where its item does not apply; an item asked for
+      explicitly there is an error.
   """
 
   name: str
@@ -112,11 +296,24 @@ class Protocol:
   script_columns: bool = False
   unbiased_running_variance: bool = False
   reference_mnist_normalize: bool = False
-  mnist_augment_explicit: bool = False
-  momentum_restart_explicit: bool = False
-  mnist_normalize_explicit: bool = False
-  script_columns_explicit: bool = False
-  partial_last_batch_explicit: bool = False
+  explicit: frozenset[str] = frozenset()
+
+  def applies(self, key: str, run: RunKind) -> bool:
+    """Whether item ``key`` is in effect for ``run``: on, and where it applies.
+
+    Raises:
+      ValueError: the item was set explicitly and does not apply to ``run``.
+    """
+    if key not in ITEMS:
+      raise ValueError(f"no protocol item {key!r}; valid: {', '.join(ARTEFACT_KEYS)}")
+    if not getattr(self, key):
+      return False
+    reason = ITEMS[key].reason_not_applied(run)
+    if reason is None:
+      return True
+    if key in self.explicit:
+      raise ValueError(f"config.{key} {ITEMS[key].changes}; {reason}: set config.{key}=False")
+    return False  # the protocol's default: the item skips this run
 
   def lr_base_batch_size(self, base_batch_size: int) -> int:
     """The batch size the learning-rate rule divides by: B_S, or 256 (main_normal.py)."""
@@ -132,6 +329,9 @@ class Protocol:
 def resolve_protocol(config: ml_collections.ConfigDict) -> Protocol:
   """The run's protocol: ``config.protocol``'s defaults, overridden by set artefact keys.
 
+  A run resolves it once (``make_plan`` puts it on the plan; the data path
+  receives it).
+
   Args:
     config: a run config with ``protocol`` and the keys of each artefact.
 
@@ -141,28 +341,22 @@ def resolve_protocol(config: ml_collections.ConfigDict) -> Protocol:
   name = config.protocol
   if name not in PROTOCOLS:
     raise ValueError(f"config.protocol={name!r}; valid: {PROTOCOLS}")
-  index = PROTOCOLS.index(name)
   values = {}
-  for key, defaults in _ARTEFACT_DEFAULTS.items():
-    value = config[key]
+  for item in PROTOCOL_ITEMS:
+    value = config[item.key]
     if value is not None and not isinstance(value, bool):
-      raise ValueError(f"config.{key} must be True, False or None (the protocol's), got {value!r}")
-    values[key] = defaults[index] if value is None else value
+      raise ValueError(
+        f"config.{item.key} must be True, False or None (the protocol's), got {value!r}"
+      )
+    values[item.key] = item.default(name) if value is None else value
   if values["script_columns"] and values["main_normal_lr"]:
     raise ValueError(
       "config.script_columns (each column's script, batch size and lr rule) and "
       "config.main_normal_lr (main_normal.py's rule on every column) are two lr rules; "
       f"protocol {name!r} with these keys sets both: set one of them to False"
     )
-  return Protocol(
-    name=name,
-    mnist_augment_explicit=config.reference_mnist_augment is not None,
-    momentum_restart_explicit=config.momentum_restart is not None,
-    mnist_normalize_explicit=config.reference_mnist_normalize is not None,
-    script_columns_explicit=config.script_columns is not None,
-    partial_last_batch_explicit=config.partial_last_batch is not None,
-    **values,
-  )
+  explicit = frozenset(key for key in ARTEFACT_KEYS if config[key] is not None)
+  return Protocol(name=name, explicit=explicit, **values)
 
 
 def column_of(
@@ -181,16 +375,8 @@ def column_of(
     sizes, or None (also, by the protocol's default, for a variant no script
     runs: a growing batch, LARS or LAMB).
   """
-  if not protocol.script_columns:
+  if not protocol.applies("script_columns", RunKind.of(variant)):
     return None
-  if variant.grow_batch or variant.optimizer != "sgd":
-    if not protocol.script_columns_explicit:
-      return None  # the reference protocol's default: no script runs this variant
-    raise ValueError(
-      f"config.script_columns runs each column with a bigBatch script (momentum SGD at one "
-      f"batch size); variant {variant.name!r} is not one of them: set "
-      "config.script_columns=False"
-    )
   return script_column(
     config.model,
     variant.name,
@@ -203,79 +389,3 @@ def column_of(
     regime_adaptation=variant.regime_adaptation,
     ghost_batch_size=config.ghost_batch_size,
   )
-
-
-def reference_mnist_augmentation(protocol: Protocol, dataset, augment: str):
-  """The reference MNIST augmentation for ``dataset``, or None where it does not apply.
-
-  It applies to in-memory images (examples (H, W, C) stored as uint8 with
-  their normalisation): the padding is the black pixel in the dataset's
-  normalised units (:func:`bigbatch_jax.data.augment.black_pixel`). The
-  "reference" protocol skips other data (MNIST-1D, synthetic vectors); asking
-  for it explicitly there, or together with another ``config.augment``, is an
-  error.
-
-  Args:
-    protocol: the run's protocol.
-    dataset: the training data (``mean``, ``std`` and ``input_shape`` are read).
-    augment: ``config.augment``.
-
-  Returns:
-    A batch augmentation ``(x, rng) -> x``, or None.
-  """
-  # Imported here: bigbatch_jax.data's run_data imports this module.
-  from bigbatch_jax.data import augment as augment_lib
-
-  if not protocol.reference_mnist_augment:
-    return None
-  mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
-  shape = tuple(getattr(dataset, "input_shape", ()))
-  applies = mean is not None and std is not None and len(shape) == 3
-  if not applies:
-    if protocol.mnist_augment_explicit:
-      raise ValueError(
-        f"config.reference_mnist_augment pads images with black; {dataset.name} has examples "
-        f"of shape {shape} without a pixel normalisation (use in-memory image data such as "
-        "tfds:mnist)"
-      )
-    return None
-  if augment != "none":
-    raise ValueError(
-      f"config.augment={augment!r} and the reference MNIST augmentation both augment the "
-      "training batch; set config.augment='none' or config.reference_mnist_augment=False"
-    )
-  fill = augment_lib.black_pixel(mean, std)
-  return functools.partial(augment_lib.reference_mnist_augment, fill=fill)
-
-
-def reference_mnist_normalization(protocol: Protocol, dataset):
-  """``dataset`` normalised with mean 0.5 and std 0.5 where item 7 applies, else ``dataset``.
-
-  The reference normalises MNIST with ``Normalize(0.5, 0.5)`` whatever the
-  route; here it applies to in-memory uint8 images of one channel (shape
-  (H, W) or (H, W, 1)), e.g. an npz of MNIST, which otherwise carries its own
-  mean and std. The reference protocol skips other data (MNIST-1D, colour
-  images, streamed data); asking for it explicitly there is an error.
-
-  Args:
-    protocol: the run's protocol.
-    dataset: the loaded dataset (``ArrayDataset`` or a streamed one).
-
-  Returns:
-    The dataset, with its ``mean`` and ``std`` replaced where the item applies.
-  """
-  if not protocol.reference_mnist_normalize:
-    return dataset
-  mean = getattr(dataset, "mean", None)
-  shape = tuple(getattr(dataset, "input_shape", ()))
-  grey = len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1)
-  if mean is None or not grey or not dataclasses.is_dataclass(dataset):
-    if protocol.mnist_normalize_explicit:
-      raise ValueError(
-        f"config.reference_mnist_normalize normalises one-channel uint8 images held in memory "
-        f"(MNIST) with mean 0.5 and std 0.5; {dataset.name} has examples of shape {shape}"
-        f"{'' if mean is not None else ' without a pixel normalisation'}: set it to False"
-      )
-    return dataset
-  half = np.full_like(np.asarray(mean, np.float32), 0.5)
-  return dataclasses.replace(dataset, mean=half, std=half)

@@ -11,6 +11,7 @@ from scipy import stats
 
 from bigbatch_jax import protocol as protocol_lib
 from bigbatch_jax.data import ArrayDataset, load_data
+from bigbatch_jax.data.reference_mnist import reference_mnist_augmentation
 from bigbatch_jax.training import Checkpointer, make_plan
 from experiments.configs import f1
 from experiments.table1 import ablation, rows
@@ -215,9 +216,9 @@ def test_fitted_protocol_builds_the_papers_rows_without_training():
   assert plans["sb@2x"].regime.epochs == 2 * plans["sb"].regime.epochs
   # The augmentation applies on MNIST-shaped images only, not on MNIST-1D.
   protocol = protocol_lib.resolve_protocol(configs["sb"])
-  assert protocol_lib.reference_mnist_augmentation(protocol, _mnist_shaped(), "none") is not None
+  assert reference_mnist_augmentation(protocol, _mnist_shaped(), "none") is not None
   vectors = load_data(rows.variant_config(f1, "sb", "quick", TINY))
-  assert protocol_lib.reference_mnist_augmentation(protocol, vectors, "none") is None
+  assert reference_mnist_augmentation(protocol, vectors, "none") is None
   assert not any(plans[r].bn_scale_uniform for r in plans)  # item 3 is not in the fitted one
   with pytest.raises(ValueError, match=r"--protocol=reference and --config.protocol=clean"):
     with_protocol({"protocol": "clean"}, "reference")

@@ -14,9 +14,10 @@ import pytest
 
 from bigbatch_jax.diagnostics import scale_invariance
 from bigbatch_jax.training import make_plan, population_grid
+from bigbatch_jax.training.loss import cross_entropy, eval_logits
 from bigbatch_jax.training.plan import lr_schedule
 from bigbatch_jax.training.setup import build_model, norm_layer
-from experiments.analyze.compute import regime_update_fn
+from experiments.analyze.compute import regime_update_fn, update_lr
 from experiments.configs import f1
 from experiments.table1.rows import variant_config
 
@@ -117,3 +118,25 @@ def test_training_mode_normalizes_each_update_with_its_ghost_batches():
   whole, ghosts = update(plan_bn, model_bn), update(plan_gbn, model_gbn)
   assert not np.allclose(whole, update(plan_bn, None), rtol=1e-3)  # training mode is used
   assert not np.allclose(ghosts, whole, rtol=1e-3)  # and each row's own normalization
+
+
+def test_a_warmup_row_is_measured_at_the_rate_its_warmup_reaches():
+  plan, _, model = _row("lb+linear+warmup")
+  params, stats, batch = _start(model, plan.batch_size)
+  reached = float(lr_schedule(plan)(plan.warmup_steps))
+  assert plan.warmup_steps > 0 and reached > 2 * float(lr_schedule(plan)(0))
+  assert update_lr(plan) == pytest.approx(reached)
+  update = jax.jit(regime_update_fn(plan, model, stats))(params, batch, jax.random.key(0))
+  grads = jax.grad(lambda p: cross_entropy(eval_logits(model, p, stats, batch["x"]), batch["y"]))(
+    params
+  )
+  for u, g in zip(jax.tree.leaves(update), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(u, -reached * g, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("row", ["lb+lars", "lb+lamb"])
+def test_a_trust_ratio_row_has_no_sgd_update_to_measure(row):
+  plan, _, model = _row(row)
+  _, stats, _ = _start(model, 8)
+  with pytest.raises(ValueError, match="trust ratio"):
+    regime_update_fn(plan, model, stats)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bigbatch_jax import training
+from bigbatch_jax.training import loop as loop_lib
 from bigbatch_jax.training import members as members_lib
 from bigbatch_jax.training import population, population_grid
 from experiments.configs import common, default
@@ -340,3 +341,8 @@ def test_a_stopped_grid_population_resumes_to_the_uninterrupted_state(tmp_path):
   assert [r["hyperparameters"] for r in _records(resumed) if "loss" in r] == [
     r["hyperparameters"] for r in _records(str(tmp_path / "whole")) if "loss" in r
   ]
+
+
+def test_the_progress_bar_shows_a_grids_range_of_rates():
+  assert loop_lib.lr_text(np.array([0.1, 0.1, 0.1])) == "0.1"
+  assert loop_lib.lr_text(np.array([0.025, 0.4, 0.1, 0.025])) == "0.025-0.4"

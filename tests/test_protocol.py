@@ -1,6 +1,8 @@
 """The bigBatch reference code's protocol artefacts against closed forms."""
 
 import functools
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,13 +13,16 @@ import pytest
 from bigbatch_jax import data, regimes, training
 from bigbatch_jax import protocol as protocol_lib
 from bigbatch_jax.data import augment
+from bigbatch_jax.data.reference_mnist import reference_mnist_augmentation
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
 from bigbatch_jax.models import layers
 from bigbatch_jax.training import optimizer, setup
 from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.training.variants import parse_variant
 from bigbatch_jax.transforms import restart_momentum_at, scale_by_batch_size
 from experiments.configs import f1
 from tests.test_training import _final_params, tiny_config
+from tests.tiny_run import REPO
 
 LR, MOMENTUM, WD = 0.1, 0.9, 1e-2
 
@@ -179,7 +184,7 @@ def _protocol_config(protocol="clean", **keys):
   import ml_collections
 
   config = ml_collections.ConfigDict(
-    {"protocol": protocol, **{k: None for k in protocol_lib._ARTEFACT_DEFAULTS}}
+    {"protocol": protocol, **{k: None for k in protocol_lib.ARTEFACT_KEYS}}
   )
   config.update(keys)
   return config
@@ -191,10 +196,11 @@ def test_protocols_switch_their_artefacts():
   reference = protocol_lib.resolve_protocol(_protocol_config("reference-fitted"))
   assert reference.momentum_restart and reference.reference_mnist_augment
   assert reference.main_normal_lr and not reference.bn_scale_uniform
-  assert not reference.mnist_augment_explicit
+  assert reference.explicit == frozenset()
   # Each artefact alone, on either protocol.
   alone = protocol_lib.resolve_protocol(_protocol_config("clean", bn_scale_uniform=True))
   assert alone.bn_scale_uniform and not alone.momentum_restart
+  assert alone.explicit == {"bn_scale_uniform"}
   off = protocol_lib.resolve_protocol(_protocol_config("reference-fitted", momentum_restart=False))
   assert not off.momentum_restart and off.main_normal_lr
 
@@ -228,19 +234,100 @@ class _Vectors:
 
 def test_reference_mnist_augmentation_applies_to_images_only():
   reference = protocol_lib.resolve_protocol(_protocol_config("reference"))
-  fn = protocol_lib.reference_mnist_augmentation(reference, _Images(), "none")
+  fn = reference_mnist_augmentation(reference, _Images(), "none")
   x = np.full((4, 28, 28, 1), 3.0, np.float32)
   out = fn(x, np.random.default_rng(0))
   black = np.float32(-0.1307) / np.float32(0.3081)
   assert set(np.unique(out).tolist()) == {3.0, float(black)}
-  assert protocol_lib.reference_mnist_augmentation(reference, _Vectors(), "none") is None
+  assert reference_mnist_augmentation(reference, _Vectors(), "none") is None
   clean = protocol_lib.resolve_protocol(_protocol_config("clean"))
-  assert protocol_lib.reference_mnist_augmentation(clean, _Images(), "none") is None
+  assert reference_mnist_augmentation(clean, _Images(), "none") is None
   explicit = protocol_lib.resolve_protocol(_protocol_config(reference_mnist_augment=True))
   with pytest.raises(ValueError, match=r"mnist1d has examples of shape \(40,\)"):
-    protocol_lib.reference_mnist_augmentation(explicit, _Vectors(), "none")
+    reference_mnist_augmentation(explicit, _Vectors(), "none")
   with pytest.raises(ValueError, match=r"config\.augment='cifar' and the reference MNIST"):
-    protocol_lib.reference_mnist_augmentation(reference, _Images(), "cifar")
+    reference_mnist_augmentation(reference, _Images(), "cifar")
+
+
+def test_the_items_table_decides_where_each_item_applies():
+  # The protocols' item sets are the table's defaults.
+  for name in protocol_lib.PROTOCOLS:
+    on = tuple(i.key for i in protocol_lib.PROTOCOL_ITEMS if i.default(name))
+    assert protocol_lib.protocol_items(name) == on
+  lamb = protocol_lib.RunKind.of(parse_variant("lb+lamb"), 0.9)
+  grow = protocol_lib.RunKind.of(parse_variant("lb+grow"), 0.9)
+  sgd = protocol_lib.RunKind.of(parse_variant("lb+lr"), 0.9)
+  reference = protocol_lib.resolve_protocol(_protocol_config("reference"))
+  clean = protocol_lib.resolve_protocol(_protocol_config("clean"))
+  for key, skipped in (("momentum_restart", lamb), ("script_columns", lamb)):
+    assert reference.applies(key, sgd) and not clean.applies(key, sgd)
+    # The protocol's default skips a run it does not apply to; asked for, it is an error.
+    assert not reference.applies(key, skipped)
+    explicit = protocol_lib.resolve_protocol(_protocol_config("clean", **{key: True}))
+    with pytest.raises(ValueError, match=rf"config\.{key} .*variant|config\.{key} .*none"):
+      explicit.applies(key, skipped)
+  assert not reference.applies("partial_last_batch", grow) and reference.applies(
+    "script_columns", sgd
+  )
+  images, vectors = (
+    protocol_lib.RunKind.of(dataset=_Images()),
+    protocol_lib.RunKind.of(dataset=_Vectors()),
+  )
+  assert reference.applies("reference_mnist_augment", images)
+  assert not reference.applies("reference_mnist_augment", vectors)
+  assert not reference.applies(
+    "reference_mnist_normalize", images
+  )  # not a dataclass: not in memory
+  # Items without a rule apply to every run; a rule asked about the wrong half is refused.
+  assert reference.applies("bn_scale_uniform", protocol_lib.RunKind())
+  with pytest.raises(ValueError, match=r"applies by the run's data"):
+    reference.applies("reference_mnist_augment", sgd)
+  with pytest.raises(ValueError, match=r"no protocol item 'augment'; valid: momentum_restart"):
+    reference.applies("augment", sgd)
+
+
+def test_the_reference_leaves_ghost_noise_its_own_column_and_variance():
+  config = f1.get_config("lb+lr+gni,quick")
+  config.protocol = "reference"
+  plan = plan_lib.make_plan(config, 8000, num_devices=1)
+  assert plan.script_command == "" and plan.ghost_batch_size == plan.base_batch_size
+  assert plan.running_variance == "biased"  # GNI keeps flax's biased running variance
+  for key, words in (
+    ("script_columns", "is not one of them"),
+    ("unbiased_running_variance", "Ghost Noise"),
+  ):
+    explicit = config.copy_and_resolve_references()
+    explicit[key] = True
+    with pytest.raises(ValueError, match=rf"config\.{key} .*variant 'lb\+lr\+gni' .*{words}"):
+      plan_lib.make_plan(explicit, 8000, num_devices=1)
+
+
+def test_a_run_resolves_its_protocol_once(tmp_path, monkeypatch):
+  original, calls = protocol_lib.resolve_protocol, []
+
+  def counting(config):
+    calls.append(config.protocol)
+    return original(config)
+
+  # Every module that imported the function by name gets the counting one.
+  for module in list(sys.modules.values()):
+    if getattr(module, "resolve_protocol", None) is original:
+      monkeypatch.setattr(module, "resolve_protocol", counting)
+  config = tiny_config("lb+lr+gbn", protocol="reference-fitted", num_epochs=0.25)
+  training.train_and_evaluate(config, str(tmp_path))
+  assert calls == ["reference-fitted"]
+
+
+@pytest.mark.parametrize(
+  "first, second",
+  [("bigbatch_jax.protocol", "bigbatch_jax.data"), ("bigbatch_jax.data", "bigbatch_jax.protocol")],
+)
+def test_protocol_and_data_import_in_either_order(first, second):
+  # Fresh interpreters: the protocol imports nothing of bigbatch_jax.data, whose
+  # reference_mnist imports the protocol, so either order imports both.
+  subprocess.run([sys.executable, "-c", f"import {first}, {second}"], check=True, cwd=REPO)
+  alone = "import sys, bigbatch_jax.protocol; assert 'bigbatch_jax.data' not in sys.modules"
+  subprocess.run([sys.executable, "-c", alone], check=True, cwd=REPO)
 
 
 # --- the protocol in the training system ----------------------------------------
@@ -350,8 +437,10 @@ def test_reference_protocol_augments_mnist_images_in_the_input_pipeline():
   x = np.zeros((4, 28, 28, 1), np.uint8)
   y = np.zeros(4, np.int32)
   images = data.ArrayDataset("tfds:mnist", x, y, x, y, 10, np.float32([0.5]), np.float32([0.5]))
-  pipeline = data.input_pipeline(tiny_config("sb", protocol="reference"), images)
+  config = tiny_config("sb", protocol="reference")
+  pipeline = data.input_pipeline(config, images, protocol_lib.resolve_protocol(config))
   batch = images.normalize(x)
   out = pipeline.augment(batch, np.random.default_rng(0))
   assert set(np.unique(out).tolist()) <= {-1.0} and out.shape == batch.shape
-  assert data.input_pipeline(tiny_config("sb"), images).augment is None
+  clean = protocol_lib.resolve_protocol(tiny_config("sb"))
+  assert data.input_pipeline(tiny_config("sb"), images, clean).augment is None

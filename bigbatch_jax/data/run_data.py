@@ -8,7 +8,6 @@ from typing import Any
 
 import ml_collections
 
-from bigbatch_jax import protocol
 from bigbatch_jax.data.arrays import ArrayDataset
 from bigbatch_jax.data.augment import (
   cifar_augment,
@@ -16,9 +15,14 @@ from bigbatch_jax.data.augment import (
   imagenet_train_transform,
 )
 from bigbatch_jax.data.gather import RandomAccessSource
+from bigbatch_jax.data.reference_mnist import (
+  reference_mnist_augmentation,
+  reference_mnist_normalization,
+)
 from bigbatch_jax.data.sources import load_dataset
 from bigbatch_jax.data.tfds_sources import TFDS_STREAMED, TfdsStreamSource
 from bigbatch_jax.data.validation import hold_out_validation, split_sizes
+from bigbatch_jax.protocol import Protocol, resolve_protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +60,14 @@ def _streamed_tfds_name(spec: str) -> str | None:
   return name if name in TFDS_STREAMED else None
 
 
-def load_data(config: ml_collections.ConfigDict) -> ArrayDataset | StreamedDataset:
+def load_data(
+  config: ml_collections.ConfigDict, protocol: Protocol | None = None
+) -> ArrayDataset | StreamedDataset:
   """The config's dataset: in memory, or streamed for tfds:imagenet2012.
+
+  ``protocol`` is the run's resolved protocol, whose MNIST normalisation
+  (item 7) applies here: a run resolves it once and passes it; None resolves
+  it from the config (for a dataset loaded outside a run).
 
   With ``config.validation_fraction`` > 0 the evaluated split is that fraction
   of the training set, held out by ``config.validation_seed``
@@ -94,7 +104,9 @@ def load_data(config: ml_collections.ConfigDict) -> ArrayDataset | StreamedDatas
       options["image_size"] = config.image_size
   dataset = load_dataset(config.dataset, seed=config.data_seed, **options)
   # The reference protocol's Normalize(0.5, 0.5) for MNIST on every route (npz too).
-  dataset = protocol.reference_mnist_normalization(protocol.resolve_protocol(config), dataset)
+  if protocol is None:
+    protocol = resolve_protocol(config)
+  dataset = reference_mnist_normalization(protocol, dataset)
   if config.validation_fraction:
     dataset = hold_out_validation(dataset, config.validation_fraction, config.validation_seed)
   return dataset
@@ -109,15 +121,17 @@ class InputPipeline:
   eval_transform: Any  # (example, rng) -> x for each evaluated example, or None
 
 
-def input_pipeline(config: ml_collections.ConfigDict, dataset) -> InputPipeline:
-  """The augmentation and transforms ``config.augment`` asks for, checked against the dataset."""
+def input_pipeline(config: ml_collections.ConfigDict, dataset, protocol: Protocol) -> InputPipeline:
+  """The augmentation and transforms ``config.augment`` asks for, checked against the dataset.
+
+  ``protocol`` is the run's resolved protocol (the plan's): its MNIST
+  augmentation (item 2) replaces ``config.augment`` where it is in effect.
+  """
   kind = config.augment
   if kind not in AUGMENTATIONS:
     raise ValueError(f"config.augment={kind!r}; valid: {', '.join(AUGMENTATIONS)}")
   # The reference protocol's MNIST augmentation, where it applies.
-  reference = protocol.reference_mnist_augmentation(
-    protocol.resolve_protocol(config), dataset, kind
-  )
+  reference = reference_mnist_augmentation(protocol, dataset, kind)
   if reference is not None:
     return InputPipeline(reference, None, None)
   if isinstance(dataset, StreamedDataset):

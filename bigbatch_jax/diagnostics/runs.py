@@ -28,6 +28,7 @@ from jax import lax
 
 from bigbatch_jax import data as data_lib
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
+from bigbatch_jax.protocol import resolve_protocol
 from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training.checkpoint import Checkpointer
 from bigbatch_jax.training.loss import correct, cross_entropy, eval_logits
@@ -123,8 +124,9 @@ def load_run(
     A :class:`Run`.
   """
   config = read_config(workdir, defaults)
-  dataset = data_lib.load_data(config) if dataset is None else dataset
-  plan = plan_lib.make_plan(config, dataset.num_train, num_devices=1)
+  protocol = resolve_protocol(config)
+  dataset = data_lib.load_data(config, protocol) if dataset is None else dataset
+  plan = plan_lib.make_plan(config, dataset.num_train, num_devices=1, protocol=protocol)
   model = build_model(config, dataset.num_classes, norm_layer(plan, config, None))
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:

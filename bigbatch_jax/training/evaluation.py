@@ -10,22 +10,32 @@ from jax.sharding import Mesh
 
 from bigbatch_jax import data as data_lib
 from bigbatch_jax.data.run_data import split_source
+from bigbatch_jax.protocol import Protocol, resolve_protocol
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training.state import TrainState
 
 
 def evaluate(
-  eval_fn, state: TrainState, dataset, config: ml_collections.ConfigDict, mesh: Mesh, split: str
+  eval_fn,
+  state: TrainState,
+  dataset,
+  config: ml_collections.ConfigDict,
+  mesh: Mesh,
+  split: str,
+  protocol: Protocol | None = None,
 ) -> dict[str, float]:
   """Loss, accuracy and error over a whole split, with the running statistics.
 
   With a population's state and eval step (``population.population_eval_step``)
-  each value is a list, one per member.
+  each value is a list, one per member. ``protocol`` is the run's (the
+  plan's); None resolves it from the config (a streamed dataset's eval
+  transform reads it).
   """
   totals = None
   transform = None
   if isinstance(dataset, data_lib.StreamedDataset):
-    transform = data_lib.input_pipeline(config, dataset).eval_transform
+    protocol = resolve_protocol(config) if protocol is None else protocol
+    transform = data_lib.input_pipeline(config, dataset, protocol).eval_transform
   batches = data_lib.eval_batches(
     split_source(dataset, split),
     config.eval_batch_size,
@@ -51,7 +61,6 @@ def evaluate(
 def evaluation_record(eval_fn, state, dataset, config, mesh, plan, step: int) -> dict:
   """The record of an evaluation at ``step``: test split, and train with ``eval_on_train``."""
   record = {"step": step, "epoch": plan.epoch_at(step)}
-  record.update(evaluate(eval_fn, state, dataset, config, mesh, "test"))
-  if config.eval_on_train:
-    record.update(evaluate(eval_fn, state, dataset, config, mesh, "train"))
+  for split in ("test", "train") if config.eval_on_train else ("test",):
+    record.update(evaluate(eval_fn, state, dataset, config, mesh, split, plan.protocol))
   return record

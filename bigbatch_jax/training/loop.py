@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bigbatch_jax import data as data_lib
+from bigbatch_jax import protocol as protocol_lib
 from bigbatch_jax.training import parallel, population_groups
 from bigbatch_jax.training import population as population_lib
 from bigbatch_jax.training import step as step_lib
@@ -119,12 +120,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """``train_and_evaluate`` while holding the workdir's lock."""
-  dataset = data_lib.load_data(config)
+  # The protocol is resolved once: the data, the plan and the pipeline read this one.
+  protocol = protocol_lib.resolve_protocol(config)
+  dataset = data_lib.load_data(config, protocol)
   mesh = parallel.make_mesh(config.num_devices)
-  plan = make_plan(config, dataset.num_train, mesh.size, jax.process_count())
+  plan = make_plan(config, dataset.num_train, mesh.size, jax.process_count(), protocol)
   check_limit_keys(config)
   population = population_of(config, plan, population_lib.member_seeds(config))
-  data_lib.input_pipeline(config, dataset)  # checks config.augment before any compute
+  # Checks config.augment against the data before any compute.
+  data_lib.input_pipeline(config, dataset, plan.protocol)
   if config.eval_batch_size % mesh.size:
     raise ValueError(
       f"config.eval_batch_size={config.eval_batch_size} is not divisible by {mesh.size} devices"
@@ -339,7 +343,7 @@ def _train_batches(config, dataset, plan: RunPlan, start_step: int, seeds):
 
   A population's (``seeds``) stacks each member's stream: ``[P, B, ...]``.
   """
-  pipeline = data_lib.input_pipeline(config, dataset)
+  pipeline = data_lib.input_pipeline(config, dataset, plan.protocol)
   if seeds is None:
     iterator, seeding = data_lib.BatchIterator, {"seed": config.seed}
   else:
@@ -425,5 +429,11 @@ def _log_metrics(loop: _Loop, state, metrics, step: int, length: int, log_steps:
       record["batch_size"] = plan.batch_size_at(d - 1)
       record["examples_per_sec"] = rate
       loop.metrics_log.write(record)
-  loop.bar.set_postfix(loss=f"{np.mean(values['loss']):.3f}", lr=f"{np.mean(values['lr']):.3g}")
+  loop.bar.set_postfix(loss=f"{np.mean(values['loss']):.3f}", lr=lr_text(values["lr"]))
   return state
+
+
+def lr_text(lrs) -> str:
+  """The progress bar's rate: one value, or a grid population's lowest-highest."""
+  low, high = float(np.min(lrs)), float(np.max(lrs))
+  return f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"

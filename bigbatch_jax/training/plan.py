@@ -21,7 +21,7 @@ from bigbatch_jax import transforms
 from bigbatch_jax.data.schedule import BatchSchedule
 from bigbatch_jax.ghost_noise import GHOST_DRAWS
 from bigbatch_jax.noise import matched_noise_variance
-from bigbatch_jax.protocol import Protocol, column_of, resolve_protocol
+from bigbatch_jax.protocol import Protocol, RunKind, column_of, resolve_protocol
 from bigbatch_jax.reference_columns import ScriptColumn
 from bigbatch_jax.regimes import LR_DECAYS, Regime, adapt_regime
 from bigbatch_jax.training.metrics import distances_at_drops
@@ -42,7 +42,11 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def make_plan(
-  config: ml_collections.ConfigDict, num_train: int, num_devices: int, process_count: int = 1
+  config: ml_collections.ConfigDict,
+  num_train: int,
+  num_devices: int,
+  process_count: int = 1,
+  protocol: Protocol | None = None,
 ) -> RunPlan:
   """Derives and validates the run's sizes, regime and remedies from its config.
 
@@ -51,23 +55,24 @@ def make_plan(
     num_train: the number of training examples.
     num_devices: devices over which the batch is split (all processes).
     process_count: JAX processes; each loads its share of every batch.
+    protocol: the run's protocol, when already resolved (the loop resolves it
+      once, before loading the data); None: ``resolve_protocol(config)``.
 
   Returns:
-    A :class:`RunPlan`.
+    A :class:`RunPlan`, carrying the protocol.
   """
   _check_choices(config)
   if num_train <= 0:
     raise ValueError(f"the training set is empty (num_train={num_train})")
   variant = parse_variant(config.variant)
-  protocol = resolve_protocol(config)
+  protocol = resolve_protocol(config) if protocol is None else protocol
+  run = RunKind.of(variant, config.regime.momentum)
   column = column_of(protocol, config, variant)
   base, batch = batch_sizes_of(config, variant, num_devices, process_count, column)
   ghost = ghost_batch_size_of(config, variant, base, batch, num_devices, column)
   regime = _adapted_regime(config, variant, base, batch, protocol, column)
   # By the reference protocol's default a growing batch (no script grows one) keeps whole epochs.
-  partial = protocol.partial_last_batch and (
-    protocol.partial_last_batch_explicit or not variant.grow_batch
-  )
+  partial = protocol.applies("partial_last_batch", run)
   batch_phases, num_steps, regime = durations_of(
     config, variant, regime, num_train, num_devices, ghost, partial
   )
@@ -104,14 +109,19 @@ def make_plan(
     lr_decay=lr_decay,
     poly_warmup_steps=_poly_warmup_steps(config, lr_decay, num_train, schedule, num_steps),
     poly_power=float(config.regime.poly_power),
-    momentum_restart_steps=_momentum_restart_steps(
-      protocol, variant, regime, num_train, schedule, num_steps
+    momentum_restart_steps=(
+      schedule.epoch_first_steps(num_train, num_steps)
+      if protocol.applies("momentum_restart", run)
+      else ()
     ),
     lars_trust_coefficient=_lars_trust_coefficient(config),
     bn_scale_uniform=protocol.bn_scale_uniform,
     partial_last_batch=partial,
-    running_variance="unbiased" if protocol.unbiased_running_variance else "biased",
+    running_variance=(
+      "unbiased" if protocol.applies("unbiased_running_variance", run) else "biased"
+    ),
     script_command=column.command if column else "",
+    protocol=protocol,
   )
 
 
@@ -162,21 +172,6 @@ def _poly_warmup_steps(config, decay: str, num_train: int, schedule, num_steps: 
       f"{num_steps}; use a shorter warmup"
     )
   return steps
-
-
-def _momentum_restart_steps(protocol: Protocol, variant, regime, num_train, schedule, num_steps):
-  """The first update of every epoch when the momentum restarts."""
-  if not protocol.momentum_restart:
-    return ()
-  if variant.optimizer == "lamb" or not regime.momentum:
-    if not protocol.momentum_restart_explicit:
-      return ()  # the reference protocol's default: nothing to restart
-    raise ValueError(
-      "config.momentum_restart zeroes the SGD (or LARS) momentum every epoch, but this run has "
-      f"none (optimizer {variant.optimizer!r}, momentum {regime.momentum}); set "
-      "config.momentum_restart=False"
-    )
-  return schedule.epoch_first_steps(num_train, num_steps)
 
 
 def _lars_trust_coefficient(config) -> float:

@@ -82,15 +82,9 @@ def durations_of(config, variant: Variant, regime: Regime, num_train, num_device
   """(batch phases, number of updates, regime): one phase, or "grow"'s phases at the drops.
 
   With ``partial`` (a kept partial last batch) the updates are the schedule's
-  E ceil(N / B); a growing batch with it is refused.
+  E ceil(N / B); the protocol keeps it off a growing batch (``Protocol.applies``).
   """
   batch = regime.batch_size
-  if partial and variant.grow_batch:
-    raise ValueError(
-      f"config.partial_last_batch keeps each epoch's last partial batch at one batch size; "
-      f"variant {variant.name!r} grows the batch (not supported together): set "
-      "config.partial_last_batch=False"
-    )
   if not variant.grow_batch:
     phases = ((0, batch),)
     num_steps = BatchSchedule(phases, num_train if partial else None).num_steps(

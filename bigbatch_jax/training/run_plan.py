@@ -15,6 +15,7 @@ import optax
 
 from bigbatch_jax import transforms
 from bigbatch_jax.data.schedule import BatchSchedule
+from bigbatch_jax.protocol import Protocol
 from bigbatch_jax.regimes import Regime, gradual_warmup, warmup_polynomial_decay
 from bigbatch_jax.training.variants import Variant
 
@@ -52,6 +53,8 @@ class RunPlan:
   partial_last_batch: bool = False
   running_variance: str = "biased"  # batch norm's running variance: "biased" or "unbiased"
   script_command: str = ""  # with script_columns: the bigBatch command the run reproduces
+  # The run's protocol, resolved once (make_plan); the data path and the drivers read it here.
+  protocol: Protocol | None = None
 
   @functools.cached_property
   def batch_schedule(self) -> BatchSchedule:

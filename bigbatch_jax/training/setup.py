@@ -42,12 +42,7 @@ def norm_layer(plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str 
   # PyTorch < 1.0's U(0, 1) scales (the reference code's); flax's ones otherwise.
   options = {"scale_init": legacy_torch_bn_scale_init} if plan.bn_scale_uniform else {}
   if plan.variant.ghost_noise:
-    if plan.running_variance != "biased":
-      raise ValueError(
-        f"the variant part 'gni' keeps flax's biased running variance, but the run asks for "
-        f"running_variance={plan.running_variance!r} (config.unbiased_running_variance or the "
-        "reference protocol); set config.unbiased_running_variance=False"
-      )
+    # The plan's protocol never gives it the unbiased running variance (Protocol.applies).
     layer = layer or GhostNoiseBatchNorm
     options["ghost_draws"] = config.ghost_draws
   else:

@@ -227,12 +227,22 @@ def _noise_sizes(run: runs_lib.Run, options: Options) -> tuple[int, int]:
   return small, big
 
 
+def update_lr(plan: plan_lib.RunPlan) -> float:
+  """The rate of the regime's first update after its warmup (step 0 without one).
+
+  A warmup starts near or at 0 (Goyal et al. sec. 2.2; LARS/LAMB's polynomial
+  schedule starts at 0), which would measure the ramp, not the regime's noise.
+  """
+  return float(plan_lib.lr_schedule(plan)(max(plan.warmup_steps, plan.poly_warmup_steps)))
+
+
 def regime_update_fn(
   plan: plan_lib.RunPlan, model, batch_stats, white_noise=None, train_model=None
 ):
   """-lr_0 * (the regime's gradient estimate): one step of its update noise (Hoffer eq. 6).
 
-  lr_0 is the regime's effective initial rate (scaled by (B/B_S)**p); with
+  lr_0 is the regime's effective rate once any warmup is over
+  (:func:`update_lr`, scaled by (B/B_S)**p); with
   multiplicative noise the per-example losses carry weights z ~ N(1, s**2);
   with the white noise of Jaiswal & Taura (``white_noise`` = (alpha, gamma),
   required when the plan has it) the gradient gets the noise of the
@@ -245,7 +255,13 @@ def regime_update_fn(
   own normalization, the same parameter tree) in training mode, normalizing
   with the statistics of the update's own batch or ghost batches.
   """
-  lr = float(plan_lib.lr_schedule(plan)(0))
+  if plan.variant.optimizer != "sgd":
+    raise ValueError(
+      f"variant {plan.variant.name!r} updates with {plan.variant.optimizer}, whose per-layer "
+      "trust ratio rescales the gradient: its update is not -lr * gradient (Hoffer eq. 6 "
+      "models SGD's); measure an SGD row"
+    )
+  lr = update_lr(plan)
   variance = plan.noise_variance
   if plan.variant.white_noise and white_noise is None:
     raise ValueError(
@@ -323,7 +339,7 @@ def noise_scale(run: runs_lib.Run, regimes: list[runs_lib.Run], load, options: O
         "workdir": regime.workdir,
         "variant": regime.plan.variant.name,
         "batch_size": regime.plan.batch_size,
-        "lr": float(plan_lib.lr_schedule(regime.plan)(0)),
+        "lr": update_lr(regime.plan),
         "noise_variance": regime.plan.noise_variance,
         **{k: float(v) for k, v in out.items()},
       }

@@ -40,6 +40,8 @@ import ml_collections
 
 from bigbatch_jax import protocol as protocol_lib
 from bigbatch_jax import statistics
+from bigbatch_jax.data.reference_mnist import reference_mnist_augmentation
+from bigbatch_jax.protocol import RunKind
 from bigbatch_jax.training import make_plan, train_and_evaluate
 from bigbatch_jax.training.setup import build_model, norm_layer
 from experiments.table1.aggregate import row_numbers
@@ -106,26 +108,24 @@ def _has_batch_norm(config: ml_collections.ConfigDict, plan, data) -> bool:
 
 
 def not_applicable(artefact: str, config: ml_collections.ConfigDict, data) -> str | None:
-  """Why ``artefact`` does not apply to the row ``config`` on ``data``; None when it does."""
+  """Why ``artefact`` does not apply to the row ``config`` on ``data``; None when it does.
+
+  Where an item applies is the protocol's (``bigbatch_jax.protocol.PROTOCOL_ITEMS``,
+  asked with the row's variant and data); what is checked here is whether it
+  changes anything for this row (one epoch, no batch norm, no partial batch,
+  the same lr and epochs).
+  """
   on, off = with_artefacts(config, (artefact,)), with_artefacts(config, ())
-  shape = tuple(data.input_shape)
-  if artefact == "reference_mnist_augment" and (
-    len(shape) != 3 or getattr(data, "mean", None) is None
-  ):
-    return f"{data.name}: examples of shape {shape} are not in-memory images"
-  grey = len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1)
-  if artefact == "reference_mnist_normalize" and (not grey or getattr(data, "mean", None) is None):
-    return f"{data.name}: examples of shape {shape} are not one-channel in-memory images"
   try:
+    clean = make_plan(off, data.num_train, num_devices=1)
+    run = RunKind.of(clean.variant, clean.regime.momentum, data)
+    reason = protocol_lib.ITEMS[artefact].reason_not_applied(run)
+    if reason is not None:
+      return reason
     plan = make_plan(on, data.num_train, num_devices=1)
-    augmentation = protocol_lib.reference_mnist_augmentation(
-      protocol_lib.resolve_protocol(on), data, on.augment
-    )
-    protocol_lib.reference_mnist_normalization(protocol_lib.resolve_protocol(on), data)
+    reference_mnist_augmentation(plan.protocol, data, on.augment)  # against config.augment
   except ValueError as e:  # the artefact's own check says why
     return str(e)
-  if artefact == "reference_mnist_augment" and augmentation is None:
-    return f"{data.name}: examples of shape {shape} are not in-memory images"
   if artefact == "momentum_restart" and not any(plan.momentum_restart_steps):
     # A restart at update 0 only is the plain run: the trace starts at zero.
     return "the run has no SGD momentum to restart, or only one epoch"
@@ -136,7 +136,6 @@ def not_applicable(artefact: str, config: ml_collections.ConfigDict, data) -> st
   if artefact == "partial_last_batch" and not plan.partial_batch_size:
     return f"batch {plan.batch_size} divides the {data.num_train} training examples"
   if artefact in ("main_normal_lr", "script_columns"):
-    clean = make_plan(off, data.num_train, num_devices=1)
     same = ("lr_scale", "num_steps", "batch_size", "ghost_batch_size")
     if all(getattr(plan, k) == getattr(clean, k) for k in same):
       return f"{on.variant}: the rule changes none of its lr, epochs, batch or ghost size"

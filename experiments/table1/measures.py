@@ -16,15 +16,17 @@ import ml_collections
 from bigbatch_jax import diagnostics
 from bigbatch_jax.configs import default
 from bigbatch_jax.diagnostics import runs as runs_lib
-from bigbatch_jax.training import json_files, make_plan, population_grid
+from bigbatch_jax.training import json_files, make_plan, parse_variant, population_grid
 from bigbatch_jax.training.setup import build_model, norm_layer
 from experiments.analyze.compute import regime_update_fn
 from experiments.table1.runner import finished, read_json
 
 HESSIAN_FILE = "hessian.json"
-# Written by an earlier version as {row: trace} without the white noise and in
-# evaluation mode only: a new name, so that those numbers are not read back.
-COVARIANCE_FILE = "update_covariance.json"
+# Earlier versions wrote "covariance.json" ({row: trace}, without the white
+# noise, evaluation mode only) and "update_covariance.json" (warmup rows at
+# their ramp's first rate, LARS/LAMB at rate 0): a new name, so that those
+# numbers are not read back.
+COVARIANCE_FILE = "update_covariance_traces.json"
 COVARIANCE_MODES = ("evaluation", "training")
 COVARIANCE_BATCHES = 64  # sampled updates per row: the trace's relative error is ~sqrt(2/64)
 
@@ -72,12 +74,17 @@ def update_covariance_traces(
     real batches (whole-batch BN, ghost batches, ghost noise), so that the
     examples of a batch are coupled through its statistics, as in training.
 
+  The rate is the one after any warmup (``update_lr``). LARS and LAMB rows
+  are not measured: their trust ratio rescales each layer's gradient, so
+  their update is not ``-lr * gradient`` and eq. 6 does not describe it.
+
   The driver divides each mode by SB's trace in the same mode.
   """
   path = os.path.join(workdir, COVARIANCE_FILE)
   cached = read_json(path) if os.path.exists(path) else {}
   cached = {mode: cached.get(mode, {}) for mode in COVARIANCE_MODES}
-  todo = [row for row in configs if any(row not in cached[mode] for mode in COVARIANCE_MODES)]
+  sgd_rows = [row for row in configs if parse_variant(configs[row].variant).optimizer == "sgd"]
+  todo = [row for row in sgd_rows if any(row not in cached[mode] for mode in COVARIANCE_MODES)]
   if todo and finished(sb_directory):
     run = runs_lib.load_run(sb_directory, defaults=default.get_config())
     probe = runs_lib.sample_batches(run.dataset, 1, min(1000, run.dataset.num_train), seed=0)
@@ -95,4 +102,4 @@ def update_covariance_traces(
         measure = jax.jit(functools.partial(diagnostics.update_covariance, update_fn))
         cached[mode][row] = float(measure(run.initial_params, batches, jax.random.key(i))["trace"])
     json_files.write_json_atomic(path, cached, indent=2)
-  return {mode: {row: v[row] for row in configs if row in v} for mode, v in cached.items()}
+  return {mode: {row: v[row] for row in sgd_rows if row in v} for mode, v in cached.items()}

@@ -4,13 +4,15 @@ Flags: ``--config`` (default: experiments/configs/default.py, F1 on the
 embedded MNIST-1D) and ``--config.KEY=VALUE`` overrides (applied to every
 run, after the preset's sizes), ``--workdir``, ``--seeds``, ``--preset``
 (``default``: B = 32 ... 4096, 20 epochs; ``tiny``: the tests' seconds-long
-run), ``--batch_sizes``, ``--remedy``, ``--probe_epochs`` and
-``--gap_threshold``. Rerunning the same command resumes: finished runs are
-skipped, an interrupted one continues from its last checkpoint. A SIGTERM or
-SIGINT stops the driver with a non-zero exit status: inside a run the
-training loop checkpoints the step reached and the driver exits with
-``training.PREEMPTED_EXIT_CODE`` (75); between runs (data loading,
-compilation, the B_simple probe) with 128 + the signal's number.
+run), ``--batch_sizes``, ``--remedy``, ``--noise_epochs`` (where B_simple
+is measured along the B_S run), ``--tuned_lr`` (the sqrt rule's curve at
+rates selected on the validation split) and ``--gap_threshold``.
+Rerunning the same command resumes: finished runs are skipped, an
+interrupted one continues from its last checkpoint. A SIGTERM or SIGINT
+stops the driver with a non-zero exit status: inside a run the training
+loop checkpoints the step reached and the driver exits with
+``training.PREEMPTED_EXIT_CODE`` (75); between runs (data loading, compilation,
+a B_simple measurement) with 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ from bigbatch_jax.data import load_data
 from bigbatch_jax.training import make_plan, retain_freed_host_memory
 from experiments import launch
 from experiments.rerun import exit_for_rerun
-from experiments.sweep import run_sweep
-from experiments.sweep.grid import PRESETS, parse_batch_sizes, parse_remedy, sweep_configs
+from experiments.sweep import noise, run_sweep
+from experiments.sweep.grid import (
+  PRESETS,
+  parse_batch_sizes,
+  parse_noise_epochs,
+  parse_remedy,
+  row,
+  sweep_configs,
+)
 from experiments.table1.rows import parse_seeds
 
 DEFAULT_CONFIG = os.path.join(
@@ -48,8 +57,17 @@ flags.DEFINE_string(
   "batch_sizes", None, "Ascending batch sizes, the first the baseline (default: the preset's)."
 )
 flags.DEFINE_string("remedy", "lb+lr+gbn", "The remedy's variant (a large-batch one, no 'ra').")
-flags.DEFINE_float(
-  "probe_epochs", None, "Epochs of the small-batch run at which B_simple is measured."
+flags.DEFINE_string(
+  "noise_epochs",
+  None,
+  "Ascending epochs of the B_S run (seed: the first) at which B_simple is measured, e.g. "
+  "1,5,10,15,20 (default: the preset's).",
+)
+flags.DEFINE_bool(
+  "tuned_lr",
+  None,
+  "true/false: add the sqrt rule's curve (lb+lr) at a rate each batch size selects on the "
+  "validation split (default: the preset's; true for default, false for tiny).",
 )
 flags.DEFINE_float("gap_threshold", 1.0, "Accuracy points below B_S's that count as a gap.")
 flags.DEFINE_bool(
@@ -79,9 +97,13 @@ def setup_from_flags():
   if ":" in spec:
     raise ValueError(f"--config={spec!r}: give the file without ':ARG'; choose runs with --remedy")
   overrides = {**preset["config"], **config_flags.get_override_values(FLAGS["config"])}
-  probe_epochs = FLAGS.probe_epochs if FLAGS.probe_epochs is not None else preset["probe_epochs"]
-  configs = sweep_configs(FLAGS.config, sizes, remedy, probe_epochs, overrides)
+  epochs = (
+    parse_noise_epochs(FLAGS.noise_epochs) if FLAGS.noise_epochs else list(preset["noise_epochs"])
+  )
+  tuned = preset["tuned_lr"] if FLAGS.tuned_lr is None else FLAGS.tuned_lr
+  configs = sweep_configs(FLAGS.config, sizes, remedy, epochs, overrides, tuned)
   num_train = load_data(configs[next(iter(configs))]).num_train
+  noise.noise_steps(configs[row("sb", sizes[0])], num_train, epochs)  # two on one update fail now
   if sizes[-1] > num_train:
     raise ValueError(
       f"--batch_sizes: {sizes[-1]} exceeds the {num_train} training examples; "
@@ -89,7 +111,7 @@ def setup_from_flags():
     )
   for config in configs.values():
     make_plan(config, num_train, num_devices=1)  # a bad combination fails now, not mid-sweep
-  return configs, sizes, remedy, seeds
+  return configs, sizes, remedy, seeds, epochs
 
 
 def main(argv):
@@ -99,7 +121,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   retain_freed_host_memory()  # before JAX starts: see bigbatch_jax/training/host_memory.py
   try:
-    configs, sizes, remedy, seeds = setup_from_flags()
+    configs, sizes, remedy, seeds, epochs = setup_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   # Runs of one batch size compile the same programs: compile them once.
@@ -121,6 +143,7 @@ def main(argv):
       FLAGS.workdir,
       lambda s: print(s, flush=True),
       population=FLAGS.population,
+      noise_epochs=epochs,
     )
   except training.Preempted as stopped:  # a signal inside a run, once the loop checkpointed it
     print(f"{resume}", flush=True)

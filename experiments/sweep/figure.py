@@ -1,9 +1,11 @@
 """The generalization-gap figure, drawn from ``sweep.json`` alone.
 
-Test accuracy against batch size (log axis) for plain LB and the remedy,
-with B_simple (McCandlish et al. 2018) measured early in the small-batch run
-as a vertical line on the same axis: the gap should open near it if the
-noise scale predicts where larger batches stop behaving like small ones.
+Test accuracy against batch size (log axis) for plain LB, the remedy and
+the tuned sqrt rule, with B_simple (McCandlish et al. 2018) measured along
+the small-batch run on the same axis: one dotted vertical line per measured
+epoch, labelled with it, and the span between the smallest and the largest
+shaded. Where the gaps open can then be read against where the noise scale
+lay during training.
 """
 
 from __future__ import annotations
@@ -16,6 +18,23 @@ from experiments.sweep.aggregate import JSON_FILE
 from experiments.table1.runner import read_json
 
 PNG_FILE = "sweep.png"
+
+
+def _draw_noise(ax, along) -> None:
+  """B_simple per measured epoch; a non-positive estimate (a noisy |G|^2 < 0) is left out."""
+  shown = [r for r in along if math.isfinite(r["b_simple"]) and r["b_simple"] > 0]
+  if not shown:
+    return
+  values = [r["b_simple"] for r in shown]
+  epochs = f"{shown[0]['epoch']:g}-{shown[-1]['epoch']:g}"
+  label = f"B_simple {min(values):.0f}-{max(values):.0f} (epochs {epochs})"
+  ax.axvspan(min(values), max(values), color="k", alpha=0.08, label=label)
+  for r in shown:
+    ax.axvline(r["b_simple"], color="k", ls=":", lw=1)
+    ax.annotate(
+      f"ep {r['epoch']:g}", (r["b_simple"], 0.02), xycoords=("data", "axes fraction"),
+      rotation=90, fontsize=7, ha="right",
+    )  # fmt: skip
 
 
 def draw(json_path: str, png_path: str | None = None) -> str:
@@ -34,11 +53,7 @@ def draw(json_path: str, png_path: str | None = None) -> str:
       capsize=3,
       label=variant if variant == "lb" else f"{variant} (remedy)",
     )
-  noise = summary.get("noise_scale")
-  b_simple = noise and noise.get("b_simple")
-  if b_simple is not None and math.isfinite(b_simple) and b_simple > 0:
-    label = f"B_simple = {b_simple:.0f} (epoch {noise['epoch']:g})"
-    ax.axvline(b_simple, color="k", ls="--", label=label)
+  _draw_noise(ax, (summary.get("noise_scale") or {}).get("along", []))
   ax.set_xscale("log", base=2)
   ax.set_xlabel("batch size")
   ax.set_ylabel("test accuracy (%)")

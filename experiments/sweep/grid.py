@@ -3,8 +3,11 @@
 Every run keeps the base regime's epochs (the sweep asks where the gap opens
 at equal epochs, Keskar et al. 2017 Fig. 1; Hoffer et al. sec. 5 closes it
 with more updates, which is another experiment). The smallest batch size is
-the base batch B_S: its run (``sb``) is the first point of every curve, and
-its early checkpoint is where B_simple is measured (McCandlish et al. 2018).
+the base batch B_S: its run (``sb``) is the first point of the plain and the
+remedy curves, and its seed-0 run is where B_simple is measured along
+training (McCandlish et al. 2018). The tuned curve (``tuned_bB``) is the
+sqrt rule (``lb+lr``; ``sb`` at B_S) at a learning rate each batch size
+selects on the validation split (``experiments.table1.lr_selection``).
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ from bigbatch_jax.configs.common import override
 from bigbatch_jax.training import parse_variant
 
 PLAIN = "lb"
-PROBE = "noise_probe"
+TUNED = "lb+lr tuned"  # the tuned curve's name in sweep.json and the figure
+TUNED_VARIANT = "lb+lr"
 EVALS_PER_RUN = 4
-# Sizes per preset: "default" is the README's figure (13 min on two loaded CPU
-# cores, 6 min of CPU time; see README); "tiny" is the tests' end-to-end run.
+# Sizes per preset: "default" is docs/sweep.md's figure (its time is measured
+# there); "tiny" is the tests' end-to-end run, seconds per run.
 PRESETS: dict[str, dict[str, Any]] = {
   "default": {
     "batch_sizes": (32, 64, 128, 256, 512, 1024, 2048, 4096),
     "config": {"mnist1d_num_samples": 10000, "regime.epochs": 20.0},
-    "probe_epochs": 1.0,
+    "noise_epochs": (1.0, 5.0, 10.0, 15.0, 20.0),
+    "tuned_lr": True,
   },
   "tiny": {
     "batch_sizes": (16, 64),
@@ -36,7 +41,8 @@ PRESETS: dict[str, dict[str, Any]] = {
       "model_options.hidden": 32,
       "model_options.depth": 2,
     },
-    "probe_epochs": 0.5,
+    "noise_epochs": (0.5, 1.0),
+    "tuned_lr": False,
   },
 }
 
@@ -53,6 +59,20 @@ def parse_batch_sizes(text: str) -> list[int]:
       "order, like 32,128,512 (the first is the small-batch baseline)"
     )
   return sizes
+
+
+def parse_noise_epochs(text: str) -> list[float]:
+  """``"1,5,10"`` -> ``[1.0, 5.0, 10.0]``: at least one, positive, strictly ascending."""
+  try:
+    epochs = [float(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise ValueError(f"--noise_epochs={text!r}: expected numbers like 1,5,10,15,20") from None
+  if not epochs or min(epochs) <= 0 or sorted(set(epochs)) != epochs:
+    raise ValueError(
+      f"--noise_epochs={text!r}: expected one or more distinct positive epochs in ascending "
+      "order, like 1,5,10,15,20"
+    )
+  return epochs
 
 
 def parse_remedy(name: str) -> str:
@@ -74,6 +94,10 @@ def row(variant: str, batch_size: int) -> str:
   return f"{variant}_b{batch_size}"
 
 
+def tuned_row(batch_size: int) -> str:
+  return row("tuned", batch_size)
+
+
 def _config(
   base: ml_collections.ConfigDict, variant: str, batch_size: int, b_small: int
 ) -> ml_collections.ConfigDict:
@@ -89,14 +113,19 @@ def sweep_configs(
   base: ml_collections.ConfigDict,
   batch_sizes: Sequence[int],
   remedy: str,
-  probe_epochs: float,
+  noise_epochs: Sequence[float],
   overrides: Mapping[str, Any] = (),
+  tuned_lr: bool = False,
 ) -> dict[str, ml_collections.ConfigDict]:
-  """One config per run, keyed by the run's row name (``lb_b256``), the probe first.
+  """One config per run, keyed by the run's row name (``lb_b256``), ``sb`` first.
 
-  The probe is the small-batch run stopped after ``probe_epochs``: the same
-  data order and, with a constant learning rate (the default regime has no
-  drops), the same trajectory as the first epochs of the ``sb`` run.
+  With ``tuned_lr`` the tuned rows (``tuned_bB``) follow at the sqrt rule's
+  rate, the centre of their validation grids; the driver sets each one's
+  selected rate before its seeds train.
+
+  Raises:
+    ValueError: an override of the variant or batch size, or a noise epoch
+      outside (0, the regime's epochs].
   """
   overrides = dict(overrides)
   if "variant" in overrides or "batch_size" in overrides:
@@ -109,16 +138,18 @@ def sweep_configs(
   if "eval_every_epochs" not in overrides:
     base.eval_every_epochs = base.regime.epochs / EVALS_PER_RUN
   base.progress_bar = False  # the driver prints one line per run
-  small = batch_sizes[0]
-  probe = _config(base, "sb", small, small)
-  if not 0 < probe_epochs < base.regime.epochs:
+  bad = [e for e in noise_epochs if not 0 < e <= base.regime.epochs]
+  if bad:
     raise ValueError(
-      f"--probe_epochs={probe_epochs}: expected in (0, {base.regime.epochs}), the regime's epochs"
+      f"--noise_epochs={','.join(f'{e:g}' for e in noise_epochs)}: {bad[0]:g} is outside "
+      f"(0, {base.regime.epochs:g}], the regime's epochs"
     )
-  probe.num_epochs = probe_epochs
-  probe.eval_every_epochs = probe_epochs
-  configs = {PROBE: probe, row("sb", small): _config(base, "sb", small, small)}
+  small = batch_sizes[0]
+  configs = {row("sb", small): _config(base, "sb", small, small)}
   for variant in (PLAIN, remedy):
     for b in batch_sizes[1:]:
       configs[row(variant, b)] = _config(base, variant, b, small)
+  if tuned_lr:
+    for b in batch_sizes:
+      configs[tuned_row(b)] = _config(base, "sb" if b == small else TUNED_VARIANT, b, small)
   return configs

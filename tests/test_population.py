@@ -225,7 +225,7 @@ def test_a_split_population_gives_each_seed_a_single_runs_workdir(tmp_path):
 
 
 def test_steps_per_call_changes_no_record_and_no_checkpoint_of_a_population(tmp_path):
-  """Calls end at the steps with a log, an evaluation or a checkpoint (``loop.call_length``).
+  """Calls end at the steps with a log, an evaluation or a checkpoint (``events.call_length``).
 
   The periods here fall inside calls of 5 (logs every 8 steps, evaluations
   every 0.7 epoch of 32 steps, checkpoints every 12 steps), so an event taken

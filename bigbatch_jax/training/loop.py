@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from bigbatch_jax import data as data_lib
 from bigbatch_jax import protocol as protocol_lib
-from bigbatch_jax.training import parallel, population_groups
+from bigbatch_jax.training import events, parallel, population_groups
 from bigbatch_jax.training import population as population_lib
 from bigbatch_jax.training import step as step_lib
 from bigbatch_jax.training.checkpoint import Checkpointer
@@ -42,51 +42,6 @@ from bigbatch_jax.training.workdir import check_and_save_config
 from bigbatch_jax.training.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
-
-
-def _end_step(config, plan: RunPlan) -> int:
-  """The step this call of the run ends at: the plan's last, or config.stop_after_steps."""
-  if config.stop_after_steps is None:
-    return plan.num_steps
-  return min(plan.num_steps, config.stop_after_steps)
-
-
-def call_length(step: int, end_step: int, config, plan: RunPlan) -> int:
-  """Steps of the call from ``step``: ``config.steps_per_call``, less at the end, at a
-  batch-size change or at the first step with an event (``event_after``).
-
-  Ending a call at an event gives the log, evaluation and checkpoint of that
-  step the state of that step, whatever ``steps_per_call`` is; a scanned call
-  computes what as many calls of one step compute, so the run's records and
-  checkpoints do not depend on ``steps_per_call`` (only its speed does).
-  """
-  length = min(config.steps_per_call, end_step - step)
-  change = plan.batch_schedule.next_change(step)
-  if change is not None and step < change < step + length:
-    length = change - step
-  for done in range(step + 1, step + length):
-    if event_after(config, plan, done):
-      return done - step
-  return length
-
-
-def _logged(config, plan: RunPlan, done: int) -> bool:
-  return done % config.log_every_steps == 0 or done == plan.num_steps
-
-
-def _evaluated(config, plan: RunPlan, done: int) -> bool:
-  period = config.eval_every_epochs
-  crossed = int(plan.epoch_at(done) / period) > int(plan.epoch_at(done - 1) / period)
-  return crossed or done == plan.num_steps
-
-
-def _checkpointed(config, plan: RunPlan, done: int) -> bool:
-  return done % (config.checkpoint_every_steps or plan.num_steps) == 0
-
-
-def event_after(config, plan: RunPlan, done: int) -> bool:
-  """Whether update ``done`` (counted from 1) ends with a log, an evaluation or a checkpoint."""
-  return any(f(config, plan, done) for f in (_logged, _evaluated, _checkpointed))
 
 
 def next_batches(batches, length: int, mesh: Mesh, members: bool = False) -> dict[str, jax.Array]:
@@ -225,7 +180,7 @@ def _train_groups(config, workdir: str, plan: RunPlan, population, grouping, tra
   ``compiled``: group size -> its calls, where the grouping's measure compiled them.
   """
   log.warning(grouping.describe())
-  end_step = _end_step(config, plan)
+  end_step = events.end_step_of(config, plan)
   for first, end in grouping.bounds():
     directory = population_groups.group_dir(workdir, first, end)
     if population_groups.group_done(directory, end_step):
@@ -267,7 +222,7 @@ def _train_members(
     log.info("resumed %s at step %d", workdir, restored)
   start_step = 0 if restored is None else restored
   metrics_log.truncate_after(-1 if restored is None else restored)
-  end_step = _end_step(config, plan)
+  end_step = events.end_step_of(config, plan)
 
   batches = _train_batches(config, dataset, plan, start_step, seeds)
   bar = _progress_bar(config, plan, start_step)
@@ -295,7 +250,7 @@ def _train_members(
         step = previous = start_step
         # The signal flag is read between calls: every process stops after the same call.
         while step < end_step and not watch.should_stop(previous, step):
-          length = call_length(step, end_step, config, plan)
+          length = events.call_length(step, end_step, config, plan)
           call = steps.get(plan.batch_size_at(step), length)
           state, metrics = call(state, next_batches(batches, length, mesh, seeds is not None))
           state = _after_call(loop, state, metrics, step, length, end_step)
@@ -411,17 +366,18 @@ def _after_call(loop: _Loop, state: TrainState, metrics, step: int, length: int,
   config, plan, members = loop.config, loop.plan, loop.members
   done = step + length
   finished = range(step + 1, done + 1)
-  log_steps = [d for d in finished if _logged(config, plan, d)]
+  log_steps = [d for d in finished if events.logged(config, plan, d)]
   if log_steps:
     state = _log_metrics(loop, state, metrics, step, length, log_steps)
-  if any(_evaluated(config, plan, d) for d in finished):
+  if any(events.evaluated(config, plan, d) for d in finished):
     state = members.check_state(state)
     record = evaluation_record(loop.eval_fn, state, loop.dataset, config, loop.mesh, plan, done)
     head = {"step": record.pop("step"), "epoch": record.pop("epoch")}
     for member, values in members.split(record):
       loop.metrics_log.write({**head, **members.fields(member), **values})
     loop.bar.set_postfix(test_acc=f"{np.mean(record['test_accuracy']):.4f}")
-  if any(_checkpointed(config, plan, d) for d in finished) or done in (plan.num_steps, end_step):
+  last = done in (plan.num_steps, end_step)
+  if any(events.checkpointed(config, plan, d) for d in finished) or last:
     state = members.check_state(state)
     loop.checkpoints.save(done, state)
     loop.metrics_log.sync()  # the log on disk reaches at least the checkpoint

@@ -22,7 +22,7 @@ import numpy as np
 
 from bigbatch_jax.configs.common import override
 from bigbatch_jax.training import make_plan, parse_variant
-from bigbatch_jax.training.loop import event_after
+from bigbatch_jax.training.events import event_after
 
 # Hoffer Table 1's columns, the convergence check, then the noise remedies
 # (Hoffer sec. 4; Jaiswal & Taura) and the reviewers' questions.
@@ -263,7 +263,7 @@ def whole_calls(config: ml_collections.ConfigDict, plan) -> int:
   """The most updates per call (up to ``MAX_STEPS_PER_CALL``) whose multiples hold every event.
 
   A call ends early at a log, an evaluation or a checkpoint
-  (``bigbatch_jax.training.loop.call_length``), so ``steps_per_call`` changes
+  (``bigbatch_jax.training.events.call_length``), so ``steps_per_call`` changes
   no record; but each shorter call is one more compiled length. A length
   that every event step (and the last step) is a multiple of compiles once;
   a row without one (events at uneven steps) keeps one update per call.

@@ -1,6 +1,7 @@
 """The validation-tuned protocol of the Table 1 driver (experiments/table1/lr_selection.py)."""
 
 import json
+import math
 import os
 import pathlib
 
@@ -112,7 +113,9 @@ def test_the_driver_selects_on_validation_then_runs_the_seeds_at_the_selected_lr
   by = {r["variant"]: r for r in payload["rows"]}
   for row, centre in (("sb", 0.1), ("lb+lars", 10.0)):
     record = by[row]["lr_selection"]
-    assert record["lrs"] == pytest.approx([centre * f for f in lr_selection.LR_FACTORS])
+    added = [lr for extension in record["extensions"] for lr in extension]
+    grid_lrs = [centre * f for f in lr_selection.LR_FACTORS]
+    assert record["lrs"] == pytest.approx(sorted(grid_lrs + added))
     means = record["validation_accuracy_mean"]
     assert record["selected_lr"] == record["lrs"][means.index(max(means))]
     assert len(record["validation_accuracy_per_seed"][0]) == len(lr_selection.SELECTION_SEEDS)
@@ -127,6 +130,65 @@ def test_the_driver_selects_on_validation_then_runs_the_seeds_at_the_selected_lr
   assert "selected lr" in table and "Learning rates selected on a validation split" in table
   assert "lb+lars: validation accuracy (%) by lr" in table
   assert payload["meta"]["lr_selection"]["factors"] == list(lr_selection.LR_FACTORS)
+
+
+def fake_grid_train(accuracy_of, calls):
+  """A train_fn for the selection populations: each member's validation accuracy is
+  ``accuracy_of(lr)`` (None: diverged); writes the files a finished run leaves."""
+
+  def train(config, directory):
+    lrs = population_grid.grid_values(config)["regime.lr"]
+    calls.append((os.path.basename(directory), lrs, config.validation_fraction))
+    members = [
+      {"hyperparameters": {"regime.lr": lr}, "test_accuracy": accuracy_of(lr)}
+      for lr in lrs
+      for _ in config.seeds
+    ]
+    summary = {"finished": True, "evaluated_split": "validation", "members": members}
+    os.makedirs(directory)
+    pathlib.Path(directory, "config.json").write_text(config.to_json())
+    pathlib.Path(directory, "summary.json").write_text(json.dumps(summary))
+    return summary
+
+  return train
+
+
+def select(workdir, accuracy_of, calls):
+  config = default.get_config()  # regime.lr 0.1: the grid is 0.025 ... 0.4
+  train = fake_grid_train(accuracy_of, calls)
+  return lr_selection.select_lr("sb", config, str(workdir), train, echo=lambda line: None)
+
+
+def test_a_best_rate_at_the_grids_end_extends_the_grid_beyond_it(tmp_path):
+  calls = []
+  record = select(tmp_path, lambda lr: 80.0 - abs(math.log2(lr / 0.00625)), calls)
+  assert [(name, lrs) for name, lrs, _ in calls] == [
+    ("grid", pytest.approx((0.025, 0.05, 0.1, 0.2, 0.4))),
+    ("grid_lowest_1", pytest.approx((0.00625, 0.0125))),
+    ("grid_lowest_2", pytest.approx((0.0015625, 0.003125))),
+  ]
+  assert all(fraction == lr_selection.VALIDATION_FRACTION for *_, fraction in calls)
+  assert record["selected_lr"] == pytest.approx(0.00625) and record["edge"] is None
+  assert [pytest.approx(e) for e in record["extensions"]] == [
+    [0.00625, 0.0125],
+    [0.0015625, 0.003125],
+  ]
+  assert record["lrs"] == sorted(record["lrs"]) and len(record["lrs"]) == 9
+  # Rerun: every population is read back, none trained again.
+  assert select(tmp_path, lambda lr: 0.0, calls) == record and len(calls) == 3
+
+
+def test_an_end_still_best_after_the_last_extension_is_reported_as_the_edge(tmp_path):
+  calls = []
+  record = select(tmp_path / "up", lambda lr: lr, calls)
+  assert [name for name, *_ in calls] == ["grid", "grid_highest_1", "grid_highest_2"]
+  assert record["selected_lr"] == pytest.approx(6.4) and record["edge"] == "highest"
+  assert "the grid's highest rate" in lr_selection.describe(record)
+  # Rates beyond the end that diverge end the extension: the end is then inside.
+  calls = []
+  record = select(tmp_path / "diverge", lambda lr: None if lr > 0.4 else lr, calls)
+  assert [name for name, *_ in calls] == ["grid", "grid_highest_1"]
+  assert record["selected_lr"] == 0.4 and record["edge"] is None
 
 
 def small_sb():

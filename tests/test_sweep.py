@@ -120,23 +120,30 @@ def test_tuned_curve_selects_each_lr_on_the_validation_split(tmp_path):
   selections = summary["lr_selection"]
   assert [s["batch_size"] for s in selections] == SIZES
   for s in selections:
-    grid_dir = tmp_path / "lr_selection" / s["row"] / "grid"
-    # The grid population trained on the training set less 10 % and evaluated that 10 %.
-    selection = trained[str(grid_dir)]
-    assert selection.validation_fraction == 0.1 and selection.regime.lr == 0.1
-    with open(grid_dir / "summary.json") as f:
-      grid_summary = json.load(f)
-    assert grid_summary["evaluated_split"] == "validation"
-    members = {m["hyperparameters"]["regime.lr"]: [] for m in grid_summary["members"]}
-    for m in grid_summary["members"]:
-      members[m["hyperparameters"]["regime.lr"]].append(100 * m["test_accuracy"])
-    assert s["base_lrs"] == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4])
+    members = {}
+    # The grid, and each extension beyond its end, trained on the training set less 10 %
+    # and evaluated that 10 %.
+    grid_dirs = sorted((tmp_path / "lr_selection" / s["row"]).glob("grid*"))
+    assert [d.name for d in grid_dirs] == ["grid"] + [
+      f"grid_{'lowest' if e[0] < 0.025 else 'highest'}_{i}"
+      for i, e in enumerate(s["extensions"], 1)
+    ]
+    for grid_dir in grid_dirs:
+      selection = trained[str(grid_dir)]
+      assert selection.validation_fraction == 0.1 and selection.regime.lr == 0.1
+      with open(grid_dir / "summary.json") as f:
+        grid_summary = json.load(f)
+      assert grid_summary["evaluated_split"] == "validation"
+      for m in grid_summary["members"]:
+        members.setdefault(m["hyperparameters"]["regime.lr"], []).append(100 * m["test_accuracy"])
+    added = [lr for extension in s["extensions"] for lr in extension]
+    assert s["base_lrs"] == pytest.approx(sorted([0.025, 0.05, 0.1, 0.2, 0.4, *added]))
     factor = (s["batch_size"] / 16) ** 0.5
     assert s["applied_lrs"] == pytest.approx([lr * factor for lr in s["base_lrs"]])
     assert s["validation_accuracy_per_seed"] == [members[lr] for lr in s["base_lrs"]]
     best = max(s["validation_accuracy_mean"])
     assert s["selected_base_lr"] == s["base_lrs"][s["validation_accuracy_mean"].index(best)]
-    edges = {0: "lowest", 4: "highest"}
+    edges = {0: "lowest", len(s["base_lrs"]) - 1: "highest"}
     assert s["edge"] == edges.get(s["base_lrs"].index(s["selected_base_lr"]))
     # Then the sweep's seed trains at the selected rate on the whole training set.
     seed_run = trained[str(tmp_path / s["row"] / "seed_0")]

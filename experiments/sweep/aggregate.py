@@ -84,6 +84,7 @@ def selection_record(batch_size: int, b_small: int, selection: Mapping) -> dict:
     "selected_applied_lr": selection["selected_lr"] * factor,
     "ties": selection["ties"],
     "edge": selection["edge"],
+    "extensions": selection["extensions"],
     "selection_seeds": selection["selection_seeds"],
     "validation_fraction": selection["validation_fraction"],
   }

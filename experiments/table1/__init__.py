@@ -151,6 +151,8 @@ def run_table(
   if select_lr:
     meta["lr_selection"] = {
       "factors": list(lr_selection.LR_FACTORS),
+      "extension_factors": list(lr_selection.EXTENSION_FACTORS),
+      "max_extensions": lr_selection.MAX_EXTENSIONS,
       "seeds": list(lr_selection.SELECTION_SEEDS),
       "validation_fraction": lr_selection.VALIDATION_FRACTION,
     }

@@ -22,8 +22,9 @@ numbers: the momentum restart, the MNIST augmentation and main_normal.py's
 sqrt(B/256) lr and ceil(B/256) stretch on every column.
 
 ``--variants=recipes`` runs the validation-tuned protocol (``lr_selection``,
-``--select_lr``): each row's learning rate is chosen from a grid of five on a
-validation split held out from the training set, then its seeds train at it.
+``--select_lr``): each row's learning rate is chosen from a grid of five
+(extended beyond its end when an end wins) on a validation split held out
+from the training set, then its seeds train at it.
 
 ``--ablation=SB_ROW,LB_ROW`` (e.g. ``sb,lb``, or ``sb,lb+lr`` where the lr
 rule matters) runs the ablation set instead of the table (``ablation``): the
@@ -117,8 +118,9 @@ flags.DEFINE_bool(
   "select_lr",
   None,
   "Choose each row's learning rate on a validation split first (10% of the training set held "
-  "out; the default rate x 1/4, 1/2, 1, 2, 4; two selection seeds; experiments/table1/"
-  "lr_selection.py), then run --seeds at it. Default: on for --variants=recipes, else off.",
+  "out; the default rate x 1/4, 1/2, 1, 2, 4, extended beyond an end that wins; two selection "
+  "seeds; experiments/table1/lr_selection.py), then run --seeds at it. Default: on for "
+  "--variants=recipes, else off.",
 )
 flags.DEFINE_bool(
   "hessian", True, "Measure the top Hessian eigenvalue of each row's first three seeds (λ_max)."

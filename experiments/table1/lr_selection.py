@@ -14,11 +14,15 @@ takes part in the choice.
 
 Why these numbers: five rates a factor 2 apart span 16x around the default,
 enough to bracket an optimum whose default is off by up to 4x in either
-direction, and the edge of the grid is reported when the best rate lies
-there (the optimum may lie beyond). Two selection seeds (distinct from the
-table's 0-9) make the choice a mean, not one run's noise, at twice one
-population's cost per row. Each row's grid is one population
-(``config.population_grid``), resumable like any run.
+direction. When the best rate is still the grid's end, the grid is extended
+beyond that end by :data:`EXTENSION_FACTORS` of the end rate (two more
+rates, a factor 2 apart), at most :data:`MAX_EXTENSIONS` times, so that an
+optimum up to 32x from the default is still bracketed; an end that stays
+best after that is reported as the edge (the optimum may lie beyond). Two selection
+seeds (distinct from the table's 0-9) make the choice a mean, not one run's
+noise, at twice one population's cost per row. Each row's grid, and each
+extension, is one population (``config.population_grid``), resumable like
+any run.
 """
 
 from __future__ import annotations
@@ -30,10 +34,14 @@ import ml_collections
 import numpy as np
 
 from bigbatch_jax.configs.common import grid_config
-from bigbatch_jax.training import json_files, parse_variant
+from bigbatch_jax.training import json_files, parse_variant, population_grid
 from experiments.table1.runner import check_same_config, finished, read_json
 
 LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+# Beyond the end rate, nearest first: below the lowest rate (divided by
+# these) or above the highest (multiplied by them).
+EXTENSION_FACTORS = (2.0, 4.0)
+MAX_EXTENSIONS = 2
 SELECTION_SEEDS = (100, 101)
 VALIDATION_FRACTION = 0.1
 SELECTION_DIR = "lr_selection"
@@ -47,8 +55,19 @@ def grid_lrs(lr: float) -> tuple[float, ...]:
   return tuple(float(lr * f) for f in LR_FACTORS)
 
 
+def extension_lrs(lrs: Sequence[float], edge: str) -> tuple[float, ...]:
+  """The rates beyond the grid's ``edge`` ("lowest" or "highest"), increasing."""
+  if edge == "lowest":
+    return tuple(sorted(float(lrs[0] / f) for f in EXTENSION_FACTORS))
+  if edge == "highest":
+    return tuple(float(lrs[-1] * f) for f in EXTENSION_FACTORS)
+  raise ValueError(f"edge={edge!r}: expected 'lowest' or 'highest'")
+
+
 def selection_config(
-  config: ml_collections.ConfigDict, num_train: int | None = None
+  config: ml_collections.ConfigDict,
+  num_train: int | None = None,
+  lrs: Sequence[float] | None = None,
 ) -> ml_collections.ConfigDict:
   """The row's grid population on the validation split (a copy; ``config`` is unchanged).
 
@@ -56,10 +75,12 @@ def selection_config(
     config: the row's config (its ``regime.lr`` is the grid's centre).
     num_train: the full training set's size; a growing batch capped there
       (``batch_growth_max``) is capped at the kept part instead.
+    lrs: the population's rates; default the grid (``grid_lrs``).
   """
   selection = config.copy_and_resolve_references()
   selection.validation_fraction = VALIDATION_FRACTION
-  selection.population_grid = grid_config({"regime.lr": grid_lrs(config.regime.lr)})
+  lrs = grid_lrs(config.regime.lr) if lrs is None else tuple(lrs)
+  selection.population_grid = grid_config({"regime.lr": lrs})
   selection.seeds = SELECTION_SEEDS
   selection.seed = SELECTION_SEEDS[0]
   if (
@@ -130,7 +151,7 @@ def _member_accuracies(summary: dict, lrs: Sequence[float]) -> dict[float, list[
 
 
 def _run_population(config, directory: str, train_fn, echo, head: str) -> dict:
-  lrs = grid_lrs(config.regime.lr)
+  lrs = population_grid.grid_values(config)["regime.lr"]
   if finished(directory):
     check_same_config(config, directory)
     echo(f"{head}: done before, skipped")
@@ -147,9 +168,9 @@ def _run_population(config, directory: str, train_fn, echo, head: str) -> dict:
 
 
 def _run_singly(config, directory: str, train_fn, echo, head: str) -> dict:
-  """Each (rate, seed) of the grid as its own run in ``directory/lr_RATE/seed_S``."""
+  """Each (rate, seed) of the population as its own run in ``directory/lr_RATE/seed_S``."""
   accuracies: dict[float, list[float | None]] = {}
-  for lr in grid_lrs(config.regime.lr):
+  for lr in population_grid.grid_values(config)["regime.lr"]:
     accuracies[lr] = []
     for seed in SELECTION_SEEDS:
       single = config.copy_and_resolve_references()
@@ -186,21 +207,36 @@ def select_lr(
 ) -> dict:
   """Runs (or reads) ``row``'s grid on the validation split and chooses its rate.
 
-  Returns :func:`choose`'s record with ``selection_seeds`` and
-  ``validation_fraction`` added, also written to
+  The grid is extended beyond its end while the best rate is there (see the
+  module's docstring). Returns :func:`choose`'s record over every rate
+  trained, with ``extensions`` (the rates each extension added),
+  ``selection_seeds`` and ``validation_fraction`` added, also written to
   ``workdir/lr_selection/ROW/selection.json``.
   """
-  selection = selection_config(config, num_train)
   directory = os.path.join(workdir, SELECTION_DIR, row)
   head = f"lr selection {row}"
-  if population:
-    accuracies = _run_population(selection, os.path.join(directory, "grid"), train_fn, echo, head)
-  else:
-    accuracies = _run_singly(selection, directory, train_fn, echo, head)
-  try:
-    record = choose(grid_lrs(config.regime.lr), accuracies)
-  except ValueError as e:
-    raise ValueError(f"{head}: {e}") from None
+
+  def run(lrs: Sequence[float], name: str) -> dict:
+    selection = selection_config(config, num_train, lrs)
+    if population:
+      return _run_population(selection, os.path.join(directory, name), train_fn, echo, head)
+    return _run_singly(selection, directory, train_fn, echo, head)
+
+  accuracies = run(grid_lrs(config.regime.lr), "grid")
+  extensions = []
+  while True:
+    lrs = tuple(sorted(accuracies))
+    try:
+      record = choose(lrs, accuracies)
+    except ValueError as e:
+      raise ValueError(f"{head}: {e}") from None
+    if record["edge"] is None or len(extensions) == MAX_EXTENSIONS:
+      break
+    beyond = extension_lrs(lrs, record["edge"])
+    echo(f"{head}: the best rate is the grid's {record['edge']}; adding {list(beyond)}")
+    accuracies |= run(beyond, f"grid_{record['edge']}_{len(extensions) + 1}")
+    extensions.append(list(beyond))
+  record["extensions"] = extensions
   record |= {"selection_seeds": list(SELECTION_SEEDS), "validation_fraction": VALIDATION_FRACTION}
   json_files.write_json_atomic(os.path.join(directory, SELECTION_FILE), record, indent=2)
   echo(f"{head}: {describe(record)}")

@@ -42,6 +42,14 @@ def test_a_key_added_since_the_workdir_was_written_resumes_at_its_default(tmp_pa
     training.check_and_save_config(changed, str(tmp_path))
 
 
+def test_the_updates_per_call_may_change_on_resume(tmp_path):
+  # A call ends at each event, so the records and checkpoints are the same either way.
+  _saved(tmp_path, tiny_config("sb"))
+  scanned = tiny_config("sb")
+  scanned.steps_per_call = 50
+  assert training.config_changes(scanned, str(tmp_path)) == []
+
+
 def test_a_change_is_named_by_its_field_with_the_option_that_accepts_it(tmp_path):
   _saved(tmp_path, tiny_config("sb"))
   changed = tiny_config("sb")

@@ -31,6 +31,9 @@ RESUMABLE_KEYS = frozenset(
     # When checkpoints are written and how many are kept change no result.
     "checkpoint_every_steps",
     "max_checkpoints_to_keep",
+    # How many updates one compiled call runs changes no record and no
+    # checkpoint: a call ends at every event (``events.call_length``).
+    "steps_per_call",
   }
 )
 

@@ -15,6 +15,7 @@ import os
 
 from bigbatch_jax.training.plotting import pyplot
 from experiments.sweep.aggregate import JSON_FILE
+from experiments.sweep.grid import PLAIN, TUNED
 from experiments.table1.runner import read_json
 
 PNG_FILE = "sweep.png"
@@ -37,6 +38,14 @@ def _draw_noise(ax, along) -> None:
     )  # fmt: skip
 
 
+def _label(variant: str) -> str:
+  if variant == PLAIN:
+    return variant
+  if variant == TUNED:
+    return f"{variant} (lr selected on validation)"
+  return f"{variant} (remedy)"
+
+
 def draw(json_path: str, png_path: str | None = None) -> str:
   """Draws the figure of a ``sweep.json`` into ``png_path`` (default: beside it)."""
   summary = read_json(json_path)
@@ -51,7 +60,7 @@ def draw(json_path: str, png_path: str | None = None) -> str:
       yerr=[p["std"] or 0.0 for p in done],
       marker=marker,
       capsize=3,
-      label=variant if variant == "lb" else f"{variant} (remedy)",
+      label=_label(variant),
     )
   _draw_noise(ax, (summary.get("noise_scale") or {}).get("along", []))
   ax.set_xscale("log", base=2)

@@ -4,12 +4,14 @@ import gc
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from bigbatch_jax import data
+from bigbatch_jax.data import stream as stream_lib
 
 
 def _indexed_dataset(n: int, image: bool = False) -> data.ArrayDataset:
@@ -85,6 +87,35 @@ def test_stream_indices_is_fast_for_large_batches():
   for k in range(10):
     data.stream_indices(0, 50_000, 10**9 + k * 16384, 16384)
   assert (time.perf_counter() - t0) / 10 < 0.05
+
+
+def test_a_populations_streams_build_each_epoch_permutation_once(monkeypatch):
+  # Ten streams read in turn: each keeps its own epoch's permutation, where a
+  # cache shared by all streams would evict them and rebuild one per batch.
+  built = []
+  permutation = stream_lib.epoch_permutation
+  monkeypatch.setattr(
+    stream_lib, "epoch_permutation", lambda *key: built.append(key) or permutation(*key)
+  )
+  seeds = tuple(range(10))
+  batches = data.PopulationBatches(_indexed_dataset(100), 10, seeds=seeds, prefetch=0)
+  with batches:
+    for _ in range(5):
+      next(batches)
+  assert sorted(built) == [(seed, 100, 0) for seed in seeds]
+
+
+def test_a_population_builds_its_stacked_batches_on_one_prefetch_thread():
+  def prefetching():
+    return sum(t.name == "bigbatch-prefetch" for t in threading.enumerate())
+
+  before = prefetching()
+  batches = data.PopulationBatches(_indexed_dataset(100), 10, seeds=tuple(range(10)), prefetch=2)
+  with batches:
+    member_7 = {"x": next(batches)["x"][7]}
+    np.testing.assert_array_equal(_indices(member_7), data.stream_indices(7, 100, 0, 10))
+    assert prefetching() == before + 1
+  assert not batches.threads_alive
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ from bigbatch_jax.data.schedule import (
   offset_at_step,
   step_at_offset,
 )
-from bigbatch_jax.data.stream import check_process, stream_indices
+from bigbatch_jax.data.stream import StreamOrder, check_process
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 """Batch augmentation: (float32 batch of inputs, rng) -> augmented batch of the same length."""
@@ -60,6 +60,7 @@ class _BatchPlan:
     self.num_examples = data.num_train if isinstance(data, ArrayDataset) else len(data)
     self.batch_size = batch_size
     self.seed = seed
+    self.order = StreamOrder(seed, self.num_examples)
     self.augment = augment
     self.transform = transform
     self.process_index = process_index
@@ -75,7 +76,7 @@ class _BatchPlan:
       )
     local = size // self.process_count
     lo = offset + self.process_index * local
-    indices = stream_indices(self.seed, self.num_examples, lo, local)
+    indices = self.order.indices(lo, local)
     positions = np.arange(lo, lo + local)
     x, y = load_examples(
       self.data, "train", indices, positions, self.seed, self.transform, executor
@@ -222,7 +223,7 @@ class BatchIterator:
 
     self.step = start_step
     self.offset = start
-    self._plan = _BatchPlan(
+    self._plan = self._batch_plan(
       data, batch_size, seed, augment, transform, process_index, process_count
     )
     needs_threads = not isinstance(data, ArrayDataset)
@@ -250,6 +251,10 @@ class BatchIterator:
     self._finalizer = weakref.finalize(
       self, _shutdown, self._stop, self._thread, self._executor, False
     )
+
+  def _batch_plan(self, data, batch_size, seed, *options):
+    """What builds each batch (the producer thread calls its ``make_batch``)."""
+    return _BatchPlan(data, batch_size, seed, *options)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
@@ -364,13 +369,30 @@ def eval_batches(
       executor.shutdown(wait=False, cancel_futures=True)
 
 
-class PopulationBatches:
+class _PopulationPlan:
+  """A population's batch: each distinct seed's ``_BatchPlan`` batch, stacked in member order."""
+
+  def __init__(self, plans: list[_BatchPlan], stream_of: list[int]):
+    self.plans = plans
+    self.stream_of = stream_of
+
+  def make_batch(
+    self, step: int, offset: int, executor: concurrent.futures.Executor | None
+  ) -> tuple[dict[str, np.ndarray], int]:
+    made = [plan.make_batch(step, offset, executor) for plan in self.plans]
+    batches = [made[i][0] for i in self.stream_of]
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}, made[0][1]
+
+
+class PopulationBatches(BatchIterator):
   """The batches of a population: one seeded stream per member, stacked ``[P, B, ...]``.
 
   Member i reads the example stream (and augmentation) of ``seeds[i]``,
   exactly the batches a single run of that seed reads; each distinct seed's
-  stream has its own ``BatchIterator`` (and prefetch thread), read once per
-  step for the members that share it (a grid's members share seeds).
+  stream is read once per step for the members that share it (a grid's
+  members share seeds). One prefetch thread builds the stacked batches: a
+  thread per stream, each handing over its batches, cost a ten-member
+  population more host time per step than building them.
 
   Args:
     data: as for ``BatchIterator``.
@@ -382,34 +404,10 @@ class PopulationBatches:
   def __init__(self, data, batch_size: BatchSize, *, seeds, **options):
     if not seeds:
       raise ValueError(f"seeds must name at least one member, got {seeds!r}")
-    self._members = []
-    distinct = list(dict.fromkeys(seeds))
-    self._stream_of = [distinct.index(seed) for seed in seeds]
-    try:
-      for seed in distinct:
-        self._members.append(BatchIterator(data, batch_size, seed=seed, **options))
-    except BaseException:
-      self.close()
-      raise
+    self.seeds = tuple(check_int("seed", seed, 0) for seed in seeds)
+    super().__init__(data, batch_size, seed=self.seeds[0], **options)
 
-  @property
-  def step(self) -> int:
-    return self._members[0].step
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    streams = [next(member) for member in self._members]
-    batches = [streams[i] for i in self._stream_of]
-    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-
-  def close(self) -> None:
-    for member in self._members:
-      member.close()
-
-  def __enter__(self) -> PopulationBatches:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
+  def _batch_plan(self, data, batch_size, seed, *options):
+    distinct = list(dict.fromkeys(self.seeds))
+    plans = [_BatchPlan(data, batch_size, s, *options) for s in distinct]
+    return _PopulationPlan(plans, [distinct.index(s) for s in self.seeds])

@@ -11,14 +11,48 @@ from bigbatch_jax.data.arrays import SEED_TAG_PERMUTATION
 from bigbatch_jax.data.schedule import check_int
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
-  # A batch touches at most two epochs; a few cached permutations make
-  # consecutive batches slices of arrays already built.
+def epoch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
+  """The read-only permutation of range(num_examples) that orders ``epoch`` of ``seed``'s stream."""
   rng = np.random.default_rng([SEED_TAG_PERMUTATION, seed, epoch])
   perm = rng.permutation(num_examples)
   perm.flags.writeable = False
   return perm
+
+
+class StreamOrder:
+  """One seed's example stream over ``num_examples`` examples, its recent epochs cached.
+
+  A batch touches at most two epochs; caching a few permutations per stream
+  makes consecutive batches slices of arrays already built. The cache is the
+  stream's own: the streams of a population (one per member seed) read in
+  turn would evict each other from a shared one and rebuild a permutation for
+  every batch.
+  """
+
+  def __init__(self, seed: int, num_examples: int):
+    self.seed = check_int("seed", seed, 0)
+    self.num_examples = check_int("num_examples", num_examples, 1)
+    self._permutation = functools.lru_cache(maxsize=4)(
+      functools.partial(epoch_permutation, self.seed, self.num_examples)
+    )
+
+  def indices(self, start: int, count: int) -> np.ndarray:
+    """Example indices at stream positions [start, start + count) (see :func:`stream_indices`)."""
+    start = check_int("start", start, 0)
+    count = check_int("count", count, 0)
+    out = np.empty(count, np.int64)
+    filled = 0
+    while filled < count:
+      epoch, offset = divmod(start + filled, self.num_examples)
+      take = min(count - filled, self.num_examples - offset)
+      out[filled : filled + take] = self._permutation(epoch)[offset : offset + take]
+      filled += take
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_order(seed: int, num_examples: int) -> StreamOrder:
+  return StreamOrder(seed, num_examples)
 
 
 def stream_indices(seed: int, num_examples: int, start: int, count: int) -> np.ndarray:
@@ -26,7 +60,8 @@ def stream_indices(seed: int, num_examples: int, start: int, count: int) -> np.n
 
   Position p lies in epoch p // num_examples, whose permutation of
   range(num_examples) is drawn from (seed, epoch) alone, so any window of
-  the stream is computed without the ones before it.
+  the stream is computed without the ones before it. An iterator reading one
+  stream batch after batch holds its own :class:`StreamOrder` instead.
 
   Args:
     seed: non-negative int.
@@ -39,18 +74,7 @@ def stream_indices(seed: int, num_examples: int, start: int, count: int) -> np.n
   """
   seed = check_int("seed", seed, 0)
   num_examples = check_int("num_examples", num_examples, 1)
-  start = check_int("start", start, 0)
-  count = check_int("count", count, 0)
-  out = np.empty(count, np.int64)
-  filled = 0
-  while filled < count:
-    epoch, offset = divmod(start + filled, num_examples)
-    take = min(count - filled, num_examples - offset)
-    out[filled : filled + take] = _epoch_permutation(seed, num_examples, epoch)[
-      offset : offset + take
-    ]
-    filled += take
-  return out
+  return _shared_order(seed, num_examples).indices(start, count)
 
 
 def check_process(process_index: int, process_count: int) -> tuple[int, int]:

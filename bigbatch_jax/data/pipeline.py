@@ -405,6 +405,7 @@ class PopulationBatches(BatchIterator):
     if not seeds:
       raise ValueError(f"seeds must name at least one member, got {seeds!r}")
     self.seeds = tuple(check_int("seed", seed, 0) for seed in seeds)
+    # The seed argument is only checked there; the plan reads every member's (_batch_plan).
     super().__init__(data, batch_size, seed=self.seeds[0], **options)
 
   def _batch_plan(self, data, batch_size, seed, *options):

@@ -22,8 +22,8 @@ def epoch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
 class StreamOrder:
   """One seed's example stream over ``num_examples`` examples, its recent epochs cached.
 
-  A batch touches at most two epochs; caching a few permutations per stream
-  makes consecutive batches slices of arrays already built. The cache is the
+  A batch touches at most two epochs; caching the last two permutations per
+  stream makes consecutive batches slices of arrays already built. The cache is the
   stream's own: the streams of a population (one per member seed) read in
   turn would evict each other from a shared one and rebuild a permutation for
   every batch.
@@ -32,7 +32,7 @@ class StreamOrder:
   def __init__(self, seed: int, num_examples: int):
     self.seed = check_int("seed", seed, 0)
     self.num_examples = check_int("num_examples", num_examples, 1)
-    self._permutation = functools.lru_cache(maxsize=4)(
+    self._permutation = functools.lru_cache(maxsize=2)(
       functools.partial(epoch_permutation, self.seed, self.num_examples)
     )
 

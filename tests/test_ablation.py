@@ -10,9 +10,10 @@ import pytest
 from scipy import stats
 
 from bigbatch_jax import protocol as protocol_lib
-from bigbatch_jax.data import ArrayDataset, load_data
+from bigbatch_jax.data import ArrayDataset
 from bigbatch_jax.data.reference_mnist import reference_mnist_augmentation
 from bigbatch_jax.training import Checkpointer, make_plan
+from bigbatch_jax.training.spec import load_data
 from experiments.configs import f1
 from experiments.table1 import ablation, rows
 from experiments.table1 import report as report_lib

@@ -22,6 +22,7 @@ from bigbatch_jax import data as data_lib
 from bigbatch_jax.configs import key_docs
 from bigbatch_jax.protocol import resolve_protocol
 from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.training import spec as spec_lib
 from bigbatch_jax.training.variants import parse_variant
 from experiments.configs import common
 from tests.test_training import VARIANTS as TRAINED_VARIANTS
@@ -186,29 +187,31 @@ def test_the_rows_regimes_and_sizes():
 def test_input_pipelines_match_the_datasets():
   cifar = data_lib.load_dataset("synthetic", input_shape=(8, 8, 3))
   config = _module("c1").get_config("sb")
-  pipeline = data_lib.input_pipeline(config, cifar, resolve_protocol(config))
+  pipeline = data_lib.input_pipeline(spec_lib.data_spec(config), cifar, resolve_protocol(config))
   assert pipeline.augment is data_lib.cifar_augment and pipeline.train_transform is None
   config.augment = "imagenet"
   with pytest.raises(ValueError, match="streamed"):
-    data_lib.input_pipeline(config, cifar, resolve_protocol(config))
+    data_lib.input_pipeline(spec_lib.data_spec(config), cifar, resolve_protocol(config))
   config.augment = "flip"
   with pytest.raises(ValueError, match="valid: none, cifar, imagenet"):
-    data_lib.input_pipeline(config, cifar, resolve_protocol(config))
+    data_lib.input_pipeline(spec_lib.data_spec(config), cifar, resolve_protocol(config))
   flat = data_lib.load_dataset("synthetic")
   config.augment = "cifar"
   with pytest.raises(ValueError, match=r"\(H, W, C\)"):
-    data_lib.input_pipeline(config, flat, resolve_protocol(config))
+    data_lib.input_pipeline(spec_lib.data_spec(config), flat, resolve_protocol(config))
 
 
 def test_imagenet_is_streamed_and_cropped():
   config = _module("alexnet").get_config("sb")
   config.image_size = 64
   with tfds.testing.mock_data(num_examples=16):
-    dataset = data_lib.load_data(config)
+    dataset = spec_lib.load_data(config)
     assert isinstance(dataset, data_lib.StreamedDataset)
     assert (dataset.num_train, dataset.num_test, dataset.num_classes) == (16, 16, 1000)
     assert dataset.input_shape == (64, 64, 3)
-    pipeline = data_lib.input_pipeline(config, dataset, resolve_protocol(config))
+    pipeline = data_lib.input_pipeline(
+      spec_lib.data_spec(config), dataset, resolve_protocol(config)
+    )
     assert pipeline.augment is None
     # Mock images have random sizes: both transforms crop them to 64x64.
     rng = np.random.default_rng(0)
@@ -218,11 +221,14 @@ def test_imagenet_is_streamed_and_cropped():
       assert pipeline.eval_transform(image, rng).shape == (64, 64, 3)
     config.augment = "none"  # still cropped: the images differ in size
     assert (
-      data_lib.input_pipeline(config, dataset, resolve_protocol(config)).train_transform is not None
+      data_lib.input_pipeline(
+        spec_lib.data_spec(config), dataset, resolve_protocol(config)
+      ).train_transform
+      is not None
     )
     config.augment = "cifar"
     with pytest.raises(ValueError, match="streamed"):
-      data_lib.input_pipeline(config, dataset, resolve_protocol(config))
+      data_lib.input_pipeline(spec_lib.data_spec(config), dataset, resolve_protocol(config))
 
 
 # --- smoke runs under mock data -----------------------------------------------------

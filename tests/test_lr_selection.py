@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from bigbatch_jax.configs.common import grid_config, override
-from bigbatch_jax.training import population_grid
+from bigbatch_jax.training import population_spec
 from bigbatch_jax.training.workdir import config_changes
 from experiments import table1
 from experiments.configs import default, f1
@@ -60,7 +60,7 @@ def test_a_grid_with_dotted_keys_survives_copies_json_and_the_resume_check(tmp_p
   override(config, {"population_grid": grid})
   # A plain dict here raised ValueError; copies of copies keep the keys and their order.
   copy = config.copy_and_resolve_references().copy_and_resolve_references()
-  assert list(population_grid.grid_values(copy).items()) == list(grid.items())
+  assert list(population_spec.grid_values(copy).items()) == list(grid.items())
   assert json.loads(copy.to_json())["population_grid"] == {k: list(v) for k, v in grid.items()}
   (tmp_path / "config.json").write_text(copy.to_json())
   assert config_changes(config, str(tmp_path)) == []
@@ -72,7 +72,7 @@ def test_the_selection_grid_is_the_rows_default_rate_on_the_validation_split():
   config = rows_lib.variant_config(f1, "lb+lamb", "quick")
   selection = lr_selection.selection_config(config)
   assert selection.validation_fraction == 0.1 and config.validation_fraction == 0.0
-  assert population_grid.grid_values(selection) == {
+  assert population_spec.grid_values(selection) == {
     "regime.lr": tuple(0.01 * f for f in (0.25, 0.5, 1, 2, 4))
   }
   assert selection.seeds == lr_selection.SELECTION_SEEDS and config.seeds is None
@@ -137,7 +137,7 @@ def fake_grid_train(accuracy_of, calls):
   ``accuracy_of(lr)`` (None: diverged); writes the files a finished run leaves."""
 
   def train(config, directory):
-    lrs = population_grid.grid_values(config)["regime.lr"]
+    lrs = population_spec.grid_values(config)["regime.lr"]
     calls.append((os.path.basename(directory), lrs, config.validation_fraction))
     members = [
       {"hyperparameters": {"regime.lr": lr}, "test_accuracy": accuracy_of(lr)}

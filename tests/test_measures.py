@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from bigbatch_jax.diagnostics import scale_invariance
-from bigbatch_jax.training import make_plan, population_grid
+from bigbatch_jax.training import population_grid
+from bigbatch_jax.training import spec as spec_lib
 from bigbatch_jax.training.loss import cross_entropy, eval_logits
 from bigbatch_jax.training.plan import lr_schedule
 from bigbatch_jax.training.setup import build_model, norm_layer
@@ -70,8 +71,9 @@ def test_the_normalized_sharpness_is_lambda_max_times_the_invariant_layers_squar
 def _row(row):
   """The row's quick-preset plan, config and models (evaluation: BN; training: the row's)."""
   config = variant_config(f1, row, "quick")
-  plan = make_plan(config, NUM_TRAIN, num_devices=1)
-  model = build_model(config, 10, norm_layer(plan, config, None))
+  spec = spec_lib.resolve(config, num_train=NUM_TRAIN, num_devices=1)
+  plan = spec.plan
+  model = build_model(spec, 10, norm_layer(spec, None))
   return plan, config, model
 
 
@@ -85,7 +87,7 @@ def _start(model, batch_size):
 def test_the_white_noise_adds_lr_squared_alpha_to_each_coordinate_of_the_update():
   plan, config, model = _row("lb+linear+white")
   params, stats, batch = _start(model, plan.batch_size)
-  alpha, gamma = population_grid.white_noise(config, {})
+  alpha, gamma = population_grid.white_noise(plan, {})
   lr = float(lr_schedule(plan)(0))
   assert lr == pytest.approx(config.regime.lr * plan.batch_size / 64)  # linear scaling
   noisy = jax.jit(regime_update_fn(plan, model, stats, (alpha, gamma)))

@@ -24,6 +24,7 @@ from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
 from bigbatch_jax.training import loop as loop_lib
 from bigbatch_jax.training import optimizer, parallel, setup
 from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.training import spec as spec_lib
 from experiments.configs import f1
 from experiments.table1 import ablation, rows
 from tests.test_training import _final_params, tiny_config
@@ -197,9 +198,10 @@ def test_momentum_restarts_at_each_epochs_first_update_after_the_partial_batch()
 
 def test_the_partial_step_normalizes_its_ghost_chunks_and_averages_its_real_examples():
   config = _partial_config()
-  plan = plan_lib.make_plan(config, num_train=512, num_devices=1)
+  spec = spec_lib.resolve(config, num_train=512, num_devices=1)
+  plan = spec.plan
   mesh = parallel.make_mesh(1)
-  run = setup.set_up_run(config, plan, mesh, 4, (16,))
+  run = setup.set_up_run(spec, mesh, 4, (16,))
   assert run.step_args_at(96, plan) is run.step_args
   steps = loop_lib.CompiledSteps(run, mesh, (16,), plan)
   rng = np.random.default_rng(0)
@@ -208,7 +210,7 @@ def test_the_partial_step_normalizes_its_ghost_chunks_and_averages_its_real_exam
   params, stats = jax.device_get((run.state.params, run.state.batch_stats))
   _, metrics = steps.get(32, 1)(run.state, parallel.put_batch(batch, mesh))
   # By hand: plain batch norm on each of torch.chunk(batch, 8)'s chunks of 4.
-  plain = setup.build_model(config, 4, functools.partial(GhostBatchNorm, ghost_batch_size=None))
+  plain = setup.build_model(spec, 4, functools.partial(GhostBatchNorm, ghost_batch_size=None))
   logits = []
   for chunk in np.split(batch["x"], 8):
     out, _ = plain.apply(

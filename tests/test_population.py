@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from bigbatch_jax import training
-from bigbatch_jax.training import population
+from bigbatch_jax.training import population, population_spec
+from bigbatch_jax.training import spec as spec_lib
 from experiments.configs import default
 from tests import tiny_run
 from tests.test_training import tiny_config
@@ -109,11 +110,11 @@ def test_a_member_equals_the_single_run_of_its_seed_for_each_remedy(case, tmp_pa
 
 def test_seeds_resolve_to_a_population_or_a_single_run():
   config = default.get_config()
-  assert population.member_seeds(config) is None
+  assert population_spec.member_seeds(config) is None
   config.seeds = 0
-  assert population.member_seeds(config) is None
+  assert population_spec.member_seeds(config) is None
   config.seeds = (2, 0, 5)
-  assert population.member_seeds(config) == (2, 0, 5)
+  assert population_spec.member_seeds(config) == (2, 0, 5)
   for bad, words in [
     (3, "differs from config.seed=0"),
     ((), "non-empty tuple"),
@@ -123,7 +124,7 @@ def test_seeds_resolve_to_a_population_or_a_single_run():
   ]:
     config.seeds = bad
     with pytest.raises(ValueError, match=words):
-      population.member_seeds(config)
+      population_spec.member_seeds(config)
 
 
 def _population_step(config, seeds):
@@ -131,10 +132,11 @@ def _population_step(config, seeds):
   from bigbatch_jax import data as data_lib
   from bigbatch_jax.training import parallel, setup
 
-  data = data_lib.load_data(config)
+  data = spec_lib.load_data(config)
   mesh = parallel.make_mesh(1)
-  plan = training.make_plan(config, data.num_train, 1)
-  run = setup.set_up_run(config, plan, mesh, data.num_classes, data.input_shape, seeds=seeds)
+  spec = spec_lib.resolve(config, num_train=data.num_train, num_devices=1)
+  plan = spec.plan
+  run = setup.set_up_run(spec, mesh, data.num_classes, data.input_shape, seeds=seeds)
   fn = parallel.shard_train_step(
     population.population_train_step, mesh, members=True, **run.step_args
   )

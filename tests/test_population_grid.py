@@ -17,7 +17,8 @@ import pytest
 from bigbatch_jax import training
 from bigbatch_jax.training import loop as loop_lib
 from bigbatch_jax.training import members as members_lib
-from bigbatch_jax.training import population, population_grid
+from bigbatch_jax.training import population, population_spec
+from bigbatch_jax.training import spec as spec_lib
 from experiments.configs import common, default
 from tests.test_population import _final_state, _records, equivalence_config
 
@@ -177,12 +178,13 @@ def _grid_step(config):
   from bigbatch_jax import data as data_lib
   from bigbatch_jax.training import loop, parallel, setup
 
-  data = data_lib.load_data(config)
+  data = spec_lib.load_data(config)
   mesh = parallel.make_mesh(1)
-  plan = training.make_plan(config, data.num_train, 1)
-  grid = population_grid.population_of(config, plan, population.member_seeds(config))
+  spec = spec_lib.resolve(config, num_train=data.num_train, num_devices=1)
+  plan = spec.plan
+  grid = population_spec.population_of(config, plan, population_spec.member_seeds(config))
   run = setup.set_up_run(
-    config, plan, mesh, data.num_classes, data.input_shape, seeds=grid.seeds, grid=grid.arrays()
+    spec, mesh, data.num_classes, data.input_shape, seeds=grid.seeds, grid=grid.arrays()
   )
   call = loop.CompiledSteps(run, mesh, data.input_shape, plan, grid.size).get(plan.batch_size, 1)
   batches = data_lib.PopulationBatches(data, plan.batch_schedule, seeds=grid.seeds, prefetch=0)
@@ -221,7 +223,7 @@ def _config(**overrides):
 
 def _population(config):
   plan = training.make_plan(config, 512, 1)
-  return population_grid.population_of(config, plan, population.member_seeds(config))
+  return population_spec.population_of(config, plan, population_spec.member_seeds(config))
 
 
 def test_members_cross_the_grid_with_the_seeds():
@@ -276,7 +278,7 @@ def test_a_bad_grid_is_refused_with_the_key_named(grid, variant, words):
 def test_a_diverged_grid_member_is_reported_with_its_values_and_learning_rate(tmp_path, capsys):
   config = _config(variant="lb+lr", seeds=(0,), population_grid={"regime.lr": (0.1, 0.4)})
   plan = training.make_plan(config, 512, 1)
-  grid = population_grid.population_of(config, plan, population.member_seeds(config))
+  grid = population_spec.population_of(config, plan, population_spec.member_seeds(config))
   members = members_lib.Members(grid, plan, training.Checkpointer(str(tmp_path / "c")), None)
   state = training.TrainState(
     step=np.int32(3),
@@ -299,7 +301,7 @@ def test_members_that_share_a_seed_read_its_stream():
   from bigbatch_jax import data as data_lib
 
   config = _config()
-  data = data_lib.load_data(config)
+  data = spec_lib.load_data(config)
   seeds = (4, 7, 4)
   together = data_lib.PopulationBatches(data, 32, seeds=seeds, prefetch=0)
   alone = {s: data_lib.BatchIterator(data, 32, seed=s, prefetch=0) for s in (4, 7)}

@@ -16,11 +16,11 @@ import jax
 import numpy as np
 import pytest
 
-from bigbatch_jax import data as data_lib
 from bigbatch_jax import training
 from bigbatch_jax.training import loop, parallel, population_groups
+from bigbatch_jax.training import spec as spec_lib
 from bigbatch_jax.training.members import split_population
-from bigbatch_jax.training.population_grid import population_of
+from bigbatch_jax.training.population_spec import population_of
 from experiments import launch
 from experiments.configs import common
 from tests.test_population import _final_state, _records, equivalence_config
@@ -48,11 +48,11 @@ def _config(grid=None, **overrides):
 
 def _step_bytes(config, size, seeds=SEEDS):
   """What the library measures for the first ``size`` members of ``config``'s population."""
-  dataset = data_lib.load_data(config)
+  dataset = spec_lib.load_data(config)
   mesh = parallel.make_mesh(config.num_devices)
-  plan = training.make_plan(config, dataset.num_train, mesh.size)
-  members = population_of(config, plan, seeds)
-  return population_groups.member_steps(config, plan, mesh, dataset, members, size).memory_bytes
+  spec = spec_lib.resolve(config, num_train=dataset.num_train, num_devices=mesh.size)
+  members = population_of(config, spec.plan, seeds)
+  return population_groups.member_steps(spec, mesh, dataset, members, size).memory_bytes
 
 
 def _train_measuring(monkeypatch, config, workdir):

@@ -18,6 +18,7 @@ from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
 from bigbatch_jax.models import layers
 from bigbatch_jax.training import optimizer, setup
 from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.training import spec as spec_lib
 from bigbatch_jax.training.variants import parse_variant
 from bigbatch_jax.transforms import restart_momentum_at, scale_by_batch_size
 from experiments.configs import f1
@@ -421,8 +422,8 @@ def test_reference_protocol_run_resumes_exactly_and_four_devices_equal_one(tmp_p
 def test_bn_scale_uniform_reaches_the_models_norm_layers():
 
   config = tiny_config("lb+lr+gbn", bn_scale_uniform=True)
-  plan = training.make_plan(config, num_train=512, num_devices=1)
-  model = setup.build_model(config, 10, setup.norm_layer(plan, config, axis_name=None))
+  spec = spec_lib.resolve(config, num_train=512, num_devices=1)
+  model = setup.build_model(spec, 10, setup.norm_layer(spec, axis_name=None))
   variables = model.init(jax.random.key(0), jnp.ones((8, 784)), train=False)
   scales = [
     np.asarray(leaf)
@@ -438,9 +439,11 @@ def test_reference_protocol_augments_mnist_images_in_the_input_pipeline():
   y = np.zeros(4, np.int32)
   images = data.ArrayDataset("tfds:mnist", x, y, x, y, 10, np.float32([0.5]), np.float32([0.5]))
   config = tiny_config("sb", protocol="reference")
-  pipeline = data.input_pipeline(config, images, protocol_lib.resolve_protocol(config))
+  pipeline = data.input_pipeline(
+    spec_lib.data_spec(config), images, protocol_lib.resolve_protocol(config)
+  )
   batch = images.normalize(x)
   out = pipeline.augment(batch, np.random.default_rng(0))
   assert set(np.unique(out).tolist()) <= {-1.0} and out.shape == batch.shape
   clean = protocol_lib.resolve_protocol(tiny_config("sb"))
-  assert data.input_pipeline(tiny_config("sb"), images, clean).augment is None
+  assert data.input_pipeline(spec_lib.data_spec(tiny_config("sb")), images, clean).augment is None

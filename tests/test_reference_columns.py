@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bigbatch_jax import data, reference_columns
 from bigbatch_jax import nnx as bnnx
 from bigbatch_jax import protocol as protocol_lib
+from bigbatch_jax import reference_columns
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
 from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.training import spec as spec_lib
 from experiments.configs import f1
 from tests.test_training import tiny_config
 
@@ -246,27 +247,27 @@ def _write_npz(path, channels=1):
 def test_mnist_normalisation_on_the_npz_route(tmp_path):
   x = _write_npz(tmp_path / "mnist.npz")
   spec = f"npz:{tmp_path / 'mnist.npz'}"
-  reference = data.load_data(tiny_config("sb", dataset=spec, protocol="reference"))
+  reference = spec_lib.load_data(tiny_config("sb", dataset=spec, protocol="reference"))
   np.testing.assert_array_equal(reference.mean, [0.5])
   np.testing.assert_array_equal(reference.std, [0.5])
   np.testing.assert_allclose(reference.normalize(x[:2]), (x[:2] / 255.0 - 0.5) / 0.5, atol=1e-6)
-  clean = data.load_data(tiny_config("sb", dataset=spec))
+  clean = spec_lib.load_data(tiny_config("sb", dataset=spec))
   assert abs(float(clean.mean[0]) - x.mean() / 255.0) < 1e-4  # the data's own statistics
   # Colour images are not MNIST: left alone by default, an error when asked for.
   _write_npz(tmp_path / "colour.npz", channels=3)
   colour = f"npz:{tmp_path / 'colour.npz'}"
   assert not np.allclose(
-    data.load_data(tiny_config("sb", dataset=colour, protocol="reference")).mean, 0.5
+    spec_lib.load_data(tiny_config("sb", dataset=colour, protocol="reference")).mean, 0.5
   )
   with pytest.raises(ValueError, match=r"shape \(28, 28, 3\)"):
-    data.load_data(tiny_config("sb", dataset=colour, reference_mnist_normalize=True))
+    spec_lib.load_data(tiny_config("sb", dataset=colour, reference_mnist_normalize=True))
 
 
 def test_mnist_normalisation_on_the_tfds_route():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=16):
     for protocol in ("reference", "clean"):
-      dataset = data.load_data(tiny_config("sb", dataset="tfds:mnist", protocol=protocol))
+      dataset = spec_lib.load_data(tiny_config("sb", dataset="tfds:mnist", protocol=protocol))
       np.testing.assert_array_equal(dataset.mean, [0.5])
       np.testing.assert_array_equal(dataset.std, [0.5])
       x = dataset.x_train[:4]

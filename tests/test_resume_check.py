@@ -1,4 +1,4 @@
-"""The resume check compares configs field by field: changes, keys added since, overrides."""
+"""The resume check compares configs and specs field by field: changes, keys added, overrides."""
 
 import json
 import sys
@@ -8,6 +8,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from bigbatch_jax import training
+from bigbatch_jax.training import spec as spec_lib
 from tests.test_training import REPO, tiny_config
 
 
@@ -115,3 +116,60 @@ def test_allow_config_change_from_the_command_line(flag, value, monkeypatch):
   monkeypatch.setattr(sys, "argv", argv)  # config_flags reads overrides from sys.argv
   values(argv)
   assert values.config.allow_config_change == value
+
+
+def _spec(config, num_train=512):
+  return spec_lib.record(spec_lib.resolve(config, num_train=num_train, num_devices=1))
+
+
+def _saved_with_spec(workdir, config, num_train=512):
+  for name in ("config.json", "spec.json"):
+    (workdir / name).unlink(missing_ok=True)
+  training.check_and_save_config(config, str(workdir), _spec(config, num_train))
+
+
+def test_a_config_change_that_leaves_the_spec_unchanged_resumes(tmp_path):
+  # The ghost size spelled out at the value None resolves to: another config, the same run.
+  _saved_with_spec(tmp_path, tiny_config("lb+lr+gbn", ghost_batch_size=None))
+  spelled = tiny_config("lb+lr+gbn", ghost_batch_size=16)  # the base batch: None's ghost size
+  assert training.config_changes(spelled, str(tmp_path)) != []
+  training.check_and_save_config(spelled, str(tmp_path), _spec(spelled))  # accepted
+  # Without the saved spec only the config can be compared: the same change is refused.
+  _saved_with_spec(tmp_path, tiny_config("lb+lr+gbn", ghost_batch_size=None))
+  (tmp_path / "spec.json").unlink()
+  with pytest.raises(ValueError, match=r"different config \(ghost_batch_size: None -> 16\)"):
+    training.check_and_save_config(spelled, str(tmp_path), _spec(spelled))
+
+
+def test_a_change_of_the_spec_names_the_config_key_and_the_spec_field(tmp_path):
+  _saved_with_spec(tmp_path, tiny_config("sb"))
+  changed = tiny_config("sb")
+  changed.regime.lr = 0.5
+  with pytest.raises(ValueError) as refused:
+    training.check_and_save_config(changed, str(tmp_path), _spec(changed))
+  message = str(refused.value)
+  assert "different config (regime.lr: 0.05 -> 0.5)" in message
+  assert "spec changes with it (plan.regime.lr: 0.05 -> 0.5)" in message
+  assert "--config.allow_config_change='(\"regime.lr\",)'" in message
+  changed.allow_config_change = ("regime.lr",)
+  training.check_and_save_config(changed, str(tmp_path), _spec(changed))  # accepted
+  assert json.loads((tmp_path / "spec.json").read_text())["plan"]["regime"]["lr"] == 0.5
+
+
+def test_the_same_config_resolving_to_another_spec_is_refused_by_its_field(tmp_path):
+  # The data changed under the same config: 512 training examples then, 448 now.
+  _saved_with_spec(tmp_path, tiny_config("sb"), num_train=512)
+  config = tiny_config("sb")
+  with pytest.raises(ValueError) as refused:
+    training.check_and_save_config(config, str(tmp_path), _spec(config, num_train=448))
+  message = str(refused.value)
+  assert "the same config but a different spec (" in message
+  assert "plan.num_train: 512 -> 448" in message
+  config.allow_config_change = ("plan.num_train", "plan.num_steps")
+  training.check_and_save_config(config, str(tmp_path), _spec(config, num_train=448))
+
+
+def test_the_fields_that_may_change_on_resume_are_not_compared(tmp_path):
+  _saved_with_spec(tmp_path, tiny_config("sb"))
+  config = tiny_config("sb", steps_per_call=10, log_every_steps=7, progress_bar=False)
+  training.check_and_save_config(config, str(tmp_path), _spec(config))  # accepted

@@ -15,6 +15,7 @@ import pytest
 
 from bigbatch_jax import models, training
 from bigbatch_jax.training import parallel
+from bigbatch_jax.training import spec as spec_lib
 from bigbatch_jax.training import step as step_lib
 from tests import tiny_run
 from tests.test_training import tiny_config
@@ -33,10 +34,11 @@ def _skip_setup():
   )
   config.regime.momentum = 0.0
   config.regime.weight_decay = 0.0
-  plan = training.make_plan(config, num_train=512, num_devices=1)
+  spec = spec_lib.resolve(config, num_train=512, num_devices=1)
+  plan = spec.plan
   assert plan.regime.drop_steps(512) == (8,) and plan.lr_scale == 4.0
   model = models.get_model(
-    "f1", 4, norm=training.norm_layer(plan, config, step_lib.AXIS), hidden=32, depth=2
+    "f1", 4, norm=training.norm_layer(spec, step_lib.AXIS), hidden=32, depth=2
   )
   # White noise of variance 0: its counter and key are in the state, its draw adds nothing.
   tx = training.make_optimizer(plan, jax.random.key(1), white_noise=(0.0, 0.55))

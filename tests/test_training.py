@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from bigbatch_jax import training
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.training import spec as spec_lib
 from bigbatch_jax.training import step as step_lib
 from experiments.configs import common, default, f1
 from tests import tiny_run
@@ -164,8 +165,9 @@ def test_four_devices_equal_one_device(variant, tmp_path):
 
 def test_pmap_and_shard_map_give_the_same_step():
   config = tiny_config("lb+lr+gbn+mult")
-  plan = plan_lib.make_plan(config, num_train=512, num_devices=4)
-  norm = training.norm_layer(plan, config, axis_name=step_lib.AXIS)
+  spec = spec_lib.resolve(config, num_train=512, num_devices=4)
+  plan = spec.plan
+  norm = training.norm_layer(spec, axis_name=step_lib.AXIS)
   from bigbatch_jax import models
 
   model = models.get_model("f1", 4, norm=norm, hidden=32, depth=2)
@@ -280,8 +282,9 @@ def test_divergence_stops_with_the_step_lr_and_quantity_keeping_the_last_good_ch
 
 def _tiny_step(skip_nonfinite):
   config = tiny_config("lb+lr+gbn")
-  plan = plan_lib.make_plan(config, num_train=512, num_devices=1)
-  norm = training.norm_layer(plan, config, axis_name=step_lib.AXIS)
+  spec = spec_lib.resolve(config, num_train=512, num_devices=1)
+  plan = spec.plan
+  norm = training.norm_layer(spec, axis_name=step_lib.AXIS)
   from bigbatch_jax import models
 
   model = models.get_model("f1", 4, norm=norm, hidden=32, depth=2)

@@ -5,6 +5,7 @@ import pytest
 
 from bigbatch_jax import data, training
 from bigbatch_jax.data import validation
+from bigbatch_jax.training import spec as spec_lib
 from experiments.configs import default
 
 
@@ -32,8 +33,8 @@ def _rows(x):
 
 
 def test_the_split_is_disjoint_from_the_kept_examples_and_never_the_test_set():
-  full = data.load_data(tiny_config())
-  split = data.load_data(tiny_config(validation_fraction=0.1))
+  full = spec_lib.load_data(tiny_config())
+  split = spec_lib.load_data(tiny_config(validation_fraction=0.1))
   assert split.num_test == round(0.1 * full.num_train)
   assert split.num_train + split.num_test == full.num_train
   held, kept = _rows(split.x_test), _rows(split.x_train)
@@ -44,19 +45,19 @@ def test_the_split_is_disjoint_from_the_kept_examples_and_never_the_test_set():
 
 
 def test_the_split_is_the_same_for_every_run_seed_and_reproducible():
-  first = data.load_data(tiny_config(validation_fraction=0.2, seed=0))
+  first = spec_lib.load_data(tiny_config(validation_fraction=0.2, seed=0))
   for seed in (0, 1, 7):
-    again = data.load_data(tiny_config(validation_fraction=0.2, seed=seed))
+    again = spec_lib.load_data(tiny_config(validation_fraction=0.2, seed=seed))
     np.testing.assert_array_equal(again.x_test, first.x_test)
     np.testing.assert_array_equal(again.y_train, first.y_train)
-  other = data.load_data(tiny_config(validation_fraction=0.2, validation_seed=1))
+  other = spec_lib.load_data(tiny_config(validation_fraction=0.2, validation_seed=1))
   assert _rows(other.x_test) != _rows(first.x_test)  # the split seed alone moves it
 
 
 def test_fraction_zero_leaves_the_data_and_the_run_bit_identical(tmp_path):
   config = tiny_config()
   loaded = data.load_dataset("synthetic", seed=config.data_seed)
-  plain = data.load_data(config)
+  plain = spec_lib.load_data(config)
   assert plain.name == loaded.name
   for field in ("x_train", "y_train", "x_test", "y_test"):
     np.testing.assert_array_equal(getattr(plain, field), getattr(loaded, field))
@@ -72,13 +73,13 @@ def test_fraction_zero_leaves_the_data_and_the_run_bit_identical(tmp_path):
 @pytest.mark.parametrize("fraction", [1.0, 1.5, -0.1, True])
 def test_fractions_outside_zero_one_are_refused_naming_the_value(fraction):
   with pytest.raises(ValueError, match=r"validation_fraction=.*valid: 0\.0"):
-    data.load_data(tiny_config(validation_fraction=fraction))
+    spec_lib.load_data(tiny_config(validation_fraction=fraction))
 
 
 def test_a_split_too_small_for_the_batch_or_empty_is_refused():
   config = tiny_config(validation_fraction=0.9, variant="lb")
   config.regime.epochs = 4.0
-  dataset = data.load_data(config)  # 512 * 0.1 kept = 51 < the batch of 64
+  dataset = spec_lib.load_data(config)  # 512 * 0.1 kept = 51 < the batch of 64
   with pytest.raises(
     ValueError, match="keeps 51 training examples, fewer than the run's batch of 64"
   ):
@@ -86,4 +87,4 @@ def test_a_split_too_small_for_the_batch_or_empty_is_refused():
   with pytest.raises(ValueError, match="holds out 0"):
     validation.split_sizes(10, 0.01)
   with pytest.raises(ValueError, match="validation_seed"):
-    data.load_data(tiny_config(validation_fraction=0.1, validation_seed=-1))
+    spec_lib.load_data(tiny_config(validation_fraction=0.1, validation_seed=-1))

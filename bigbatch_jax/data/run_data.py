@@ -1,12 +1,10 @@
-"""A run's data from its config: the dataset (in memory or streamed) and its preprocessing."""
+"""A run's data from its :class:`DataSpec`: the dataset (in memory or streamed) and transforms."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 from typing import Any
-
-import ml_collections
 
 from bigbatch_jax.data.arrays import ArrayDataset
 from bigbatch_jax.data.augment import (
@@ -21,8 +19,8 @@ from bigbatch_jax.data.reference_mnist import (
 )
 from bigbatch_jax.data.sources import load_dataset
 from bigbatch_jax.data.tfds_sources import TFDS_STREAMED, TfdsStreamSource
-from bigbatch_jax.data.validation import hold_out_validation, split_sizes
-from bigbatch_jax.protocol import Protocol, resolve_protocol
+from bigbatch_jax.data.validation import hold_out_validation
+from bigbatch_jax.protocol import Protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,82 +52,84 @@ class StreamedDataset:
 AUGMENTATIONS = ("none", "cifar", "imagenet")
 
 
-def _streamed_tfds_name(spec: str) -> str | None:
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """The dataset and its preprocessing (``training.spec.data_spec`` reads it from a config)."""
+
+  dataset: str
+  data_seed: int | None
+  mnist1d_num_samples: int
+  npz_num_classes: int | None
+  tfds_data_dir: str | None
+  tfds_download: bool
+  tfds_train_split: str
+  tfds_eval_split: str
+  image_size: int
+  augment: str
+  validation_fraction: float
+  validation_seed: int
+
+
+def streamed_tfds_name(spec: str) -> str | None:
   """The tfds name when ``spec`` is a streamed tfds dataset ("tfds:imagenet2012"), else None."""
   name = spec[len("tfds:") :] if spec.startswith("tfds:") else None
   return name if name in TFDS_STREAMED else None
 
 
-def load_data(
-  config: ml_collections.ConfigDict, protocol: Protocol | None = None
-) -> ArrayDataset | StreamedDataset:
-  """The config's dataset: in memory, or streamed for tfds:imagenet2012.
+def load_data(data: DataSpec, protocol: Protocol) -> ArrayDataset | StreamedDataset:
+  """The spec's dataset: in memory, or streamed for tfds:imagenet2012.
 
   ``protocol`` is the run's resolved protocol, whose MNIST normalisation
-  (item 7) applies here: a run resolves it once and passes it; None resolves
-  it from the config (for a dataset loaded outside a run).
+  (item 7) applies here.
 
-  With ``config.validation_fraction`` > 0 the evaluated split is that fraction
-  of the training set, held out by ``config.validation_seed``
+  With ``validation_fraction`` > 0 the evaluated split is that fraction
+  of the training set, held out by ``validation_seed``
   (``bigbatch_jax.data.validation``); the test set is not read.
   """
-  split_sizes(1000, config.validation_fraction)  # checks the fraction before any loading
-  streamed = _streamed_tfds_name(config.dataset)
-  if streamed is not None and config.validation_fraction:
-    raise ValueError(
-      f"config.validation_fraction={config.validation_fraction} needs an in-memory dataset; "
-      f"{config.dataset} is streamed: hold out a validation split with "
-      "config.tfds_train_split/tfds_eval_split (e.g. 'train[:90%]' and 'train[90%:]')"
-    )
+  streamed = streamed_tfds_name(data.dataset)
   if streamed is not None:
     # ImageNet does not fit in memory: open the splits, decode per example.
     splits = [
-      TfdsStreamSource(
-        streamed, split, data_dir=config.tfds_data_dir, download=config.tfds_download
-      )
-      for split in (config.tfds_train_split, config.tfds_eval_split)
+      TfdsStreamSource(streamed, split, data_dir=data.tfds_data_dir, download=data.tfds_download)
+      for split in (data.tfds_train_split, data.tfds_eval_split)
     ]
-    size = config.image_size
-    return StreamedDataset(config.dataset, *splits, splits[0].num_classes, (size, size, 3))
+    size = data.image_size
+    return StreamedDataset(data.dataset, *splits, splits[0].num_classes, (size, size, 3))
   options = {}
-  if config.dataset == "mnist1d":
-    options["num_samples"] = config.mnist1d_num_samples
-  if config.dataset.startswith("npz:") and config.npz_num_classes is not None:
-    options["num_classes"] = config.npz_num_classes
-  if config.dataset.startswith("tfds:"):
-    if config.tfds_data_dir is not None:
-      options["data_dir"] = config.tfds_data_dir
-    options["download"] = config.tfds_download
-    if config.dataset == "tfds:caltech101":
-      options["image_size"] = config.image_size
-  dataset = load_dataset(config.dataset, seed=config.data_seed, **options)
+  if data.dataset == "mnist1d":
+    options["num_samples"] = data.mnist1d_num_samples
+  if data.dataset.startswith("npz:") and data.npz_num_classes is not None:
+    options["num_classes"] = data.npz_num_classes
+  if data.dataset.startswith("tfds:"):
+    if data.tfds_data_dir is not None:
+      options["data_dir"] = data.tfds_data_dir
+    options["download"] = data.tfds_download
+    if data.dataset == "tfds:caltech101":
+      options["image_size"] = data.image_size
+  dataset = load_dataset(data.dataset, seed=data.data_seed, **options)
   # The reference protocol's Normalize(0.5, 0.5) for MNIST on every route (npz too).
-  if protocol is None:
-    protocol = resolve_protocol(config)
   dataset = reference_mnist_normalization(protocol, dataset)
-  if config.validation_fraction:
-    dataset = hold_out_validation(dataset, config.validation_fraction, config.validation_seed)
+  if data.validation_fraction:
+    dataset = hold_out_validation(dataset, data.validation_fraction, data.validation_seed)
   return dataset
 
 
 @dataclasses.dataclass(frozen=True)
 class InputPipeline:
-  """The config's preprocessing: a batch augmentation and per-example transforms."""
+  """The run's preprocessing: a batch augmentation and per-example transforms."""
 
   augment: Any  # (x, rng) -> x on the float32 training batch, or None
   train_transform: Any  # (example, rng) -> x for each training example, or None
   eval_transform: Any  # (example, rng) -> x for each evaluated example, or None
 
 
-def input_pipeline(config: ml_collections.ConfigDict, dataset, protocol: Protocol) -> InputPipeline:
-  """The augmentation and transforms ``config.augment`` asks for, checked against the dataset.
+def input_pipeline(data: DataSpec, dataset, protocol: Protocol) -> InputPipeline:
+  """The augmentation and transforms ``data.augment`` asks for, checked against the dataset.
 
   ``protocol`` is the run's resolved protocol (the plan's): its MNIST
-  augmentation (item 2) replaces ``config.augment`` where it is in effect.
+  augmentation (item 2) replaces ``augment`` where it is in effect.
   """
-  kind = config.augment
-  if kind not in AUGMENTATIONS:
-    raise ValueError(f"config.augment={kind!r}; valid: {', '.join(AUGMENTATIONS)}")
+  kind = data.augment
   # The reference protocol's MNIST augmentation, where it applies.
   reference = reference_mnist_augmentation(protocol, dataset, kind)
   if reference is not None:
@@ -140,9 +140,7 @@ def input_pipeline(config: ml_collections.ConfigDict, dataset, protocol: Protoco
         f"config.augment='cifar' needs an in-memory image dataset; {dataset.name} is streamed "
         "(use 'imagenet')"
       )
-    size = config.image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-      raise ValueError(f"config.image_size must be a positive int, got {size!r}")
+    size = data.image_size
     # The reference evaluates on Scale(256) + CenterCrop(224): keep that ratio.
     eval_transform = functools.partial(
       imagenet_eval_transform, size=size, resize=round(size * 256 / 224)

@@ -30,6 +30,7 @@ from bigbatch_jax import data as data_lib
 from bigbatch_jax.ghost_batch_norm import GhostBatchNorm
 from bigbatch_jax.protocol import resolve_protocol
 from bigbatch_jax.training import plan as plan_lib
+from bigbatch_jax.training import spec as spec_lib
 from bigbatch_jax.training.checkpoint import Checkpointer
 from bigbatch_jax.training.loss import correct, cross_entropy, eval_logits
 from bigbatch_jax.training.setup import build_model, norm_layer
@@ -44,6 +45,7 @@ class Run:
     config: its config.json as a ConfigDict.
     dataset: its dataset.
     plan: its RunPlan (on one device).
+    spec: its resolved RunSpec (on one device); ``spec.plan`` is ``plan``.
     model: the model with evaluation-ready norm layers (no axis name).
     step: the checkpoint step loaded.
     params: parameters at ``step``.
@@ -55,6 +57,7 @@ class Run:
   config: ml_collections.ConfigDict
   dataset: data_lib.ArrayDataset
   plan: plan_lib.RunPlan
+  spec: spec_lib.RunSpec
   model: Any
   step: int
   params: Any
@@ -125,9 +128,10 @@ def load_run(
   """
   config = read_config(workdir, defaults)
   protocol = resolve_protocol(config)
-  dataset = data_lib.load_data(config, protocol) if dataset is None else dataset
-  plan = plan_lib.make_plan(config, dataset.num_train, num_devices=1, protocol=protocol)
-  model = build_model(config, dataset.num_classes, norm_layer(plan, config, None))
+  if dataset is None:
+    dataset = data_lib.load_data(spec_lib.data_spec(config), protocol)
+  spec = spec_lib.resolve(config, num_train=dataset.num_train, num_devices=1, protocol=protocol)
+  model = build_model(spec, dataset.num_classes, norm_layer(spec, None))
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
     steps = checkpointer.all_steps()
@@ -144,7 +148,8 @@ def load_run(
     workdir=workdir,
     config=config,
     dataset=dataset,
-    plan=plan,
+    plan=spec.plan,
+    spec=spec,
     model=model,
     step=int(step),
     params=to_jax(state["params"]),
@@ -230,9 +235,9 @@ def eval_grad_fn(model, batch_stats):
 def _whole_batch_model(run: Run):
   """The run's model with plain batch norm (no ghost batches, no noise) of momentum 0."""
   norm = functools.partial(
-    GhostBatchNorm, ghost_batch_size=None, momentum=0.0, epsilon=run.config.bn_epsilon
+    GhostBatchNorm, ghost_batch_size=None, momentum=0.0, epsilon=run.spec.model.bn_epsilon
   )
-  return build_model(run.config, run.dataset.num_classes, norm)
+  return build_model(run.spec, run.dataset.num_classes, norm)
 
 
 def batch_stats_fn(run: Run):

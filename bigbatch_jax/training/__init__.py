@@ -17,6 +17,7 @@ from bigbatch_jax.training.parallel import (
 from bigbatch_jax.training.plan import RunPlan, lr_schedule, make_plan
 from bigbatch_jax.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 from bigbatch_jax.training.setup import RunSetup, build_model, norm_layer, set_up_run
+from bigbatch_jax.training.spec import RunSpec, resolve
 from bigbatch_jax.training.state import TrainState, create_train_state
 from bigbatch_jax.training.step import eval_step, train_step, weight_distances
 from bigbatch_jax.training.variants import Variant, parse_variant
@@ -30,6 +31,7 @@ __all__ = [
   "Preempted",
   "RunPlan",
   "RunSetup",
+  "RunSpec",
   "TrainState",
   "Variant",
   "build_model",
@@ -50,6 +52,7 @@ __all__ = [
   "pmap_train_step",
   "put_batch",
   "read_metrics",
+  "resolve",
   "retain_freed_host_memory",
   "set_up_run",
   "shard_eval_step",

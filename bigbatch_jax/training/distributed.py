@@ -5,23 +5,23 @@ from __future__ import annotations
 import itertools
 
 import jax
-import ml_collections
 
 
-def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+def maybe_initialize_distributed(settings) -> None:
   """jax.distributed.initialize() for multi-host runs, with timeouts so a dead peer fails fast.
 
+  ``settings``: the run's :class:`~bigbatch_jax.training.spec.RunSettings`.
   On CPU the cross-process collectives use gloo. Unset coordinator address,
   process count and id come from the cluster environment.
   """
-  if not config.distributed or jax.distributed.is_initialized():
+  if not settings.distributed or jax.distributed.is_initialized():
     return
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used by CPU devices only
-  timeout = int(config.distributed_timeout_s)
+  timeout = int(settings.distributed_timeout_s)
   jax.distributed.initialize(
-    coordinator_address=config.coordinator_address,
-    num_processes=config.num_processes,
-    process_id=config.process_id,
+    coordinator_address=settings.coordinator_address,
+    num_processes=settings.num_processes,
+    process_id=settings.process_id,
     initialization_timeout=timeout,
     heartbeat_timeout_seconds=timeout,
   )

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
 from bigbatch_jax import data as data_lib
 from bigbatch_jax.data.run_data import split_source
-from bigbatch_jax.protocol import Protocol, resolve_protocol
 from bigbatch_jax.training import parallel
 from bigbatch_jax.training.state import TrainState
 
@@ -19,26 +17,22 @@ def evaluate(
   eval_fn,
   state: TrainState,
   dataset,
-  config: ml_collections.ConfigDict,
   mesh: Mesh,
   split: str,
-  protocol: Protocol | None = None,
+  *,
+  batch_size: int,
+  transform=None,
 ) -> dict[str, float]:
   """Loss, accuracy and error over a whole split, with the running statistics.
 
   With a population's state and eval step (``population.population_eval_step``)
-  each value is a list, one per member. ``protocol`` is the run's (the
-  plan's); None resolves it from the config (a streamed dataset's eval
-  transform reads it).
+  each value is a list, one per member. ``transform``: the per-example eval
+  transform of a streamed dataset (``data.input_pipeline``), else None.
   """
   totals = None
-  transform = None
-  if isinstance(dataset, data_lib.StreamedDataset):
-    protocol = resolve_protocol(config) if protocol is None else protocol
-    transform = data_lib.input_pipeline(config, dataset, protocol).eval_transform
   batches = data_lib.eval_batches(
     split_source(dataset, split),
-    config.eval_batch_size,
+    batch_size,
     split=split,
     transform=transform,
     process_index=jax.process_index(),
@@ -58,9 +52,26 @@ def evaluate(
   return {k: v.tolist() for k, v in values.items()}
 
 
-def evaluation_record(eval_fn, state, dataset, config, mesh, plan, step: int) -> dict:
-  """The record of an evaluation at ``step``: test split, and train with ``eval_on_train``."""
-  record = {"step": step, "epoch": plan.epoch_at(step)}
-  for split in ("test", "train") if config.eval_on_train else ("test",):
-    record.update(evaluate(eval_fn, state, dataset, config, mesh, split, plan.protocol))
+def evaluation_record(eval_fn, state, dataset, spec, mesh, step: int) -> dict:
+  """The record of an evaluation at ``step``: test split, and train with ``eval_on_train``.
+
+  ``spec``: the run's :class:`~bigbatch_jax.training.spec.RunSpec`.
+  """
+  transform = None
+  if isinstance(dataset, data_lib.StreamedDataset):
+    transform = data_lib.input_pipeline(spec.data, dataset, spec.plan.protocol).eval_transform
+  record = {"step": step, "epoch": spec.plan.epoch_at(step)}
+  settings = spec.settings
+  for split in ("test", "train") if settings.eval_on_train else ("test",):
+    record.update(
+      evaluate(
+        eval_fn,
+        state,
+        dataset,
+        mesh,
+        split,
+        batch_size=settings.eval_batch_size,
+        transform=transform,
+      )
+    )
   return record

@@ -1,9 +1,10 @@
 """``train_and_evaluate``: the whole run, from a config to metrics, plots and checkpoints.
 
-Only orchestration lives here: config -> plan (``plan``) -> model, optimizer
-and state (``setup``) -> compiled step (``step``, ``parallel``) -> this loop
--> outputs (``metrics``, ``checkpoint``, ``summary``). docs/architecture.md
-maps the modules to the papers.
+Only orchestration lives here: config -> resolved spec (``spec``, the
+config's only reader below this entry point) -> model, optimizer and state
+(``setup``) -> compiled step (``step``, ``parallel``) -> this loop -> outputs
+(``metrics``, ``checkpoint``, ``summary``). docs/architecture.md maps the
+modules to the papers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bigbatch_jax import data as data_lib
 from bigbatch_jax import protocol as protocol_lib
 from bigbatch_jax.training import events, parallel, population_groups
 from bigbatch_jax.training import population as population_lib
+from bigbatch_jax.training import spec as spec_lib
 from bigbatch_jax.training import step as step_lib
 from bigbatch_jax.training.checkpoint import Checkpointer
 from bigbatch_jax.training.compiled_steps import CompiledSteps, compile_ahead
@@ -31,11 +33,11 @@ from bigbatch_jax.training.distributed import maybe_initialize_distributed, wait
 from bigbatch_jax.training.evaluation import evaluation_record
 from bigbatch_jax.training.members import Members
 from bigbatch_jax.training.metrics import MetricsLog
-from bigbatch_jax.training.plan import RunPlan, make_plan
-from bigbatch_jax.training.population_grid import population_of
+from bigbatch_jax.training.plan import RunPlan
 from bigbatch_jax.training.preemption import Preempted, PreemptionWatch
-from bigbatch_jax.training.run_limits import SkipLimit, check_limit_keys
+from bigbatch_jax.training.run_limits import SkipLimit
 from bigbatch_jax.training.setup import set_up_run
+from bigbatch_jax.training.spec import RunSpec
 from bigbatch_jax.training.state import TrainState
 from bigbatch_jax.training.summary import write_outputs
 from bigbatch_jax.training.workdir import check_and_save_config
@@ -60,7 +62,7 @@ def next_batches(batches, length: int, mesh: Mesh, members: bool = False) -> dic
 class _Loop:
   """The collaborators of the training loop (built once by ``train_and_evaluate``)."""
 
-  config: ml_collections.ConfigDict
+  spec: RunSpec
   plan: RunPlan
   mesh: Mesh
   dataset: Any
@@ -95,7 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       process reached is checkpointed (``preemption.py``); calling again
       with the same config and workdir resumes it.
   """
-  maybe_initialize_distributed(config)
+  maybe_initialize_distributed(spec_lib.run_settings(config))
   os.makedirs(workdir, exist_ok=True)
   # One writer per workdir: process 0 of a multi-host run writes its files.
   with WorkdirLock(workdir, writer=jax.process_index() == 0):
@@ -104,56 +106,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """``train_and_evaluate`` while holding the workdir's lock."""
-  # The protocol is resolved once: the data, the plan and the pipeline read this one.
+  # The config is read here, once: the protocol and the data first (the plan needs
+  # the number of training examples), then the whole spec.
   protocol = protocol_lib.resolve_protocol(config)
-  dataset = data_lib.load_data(config, protocol)
-  mesh = parallel.make_mesh(config.num_devices)
-  plan = make_plan(config, dataset.num_train, mesh.size, jax.process_count(), protocol)
-  check_limit_keys(config)
-  population = population_of(config, plan, population_lib.member_seeds(config))
-  # Checks config.augment against the data before any compute.
-  data_lib.input_pipeline(config, dataset, plan.protocol)
-  if config.eval_batch_size % mesh.size:
-    raise ValueError(
-      f"config.eval_batch_size={config.eval_batch_size} is not divisible by {mesh.size} devices"
-    )
+  dataset = data_lib.load_data(spec_lib.data_spec(config), protocol)
+  mesh = parallel.make_mesh(spec_lib.run_settings(config).num_devices)
+  spec = spec_lib.resolve(
+    config,
+    num_train=dataset.num_train,
+    num_devices=mesh.size,
+    process_count=jax.process_count(),
+    protocol=protocol,
+  )
+  population = spec.population
+  # Checks the augmentation against the data before any compute.
+  data_lib.input_pipeline(spec.data, dataset, protocol)
   os.makedirs(workdir, exist_ok=True)
-  check_and_save_config(config, workdir)
-  train = functools.partial(_train_members, config, dataset, mesh, plan)
+  check_and_save_config(config, workdir, spec_lib.record(spec))
+  train = functools.partial(_train_members, spec, dataset, mesh)
   if population is None or population.size == 1:
     return train(workdir, population)
   grouping = population_groups.read_grouping(workdir, population.size)
   compiled = {}
   if grouping is None:
     try:
-      prepared = _prepare(config, dataset, mesh, plan, population)
+      prepared = _prepare(spec, dataset, mesh, population)
     except MemoryError as error:
       # Only the message is kept: the error's frames hold the whole population's state.
       failed = str(error)
     else:
       return train(workdir, population, prepared=prepared)
-    grouping = _choose_grouping(failed, config, dataset, mesh, plan, population, workdir, compiled)
-  return _train_groups(config, workdir, plan, population, grouping, train, compiled)
+    grouping = _choose_grouping(failed, spec, dataset, mesh, population, workdir, compiled)
+  return _train_groups(spec, workdir, population, grouping, train, compiled)
 
 
-def _prepare(config, dataset, mesh: Mesh, plan: RunPlan, population, steps=None):
+def _prepare(spec: RunSpec, dataset, mesh: Mesh, population, steps=None):
   """The run's set-up and its calls compiled ahead (``MemoryError`` if one does not fit).
 
   ``steps``: calls already compiled for the population's size.
   """
   seeds = None if population is None else population.seeds
   grid = None if population is None else population.arrays()
-  run = set_up_run(
-    config, plan, mesh, dataset.num_classes, dataset.input_shape, seeds=seeds, grid=grid
-  )
+  run = set_up_run(spec, mesh, dataset.num_classes, dataset.input_shape, seeds=seeds, grid=grid)
   if steps is not None:
     return run, steps.for_run(run)
+  plan = spec.plan
   steps = CompiledSteps(run, mesh, dataset.input_shape, plan, population and population.size)
-  compile_ahead(steps, plan, config.steps_per_call)
+  compile_ahead(steps, plan, spec.events.steps_per_call)
   return run, steps
 
 
-def _choose_grouping(failed: str, config, dataset, mesh, plan, population, workdir, compiled):
+def _choose_grouping(failed: str, spec: RunSpec, dataset, mesh, population, workdir, compiled):
   """The groups of a population whose step did not fit, decided and saved.
 
   ``compiled`` receives the calls compiled for each group size measured.
@@ -165,7 +168,7 @@ def _choose_grouping(failed: str, config, dataset, mesh, plan, population, workd
     )
 
   def measure(size: int) -> int:
-    compiled[size] = population_groups.member_steps(config, plan, mesh, dataset, population, size)
+    compiled[size] = population_groups.member_steps(spec, mesh, dataset, population, size)
     return compiled[size].memory_bytes
 
   free = parallel.available_memory_bytes(mesh)
@@ -174,13 +177,13 @@ def _choose_grouping(failed: str, config, dataset, mesh, plan, population, workd
   return grouping
 
 
-def _train_groups(config, workdir: str, plan: RunPlan, population, grouping, train, compiled):
+def _train_groups(spec: RunSpec, workdir: str, population, grouping, train, compiled):
   """Trains the groups one after another (finished ones are not trained again), then merges.
 
   ``compiled``: group size -> its calls, where the grouping's measure compiled them.
   """
   log.warning(grouping.describe())
-  end_step = events.end_step_of(config, plan)
+  end_step = events.end_step_of(spec.events, spec.plan)
   for first, end in grouping.bounds():
     directory = population_groups.group_dir(workdir, first, end)
     if population_groups.group_done(directory, end_step):
@@ -190,14 +193,13 @@ def _train_groups(config, workdir: str, plan: RunPlan, population, grouping, tra
     os.makedirs(directory, exist_ok=True)
     part = population_groups.part(population, first, end)
     train(directory, part, first_member=first, steps=compiled.get(end - first))
-  return population_groups.merge_groups(workdir, config, plan, population, grouping, end_step)
+  return population_groups.merge_groups(workdir, spec, population, grouping, end_step)
 
 
 def _train_members(
-  config,
+  spec: RunSpec,
   dataset,
   mesh: Mesh,
-  plan: RunPlan,
   workdir: str,
   population,
   *,
@@ -213,21 +215,22 @@ def _train_members(
   ``population`` is one of its groups (``population_groups.py``).
   """
   seeds = None if population is None else population.seeds
-  run, steps = prepared or _prepare(config, dataset, mesh, plan, population, steps)
-  wait_for_all_processes("bigbatch_jax_before_checkpoints", config.distributed_timeout_s)
-  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
+  plan, settings = spec.plan, spec.settings
+  run, steps = prepared or _prepare(spec, dataset, mesh, population, steps)
+  wait_for_all_processes("bigbatch_jax_before_checkpoints", settings.distributed_timeout_s)
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), settings.max_checkpoints_to_keep)
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=jax.process_index() == 0)
   state, restored = checkpoints.restore_latest_good(run.state)
   if restored is not None:
     log.info("resumed %s at step %d", workdir, restored)
   start_step = 0 if restored is None else restored
   metrics_log.truncate_after(-1 if restored is None else restored)
-  end_step = events.end_step_of(config, plan)
+  end_step = events.end_step_of(spec.events, plan)
 
-  batches = _train_batches(config, dataset, plan, start_step, seeds)
-  bar = _progress_bar(config, plan, start_step)
+  batches = _train_batches(spec, dataset, start_step, seeds)
+  bar = _progress_bar(spec, start_step)
   loop = _Loop(
-    config,
+    spec,
     plan,
     mesh,
     dataset,
@@ -239,7 +242,7 @@ def _train_members(
     ),
     checkpoints,
     metrics_log,
-    _members(config, population, plan, checkpoints, dataset, state, restored, first_member),
+    _members(spec, population, checkpoints, dataset, state, restored, first_member),
     bar,
   )
   start_time = loop.last_time = time.perf_counter()
@@ -250,7 +253,7 @@ def _train_members(
         step = previous = start_step
         # The signal flag is read between calls: every process stops after the same call.
         while step < end_step and not watch.should_stop(previous, step):
-          length = events.call_length(step, end_step, config, plan)
+          length = events.call_length(step, end_step, spec.events, plan)
           call = steps.get(plan.batch_size_at(step), length)
           state, metrics = call(state, next_batches(batches, length, mesh, seeds is not None))
           state = _after_call(loop, state, metrics, step, length, end_step)
@@ -262,9 +265,9 @@ def _train_members(
       checkpoints.wait()
 
   # Every process's summary reads the writer's log, complete only once it is done.
-  wait_for_all_processes("bigbatch_jax_metrics_written", config.distributed_timeout_s)
+  wait_for_all_processes("bigbatch_jax_metrics_written", settings.distributed_timeout_s)
   records = metrics_log.read()
-  summary = loop.members.summary(config, plan, records, time.perf_counter() - start_time)
+  summary = loop.members.summary(spec, plan, records, time.perf_counter() - start_time)
   # A group's figures would be drawn again, with every member, by the merge.
   write_outputs(summary, records, workdir, plan.variant.name, figures=first_member is None)
   checkpoints.close()
@@ -296,7 +299,7 @@ def _checkpoint_and_stop(loop: _Loop, watch, state, step: int, start_step: int) 
 
 
 def _members(
-  config, population, plan: RunPlan, checkpoints, dataset, state, restored, first_member=None
+  spec: RunSpec, population, checkpoints, dataset, state, restored, first_member=None
 ) -> Members:
   """The run's members, each guard with its skip limit and what its message can name.
 
@@ -304,17 +307,18 @@ def _members(
   a population's members are checked for non-finite steps only. A group
   (``first_member`` set) trains on when all its members diverged.
   """
+  plan, settings = spec.plan, spec.settings
   members = Members(
     population,
     plan,
     checkpoints,
-    config.divergence_loss_factor,
+    settings.divergence_loss_factor,
     first_member=first_member or 0,
     stop_when_all_diverged=first_member is None,
   )
   for guard in members.guards:
-    if config.nonfinite_policy == "skip":
-      guard.skip_limit = SkipLimit.from_config(config, plan.num_steps)
+    if settings.nonfinite_policy == "skip":
+      guard.skip_limit = SkipLimit.from_settings(settings, plan.num_steps)
       if restored is not None and population is None:
         guard.skip_limit.start(restored, int(state.skipped_steps))
     guard.resumed_from = restored
@@ -322,37 +326,38 @@ def _members(
   return members
 
 
-def _train_batches(config, dataset, plan: RunPlan, start_step: int, seeds):
+def _train_batches(spec: RunSpec, dataset, start_step: int, seeds):
   """The training batches from ``start_step`` on, on the plan's batch schedule.
 
   A population's (``seeds``) stacks each member's stream: ``[P, B, ...]``.
   """
-  pipeline = data_lib.input_pipeline(config, dataset, plan.protocol)
+  pipeline = data_lib.input_pipeline(spec.data, dataset, spec.plan.protocol)
   if seeds is None:
-    iterator, seeding = data_lib.BatchIterator, {"seed": config.seed}
+    iterator, seeding = data_lib.BatchIterator, {"seed": spec.settings.seed}
   else:
     iterator, seeding = data_lib.PopulationBatches, {"seeds": seeds}
   return iterator(
     data_lib.split_source(dataset, "train"),
-    plan.batch_schedule,
+    spec.plan.batch_schedule,
     **seeding,
     start_step=start_step,
     augment=pipeline.augment,
     transform=pipeline.train_transform,
-    prefetch=config.prefetch_batches,
+    prefetch=spec.settings.prefetch_batches,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
 
 
-def _progress_bar(config, plan: RunPlan, start_step: int):
+def _progress_bar(spec: RunSpec, start_step: int):
   from tqdm.auto import tqdm
 
+  plan = spec.plan
   return tqdm(
     total=plan.num_steps,
     initial=start_step,
     desc=plan.variant.name,
-    disable=not config.progress_bar or jax.process_index() != 0,
+    disable=not spec.settings.progress_bar or jax.process_index() != 0,
     dynamic_ncols=True,
   )
 
@@ -363,21 +368,21 @@ def _after_call(loop: _Loop, state: TrainState, metrics, step: int, length: int,
   With steps_per_call=1 that is every step. Returns the state (a population's
   with members that diverged at a logged loss marked to be frozen).
   """
-  config, plan, members = loop.config, loop.plan, loop.members
+  when, plan, members = loop.spec.events, loop.plan, loop.members
   done = step + length
   finished = range(step + 1, done + 1)
-  log_steps = [d for d in finished if events.logged(config, plan, d)]
+  log_steps = [d for d in finished if events.logged(when, plan, d)]
   if log_steps:
     state = _log_metrics(loop, state, metrics, step, length, log_steps)
-  if any(events.evaluated(config, plan, d) for d in finished):
+  if any(events.evaluated(when, plan, d) for d in finished):
     state = members.check_state(state)
-    record = evaluation_record(loop.eval_fn, state, loop.dataset, config, loop.mesh, plan, done)
+    record = evaluation_record(loop.eval_fn, state, loop.dataset, loop.spec, loop.mesh, done)
     head = {"step": record.pop("step"), "epoch": record.pop("epoch")}
     for member, values in members.split(record):
       loop.metrics_log.write({**head, **members.fields(member), **values})
     loop.bar.set_postfix(test_acc=f"{np.mean(record['test_accuracy']):.4f}")
   last = done in (plan.num_steps, end_step)
-  if any(events.checkpointed(config, plan, d) for d in finished) or last:
+  if any(events.checkpointed(when, plan, d) for d in finished) or last:
     state = members.check_state(state)
     loop.checkpoints.save(done, state)
     loop.metrics_log.sync()  # the log on disk reaches at least the checkpoint

@@ -140,10 +140,10 @@ class Members:
     if not self.live() and self.stop_when_all_diverged:
       raise FloatingPointError(f"every member of the population diverged; the last: {error}")
 
-  def summary(self, config, plan: RunPlan, records: list[dict], wall_time: float) -> dict:
+  def summary(self, spec, plan: RunPlan, records: list[dict], wall_time: float) -> dict:
     """The run's summary: today's for a single run; a population's lists its members."""
     if self.seeds is None:
-      return run_summary(config, plan, records, wall_time)
+      return run_summary(spec, plan, records, wall_time)
     members = []
     for member in range(len(self.seeds)):
       name = self.fields(member)
@@ -151,9 +151,9 @@ class Members:
         members.append({**name, "diverged": self.diverged[member]})
         continue
       own = [r for r in records if r.get("member") == name["member"]]
-      summary = run_summary(config, self.plans[member], own, wall_time)
+      summary = run_summary(spec, self.plans[member], own, wall_time)
       members.append({"member": name["member"], **summary, **name})
-    shared = run_summary(config, plan, [], wall_time)
+    shared = run_summary(spec, plan, [], wall_time)
     for key in ("seed", "test_accuracy", "test_error", "best_test_accuracy", "train_accuracy"):
       shared.pop(key)
     shared.pop("weight_distance")
@@ -205,7 +205,7 @@ def split_population(workdir: str, directories: Mapping[int, str] | Callable[[di
   single run does.
   """
   summary = json_files.read_json(os.path.join(workdir, "summary.json"))
-  config = json_files.read_json(os.path.join(workdir, "config.json"))
+  saved_config = json_files.read_json(os.path.join(workdir, "config.json"))
   members = summary["members"]
   if not callable(directories):
     if any("hyperparameters" in m for m in members):
@@ -233,7 +233,7 @@ def split_population(workdir: str, directories: Mapping[int, str] | Callable[[di
       continue
     json_files.write_json_atomic(
       os.path.join(directory, "config.json"),
-      member_config_json(config, seed, values),
+      member_config_json(saved_config, seed, values),
       indent=2,
       sort_keys=True,
     )

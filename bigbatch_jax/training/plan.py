@@ -19,7 +19,6 @@ import ml_collections
 
 from bigbatch_jax import transforms
 from bigbatch_jax.data.schedule import BatchSchedule
-from bigbatch_jax.ghost_noise import GHOST_DRAWS
 from bigbatch_jax.noise import matched_noise_variance
 from bigbatch_jax.protocol import Protocol, RunKind, column_of, resolve_protocol
 from bigbatch_jax.reference_columns import ScriptColumn
@@ -35,10 +34,6 @@ from bigbatch_jax.training.plan_sizes import (
 from bigbatch_jax.training.run_plan import RunPlan as RunPlan
 from bigbatch_jax.training.run_plan import lr_schedule as lr_schedule
 from bigbatch_jax.training.variants import Variant, parse_variant
-
-GHOST_STATS_UPDATES = ("sequential", "mean")
-NONFINITE_POLICIES = ("stop", "skip")
-COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def make_plan(
@@ -61,7 +56,6 @@ def make_plan(
   Returns:
     A :class:`RunPlan`, carrying the protocol.
   """
-  _check_choices(config)
   if num_train <= 0:
     raise ValueError(f"the training set is empty (num_train={num_train})")
   variant = parse_variant(config.variant)
@@ -115,6 +109,8 @@ def make_plan(
       else ()
     ),
     lars_trust_coefficient=_lars_trust_coefficient(config),
+    noise_alpha=_non_negative(config, "noise_alpha"),
+    noise_gamma=_non_negative(config, "noise_gamma"),
     bn_scale_uniform=protocol.bn_scale_uniform,
     partial_last_batch=partial,
     running_variance=(
@@ -181,20 +177,11 @@ def _lars_trust_coefficient(config) -> float:
   return float(value)
 
 
-def _check_choices(config) -> None:
-  """The config's enumerated settings must be among their valid values."""
-  if not isinstance(config.steps_per_call, int) or config.steps_per_call < 1:
-    raise ValueError(
-      f"config.steps_per_call must be an integer >= 1, got {config.steps_per_call!r}"
-    )
-  for key, valid in (
-    ("compute_dtype", COMPUTE_DTYPES),
-    ("nonfinite_policy", NONFINITE_POLICIES),
-    ("ghost_stats_update", GHOST_STATS_UPDATES),
-    ("ghost_draws", GHOST_DRAWS),
-  ):
-    if config[key] not in valid:
-      raise ValueError(f"config.{key}={config[key]!r}; valid: {valid}")
+def _non_negative(config, key: str) -> float:
+  value = config[key]
+  if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    raise ValueError(f"config.{key}={value!r}; valid: a number >= 0")
+  return float(value)
 
 
 def _lr_rule(config, variant: Variant, column: ScriptColumn | None) -> str | float:

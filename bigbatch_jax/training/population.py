@@ -22,48 +22,16 @@ from __future__ import annotations
 
 import functools
 import logging
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax import lax
 
 from bigbatch_jax.training.step import eval_step, train_step
 
 log = logging.getLogger(__name__)
-
-
-def member_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
-  """The population's seeds from ``config.seeds``; None for a single run of ``config.seed``.
-
-  ``config.seeds`` is None (a single run of ``config.seed``), an int (the
-  same single run; it must equal ``config.seed``, which it names) or a tuple
-  of distinct non-negative ints (a population, even of one member).
-  """
-  seeds = config.seeds
-  if seeds is None:
-    return None
-  if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
-    if int(seeds) != config.seed:
-      raise ValueError(
-        f"config.seeds={seeds} (an int: a single run) differs from config.seed={config.seed}; "
-        f"set one of them, or --config.seeds='({seeds},)' for a population of one"
-      )
-    return None
-  if not isinstance(seeds, tuple | list) or not seeds:
-    raise ValueError(
-      f"config.seeds={seeds!r}; valid: None or an int (a single run of that seed) or a "
-      "non-empty tuple of distinct non-negative ints such as '(0, 1, 2)' (a population)"
-    )
-  bad = [s for s in seeds if not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 0]
-  if bad:
-    raise ValueError(f"config.seeds={seeds!r} holds {bad!r}; every seed must be an int >= 0")
-  if len(set(seeds)) != len(seeds):
-    raise ValueError(f"config.seeds={seeds!r} repeats a seed; members need distinct seeds")
-  return tuple(int(s) for s in seeds)
 
 
 def _keep(frozen: jax.Array, old, new):

@@ -33,9 +33,9 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
@@ -45,9 +45,11 @@ from bigbatch_jax.training.compiled_steps import CompiledSteps, compile_ahead
 from bigbatch_jax.training.members import Members
 from bigbatch_jax.training.metrics import read_metrics
 from bigbatch_jax.training.population_grid import Population
-from bigbatch_jax.training.run_plan import RunPlan
 from bigbatch_jax.training.setup import set_up_run
 from bigbatch_jax.training.summary import write_outputs
+
+if TYPE_CHECKING:
+  from bigbatch_jax.training.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,7 @@ class Grouping:
 
 
 def member_steps(
-  config: ml_collections.ConfigDict,
-  plan: RunPlan,
+  spec: RunSpec,
   mesh: Mesh,
   dataset,
   population: Population,
@@ -104,12 +105,12 @@ def member_steps(
   ``size`` members trains with them (they take any members' values).
   """
   members = part(population, 0, size)
+  plan = spec.plan
   built = []
 
   def build():
     run = set_up_run(
-      config,
-      plan,
+      spec,
       mesh,
       dataset.num_classes,
       dataset.input_shape,
@@ -123,11 +124,11 @@ def member_steps(
   state, values = jax.tree.map(
     lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(build)
   )
-  # The model, optimizer and step arguments are built from the config and plan alone (no
+  # The model, optimizer and step arguments are built from the spec alone (no
   # array of the trace): the abstract state and values replace the traced ones.
   run = dataclasses.replace(built[0], state=state, hyperparameters=values)
   steps = CompiledSteps(run, mesh, dataset.input_shape, plan, size, check_memory=False)
-  compile_ahead(steps, plan, config.steps_per_call)
+  compile_ahead(steps, plan, spec.events.steps_per_call)
   return steps
 
 
@@ -215,8 +216,7 @@ def group_done(directory: str, end_step: int) -> bool:
 
 def merge_groups(
   workdir: str,
-  config: ml_collections.ConfigDict,
-  plan: RunPlan,
+  spec: RunSpec,
   population: Population,
   grouping: Grouping,
   end_step: int,
@@ -234,12 +234,14 @@ def merge_groups(
   Raises:
     FloatingPointError: when every member of the population diverged.
   """
+  plan = spec.plan
   directories = [group_dir(workdir, first, end) for first, end in grouping.bounds()]
   records = [r for d in directories for r in read_metrics(d)]
   records.sort(key=lambda r: (r["step"], "test_accuracy" in r, r.get("member", 0)))
   groups = [json_files.read_json(os.path.join(d, "summary.json")) for d in directories]
-  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_checkpoints_to_keep)
-  members = Members(population, plan, checkpoints, config.divergence_loss_factor)
+  settings = spec.settings
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), settings.max_checkpoints_to_keep)
+  members = Members(population, plan, checkpoints, settings.divergence_loss_factor)
   for group in groups:
     for entry in group["members"]:
       if "diverged" in entry:
@@ -256,6 +258,6 @@ def merge_groups(
     checkpoints.save(end_step, jax.tree.map(lambda *xs: np.concatenate(xs), *states))
   checkpoints.close()
   wall_time = float(sum(group["wall_time_s"] for group in groups))
-  summary = members.summary(config, plan, records, wall_time)
+  summary = members.summary(spec, plan, records, wall_time)
   write_outputs(summary, records, workdir, title=plan.variant.name)
   return summary

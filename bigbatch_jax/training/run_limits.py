@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import numbers
 
-import ml_collections
-
 
 def _check_number(name: str, value, low: float, low_open: bool, allow_none: bool, what: str):
   if value is None and allow_none:
@@ -25,17 +23,19 @@ def _check_number(name: str, value, low: float, low_open: bool, allow_none: bool
     raise ValueError(f"config.{name}={value!r}; valid: a number {bound}{none} ({what})")
 
 
-def check_limit_keys(config: ml_collections.ConfigDict) -> None:
-  """Checks the divergence and skip-limit keys of ``config`` (before anything is built)."""
+def check_limit_keys(
+  divergence_loss_factor, nonfinite_max_skip_fraction, nonfinite_max_consecutive_skips
+) -> None:
+  """Checks the divergence and skip-limit keys' values (``spec.resolve``, before any compute)."""
   _check_number(
     "divergence_loss_factor",
-    config.divergence_loss_factor,
+    divergence_loss_factor,
     1.0,
     True,
     True,
     "stop when the logged loss is over this many times the first one",
   )
-  fraction = config.nonfinite_max_skip_fraction
+  fraction = nonfinite_max_skip_fraction
   _check_number(
     "nonfinite_max_skip_fraction", fraction, 0.0, False, False, "of the planned updates"
   )
@@ -43,7 +43,7 @@ def check_limit_keys(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.nonfinite_max_skip_fraction={fraction!r}; valid: a fraction in [0, 1]"
     )
-  consecutive = config.nonfinite_max_consecutive_skips
+  consecutive = nonfinite_max_consecutive_skips
   if not isinstance(consecutive, int) or isinstance(consecutive, bool) or consecutive < 1:
     raise ValueError(
       f"config.nonfinite_max_consecutive_skips={consecutive!r}; valid: an integer >= 1"
@@ -69,9 +69,10 @@ class SkipLimit:
     self.consecutive = 0
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, num_steps: int) -> SkipLimit:
+  def from_settings(cls, settings, num_steps: int) -> SkipLimit:
+    """The limit of a run's :class:`~bigbatch_jax.training.spec.RunSettings`."""
     return cls(
-      num_steps, config.nonfinite_max_skip_fraction, config.nonfinite_max_consecutive_skips
+      num_steps, settings.nonfinite_max_skip_fraction, settings.nonfinite_max_consecutive_skips
     )
 
   def start(self, step: int, skipped: int) -> None:

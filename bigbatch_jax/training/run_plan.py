@@ -48,6 +48,8 @@ class RunPlan:
   poly_power: float = 2.0  # "poly": the decay's exponent
   momentum_restart_steps: tuple[int, ...] = ()  # the momentum is zeroed before these updates
   lars_trust_coefficient: float = 0.001  # "lars": eta
+  noise_alpha: float = 1e-5  # "white": the gradient noise's alpha (Neelakantan et al.)
+  noise_gamma: float = 0.55  # "white": its decay exponent
   bn_scale_uniform: bool = False  # batch-norm scales start U(0, 1) (PyTorch < 1.0)
   # Each epoch is ceil(N / B) updates, the last of N mod B examples.
   partial_last_batch: bool = False

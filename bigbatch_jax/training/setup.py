@@ -1,8 +1,8 @@
 """One run set-up: model, keys, optimizer, initial state and the step's arguments.
 
-The training loop, the benchmarks and the diagnostics build a run from a
-config and its plan through these functions, so they train and measure the
-same program.
+The training loop, the benchmarks and the diagnostics build a run from its
+resolved :class:`~bigbatch_jax.training.spec.RunSpec` through these
+functions, so they train and measure the same program.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax.sharding import Mesh
 
@@ -28,8 +27,11 @@ from bigbatch_jax.training.plan import RunPlan, lr_schedule
 from bigbatch_jax.training.state import TrainState, create_train_state
 from bigbatch_jax.training.step import AXIS
 
+if TYPE_CHECKING:
+  from bigbatch_jax.training.spec import RunSpec
 
-def norm_layer(plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str | None, layer=None):
+
+def norm_layer(spec: RunSpec, axis_name: str | None, layer=None):
   """The GhostBatchNorm constructor the model is built with.
 
   Every variant uses GhostBatchNorm so that all variants share one parameter
@@ -39,32 +41,34 @@ def norm_layer(plan: RunPlan, config: ml_collections.ConfigDict, axis_name: str 
   comes from the step's ``"ghost_noise"`` rng. ``layer`` replaces the class
   (same arguments), e.g. for a benchmark.
   """
+  plan, model = spec.plan, spec.model
   # PyTorch < 1.0's U(0, 1) scales (the reference code's); flax's ones otherwise.
   options = {"scale_init": legacy_torch_bn_scale_init} if plan.bn_scale_uniform else {}
   if plan.variant.ghost_noise:
     # The plan's protocol never gives it the unbiased running variance (Protocol.applies).
     layer = layer or GhostNoiseBatchNorm
-    options["ghost_draws"] = config.ghost_draws
+    options["ghost_draws"] = model.ghost_draws
   else:
     options["running_variance"] = plan.running_variance
   return functools.partial(
     layer or GhostBatchNorm,
     **options,
     ghost_batch_size=plan.ghost_batch_size,
-    stats_update=config.ghost_stats_update,
-    ghost_variance=config.ghost_variance,
-    momentum=config.bn_momentum,
-    epsilon=config.bn_epsilon,
+    stats_update=model.ghost_stats_update,
+    ghost_variance=model.ghost_variance,
+    momentum=model.bn_momentum,
+    epsilon=model.bn_epsilon,
     axis_name=axis_name,
   )
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int, norm):
-  """The config's model; with compute_dtype bfloat16 it computes in bf16, params stay f32."""
-  options = dict(config.model_options)
-  if config.compute_dtype != "float32":
-    options.setdefault("dtype", jnp.dtype(config.compute_dtype))
-  return models.get_model(config.model, num_classes, norm=norm, **options)
+def build_model(spec: RunSpec, num_classes: int, norm):
+  """The spec's model; with compute_dtype bfloat16 it computes in bf16, params stay f32."""
+  model = spec.model
+  options = dict(model.model_options)
+  if model.compute_dtype != "float32":
+    options.setdefault("dtype", jnp.dtype(model.compute_dtype))
+  return models.get_model(model.model, num_classes, norm=norm, **options)
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -73,20 +77,15 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return state_key, noise_key
 
 
-def run_optimizer(
-  plan: RunPlan,
-  config: ml_collections.ConfigDict,
-  noise_key: jax.Array,
-  values: Mapping[str, Any] | None = None,
-):
-  """The plan's optimizer chain with the config's white-noise (alpha, gamma).
+def run_optimizer(plan: RunPlan, noise_key: jax.Array, values: Mapping[str, Any] | None = None):
+  """The plan's optimizer chain with its white-noise (alpha, gamma).
 
   ``values``: a population member's grid values (``population_grid.py``),
-  which replace the plan's and the config's.
+  which replace the plan's.
   """
   values = values or {}
-  plan = population_grid.member_plan(plan, values)
-  return make_optimizer(plan, noise_key, population_grid.white_noise(config, values))
+  member = population_grid.member_plan(plan, values)
+  return make_optimizer(member, noise_key, population_grid.white_noise(plan, values))
 
 
 def _plan_arguments(plan: RunPlan, tx) -> dict[str, Any]:
@@ -99,27 +98,25 @@ def _plan_arguments(plan: RunPlan, tx) -> dict[str, Any]:
   }
 
 
-def step_arguments(plan: RunPlan, config: ml_collections.ConfigDict, model, tx) -> dict[str, Any]:
+def step_arguments(spec: RunSpec, model, tx) -> dict[str, Any]:
   """The static keyword arguments of ``step.train_step`` for this run."""
   return {
     "model": model,
-    "skip_nonfinite": config.nonfinite_policy == "skip",
-    **_plan_arguments(plan, tx),
+    "skip_nonfinite": spec.settings.nonfinite_policy == "skip",
+    **_plan_arguments(spec.plan, tx),
   }
 
 
-def member_arguments(
-  plan: RunPlan, config: ml_collections.ConfigDict, values: Mapping[str, jax.Array]
-) -> dict[str, Any]:
+def member_arguments(spec: RunSpec, values: Mapping[str, jax.Array]) -> dict[str, Any]:
   """The step arguments of a population member with grid ``values`` (traced in the step).
 
   The optimizer, the logged learning-rate schedule and the multiplicative
   noise's variance are derived from the member's values as a single run
-  derives them from its config. The white noise's key is the optimizer
+  derives them from its spec. The white noise's key is the optimizer
   state's (each member's own), so the key the chain is built with is unused.
   """
-  member = population_grid.member_plan(plan, values)
-  tx = run_optimizer(member, config, run_keys(config.seed)[1], values)
+  member = population_grid.member_plan(spec.plan, values)
+  tx = run_optimizer(spec.plan, run_keys(spec.settings.seed)[1], values)
   return _plan_arguments(member, tx)
 
 
@@ -148,8 +145,7 @@ class RunSetup:
 
 
 def set_up_run(
-  config: ml_collections.ConfigDict,
-  plan: RunPlan,
+  spec: RunSpec,
   mesh: Mesh,
   num_classes: int,
   input_shape: tuple[int, ...],
@@ -162,13 +158,12 @@ def set_up_run(
   """Builds the model (norm layer: the plan's, unless given), optimizer and initial state.
 
   Args:
-    config: the run config.
-    plan: its plan.
+    spec: the resolved run (``spec.resolve``).
     mesh: the data-parallel mesh; the state is replicated on it.
     num_classes: classes of the dataset.
     input_shape: one example's shape.
     norm: a norm-layer constructor replacing the plan's GhostBatchNorm.
-    seed: the run's seed (None: ``config.seed``).
+    seed: the run's seed (None: the spec's).
     seeds: a population's seeds: the state gets a leading member axis, member
       i initialized as the single run of ``seeds[i]`` (``population.py``).
     grid: with ``seeds``, each member's grid values, config key -> ``[P]``
@@ -178,10 +173,11 @@ def set_up_run(
   Returns:
     A :class:`RunSetup`.
   """
-  norm = norm_layer(plan, config, axis_name=AXIS) if norm is None else norm
-  model = build_model(config, num_classes, norm)
-  state_key, noise_key = run_keys(config.seed if seed is None else seed)
-  tx = run_optimizer(plan, config, noise_key)
+  plan = spec.plan
+  norm = norm_layer(spec, axis_name=AXIS) if norm is None else norm
+  model = build_model(spec, num_classes, norm)
+  state_key, noise_key = run_keys(spec.settings.seed if seed is None else seed)
+  tx = run_optimizer(plan, noise_key)
   example = jnp.zeros((1, *input_shape), jnp.float32)
   hyperparameters = member_args = None
   if seeds is not None:
@@ -190,26 +186,26 @@ def set_up_run(
     keys = [run_keys(s) for s in seeds]
     state_keys, noise_keys = (jnp.stack([k[i] for k in keys]) for i in (0, 1))
     member_init = lambda key, noise, values: create_train_state(  # noqa: E731
-      model, run_optimizer(plan, config, noise, values), example, key
+      model, run_optimizer(plan, noise, values), example, key
     )
     init = jax.jit(jax.vmap(member_init), out_shardings=parallel.replicated(mesh))
     values = {k: jnp.asarray(v, jnp.float32) for k, v in (grid or {}).items()}
     state = init(state_keys, noise_keys, values)
     hyperparameters = jax.device_put(values, parallel.replicated(mesh))
     if values:
-      member_args = functools.partial(member_arguments, plan, config)
+      member_args = functools.partial(member_arguments, spec)
   else:
     init = jax.jit(
       lambda key: create_train_state(model, tx, example, key),
       out_shardings=parallel.replicated(mesh),
     )
     state = init(state_key)
-  step_args = step_arguments(plan, config, model, tx)
+  step_args = step_arguments(spec, model, tx)
   partial = plan.partial_batch_size
   partial_args = None
   if partial and plan.ghost_batch_size_at(partial) != plan.ghost_batch_size:
     # The same parameters, normalized in the partial batch's ghost batches.
     partial_norm = functools.partial(norm, ghost_batch_size=plan.ghost_batch_size_at(partial))
-    partial_model = build_model(config, num_classes, partial_norm)
-    partial_args = step_arguments(plan, config, partial_model, tx)
+    partial_model = build_model(spec, num_classes, partial_norm)
+    partial_args = step_arguments(spec, partial_model, tx)
   return RunSetup(model, tx, state, step_args, partial_args, hyperparameters, member_args)

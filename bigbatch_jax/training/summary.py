@@ -12,8 +12,12 @@ from bigbatch_jax.training.metrics import fit_log_growth, plot_run
 from bigbatch_jax.training.plan import RunPlan
 
 
-def run_summary(config, plan: RunPlan, records: list[dict], wall_time: float) -> dict:
-  """The summary of a finished run from its plan and its metrics records."""
+def run_summary(spec, plan: RunPlan, records: list[dict], wall_time: float) -> dict:
+  """The summary of a finished run from its plan and its metrics records.
+
+  ``spec``: the run's :class:`~bigbatch_jax.training.spec.RunSpec` (its
+  model, data and seed); ``plan``: the run's, or a grid member's.
+  """
   evals = [r for r in records if "test_accuracy" in r]
   train = [r for r in records if "weight_distance" in r and r["step"] > 0]
   final = evals[-1] if evals else {}
@@ -23,9 +27,9 @@ def run_summary(config, plan: RunPlan, records: list[dict], wall_time: float) ->
   finished = trained == plan.num_steps and bool(evals) and final["step"] == plan.num_steps
   summary = {
     "variant": plan.variant.name,
-    "model": config.model,
-    "dataset": config.dataset,
-    "seed": config.seed,
+    "model": spec.model.model,
+    "dataset": spec.data.dataset,
+    "seed": spec.settings.seed,
     "batch_size": plan.batch_size,
     "final_batch_size": plan.batch_phases[-1][1],
     "base_batch_size": plan.base_batch_size,
@@ -40,7 +44,7 @@ def run_summary(config, plan: RunPlan, records: list[dict], wall_time: float) ->
     "finished": finished,
     "epochs": plan.regime.epochs,
     # "validation": the accuracies below are the held-out part of the training set.
-    "evaluated_split": evaluated_split(config.validation_fraction),
+    "evaluated_split": evaluated_split(spec.data.validation_fraction),
     "test_accuracy": final.get("test_accuracy"),
     "test_error": final.get("test_error"),
     "best_test_accuracy": max((r["test_accuracy"] for r in evals), default=None),

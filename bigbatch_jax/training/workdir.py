@@ -1,4 +1,12 @@
-"""A run's workdir: the saved config, and the check that a resumed run is the same run."""
+"""A run's workdir: the saved config and spec, and the check that a resumed run is the same run.
+
+The workdir keeps the run's config (``config.json``) and its resolved spec
+(``spec.json``, ``training.spec.record``). A resumed run is compared with
+both: a config key that changed but leaves the spec unchanged (a key added
+since the workdir was written, a spelling of the same run) resumes; a change
+of the spec is refused, naming the config keys and the spec's fields that
+changed, unless ``allow_config_change`` names them.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +45,27 @@ RESUMABLE_KEYS = frozenset(
   }
 )
 
+# Spec fields that may change between a run and its resumption: the
+# RESUMABLE_KEYS' fields, and which keys were set explicitly (the protocol's
+# provenance, not its values).
+SPEC_RESUMABLE = frozenset(
+  {
+    "events.log_every_steps",
+    "events.stop_after_steps",
+    "events.checkpoint_every_steps",
+    "events.steps_per_call",
+    "settings.progress_bar",
+    "settings.prefetch_batches",
+    "settings.max_checkpoints_to_keep",
+    "settings.process_id",
+    "settings.coordinator_address",
+    "settings.distributed_timeout_s",
+    "data.tfds_data_dir",
+    "data.tfds_download",
+    "plan.protocol.explicit",
+  }
+)
+
 # What shows that a workdir holds (part of) a run.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json")
 # A field one of the two configs lacks.
@@ -58,17 +87,33 @@ def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return _flatten(json.loads(config.to_json()))
 
 
-def _read_saved(workdir: str) -> dict[str, Any] | None:
-  """The flattened ``config.json`` of ``workdir``; None without one."""
-  path = os.path.join(workdir, "config.json")
+def _read_saved(workdir: str, name: str = "config.json") -> dict[str, Any] | None:
+  """The flattened ``config.json`` (or ``spec.json``) of ``workdir``; None without one."""
+  path = os.path.join(workdir, name)
   if not os.path.exists(path):
     return None
   saved = read_json(
     path,
-    "It records the run's config, which a resumed run must match: put a good copy back, or "
+    "It records the run, which a resumed run must match: put a good copy back, or "
     "start the run afresh in a new --workdir",
   )
   return _flatten(saved)
+
+
+def _spec_changes(current: dict[str, Any], saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+  """Dotted spec field -> (saved, current) for each differing field, ``SPEC_RESUMABLE`` aside."""
+  changed = {}
+  for key in sorted(set(saved) | set(current)):
+    if key in SPEC_RESUMABLE:
+      continue
+    before, after = saved.get(key, _ABSENT), current.get(key, _ABSENT)
+    if before != after:
+      changed[key] = (before, after)
+  return changed
+
+
+def _shown(changes: dict[str, tuple[Any, Any]]) -> str:
+  return "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items())
 
 
 def _show(value: Any) -> str:
@@ -150,17 +195,30 @@ def _is_allowed(key: str, allowed: bool | frozenset[str]) -> bool:
   return any(key == name or key.startswith(name + ".") for name in allowed)
 
 
-def check_and_save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume a workdir holding a run of a different config, then saves ``config``.
+def check_and_save_config(
+  config: ml_collections.ConfigDict, workdir: str, spec: dict[str, Any] | None = None
+) -> None:
+  """Refuses to resume a workdir holding a different run, then saves ``config`` and ``spec``.
 
-  A change is accepted when ``config.allow_config_change`` is True or names
-  the changed field (:func:`allowed_changes`); the refusal names each changed
-  field and the option that accepts exactly those.
+  Args:
+    config: the run's config.
+    workdir: the run's directory.
+    spec: the run's resolved spec (``training.spec.record``), or None to
+      check and save the config alone.
+
+  With a saved ``spec.json`` and ``spec``, a changed config key is accepted
+  when the spec is unchanged; otherwise each changed config key must be
+  accepted (``config.allow_config_change`` True or naming it:
+  :func:`allowed_changes`), and a spec field that changed under an unchanged
+  config (the data or the library changed) must be named itself. The refusal
+  names each change and the option that accepts exactly those.
   """
-  path = os.path.join(workdir, "config.json")
   current = _as_json(config)
   saved = _read_saved(workdir)
-  allowed = allowed_changes(config.allow_config_change, set(current) | set(saved or {}))
+  saved_spec = _read_saved(workdir, "spec.json") if spec is not None else None
+  current_spec = _flatten(spec) if spec is not None else {}
+  known = set(current) | set(saved or {}) | set(current_spec) | set(saved_spec or {})
+  allowed = allowed_changes(config.allow_config_change, known)
   held = [f for f in RUN_FILES if os.path.exists(os.path.join(workdir, f))]
   if held and saved is None and allowed is not True:
     raise ValueError(
@@ -168,16 +226,31 @@ def check_and_save_config(config: ml_collections.ConfigDict, workdir: str) -> No
       "config is that run's cannot be checked. Put its config.json back, use a new --workdir, "
       "or pass --config.allow_config_change=True to resume it with this config"
     )
-  changed = _changed_fields(current, saved or {}) if saved is not None else {}
+  changed = _changed_fields(current, saved) if saved is not None else {}
+  spec_changed = _spec_changes(current_spec, saved_spec) if saved_spec is not None else {}
+  if saved_spec is not None and not spec_changed:
+    changed = {}  # the same run, whichever keys spell it
   refused = {k: change for k, change in changed.items() if not _is_allowed(k, allowed)}
+  if not changed:
+    refused = {k: change for k, change in spec_changed.items() if not _is_allowed(k, allowed)}
   if refused:
-    shown = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in refused.items())
     names = ", ".join(f'"{k}"' for k in refused) + ("," if len(refused) == 1 else "")
+    what = (
+      f"a different config ({_shown(refused)})"
+      if changed
+      else f"the same config but a different spec ({_shown(refused)}): the data or the library "
+      "changed what the config resolves to"
+    )
+    spec_note = f" The run's spec changes with it ({_shown(spec_changed)})." if changed else ""
     raise ValueError(
-      f"workdir {workdir} holds a run with a different config ({shown}). Use a new --workdir "
-      f"to start anew, or resume it with these changes: "
-      f"--config.allow_config_change='({names})' (True accepts any change)"
+      f"workdir {workdir} holds a run with {what}.{spec_note} Use a new --workdir to start "
+      f"anew, or resume it with these changes: --config.allow_config_change='({names})' "
+      "(True accepts any change)"
     )
   if jax.process_index() == 0:
-    # Atomically: the other processes may be reading it for the same check.
-    write_json_atomic(path, json.loads(config.to_json()), indent=2, sort_keys=True)
+    # Atomically: the other processes may be reading them for the same check.
+    write_json_atomic(
+      os.path.join(workdir, "config.json"), json.loads(config.to_json()), indent=2, sort_keys=True
+    )
+    if spec is not None:
+      write_json_atomic(os.path.join(workdir, "spec.json"), spec, indent=2, sort_keys=True)

@@ -329,7 +329,7 @@ def noise_scale(run: runs_lib.Run, regimes: list[runs_lib.Run], load, options: O
     batches = runs_lib.sample_batches(
       run.dataset, options.noise_batches, regime.plan.batch_size, options.seed + 2, replace=True
     )
-    white_noise = population_grid.white_noise(regime.config, {})
+    white_noise = population_grid.white_noise(regime.plan, {})
     update_fn = regime_update_fn(regime.plan, run.model, run.batch_stats, white_noise)
     out = jax.jit(functools.partial(diagnostics.update_covariance, update_fn, num_projections=0))(
       run.params, batches, jax.random.key(options.seed)

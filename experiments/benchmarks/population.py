@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bigbatch_jax import data as data_lib
 from bigbatch_jax.configs import f1
 from bigbatch_jax.training import parallel
+from bigbatch_jax.training import spec as spec_lib
 from bigbatch_jax.training.loop import CompiledSteps, next_batches
-from bigbatch_jax.training.plan import make_plan
 from bigbatch_jax.training.setup import set_up_run
 from experiments.benchmarks import timing
 from experiments.benchmarks.report import Section, Target
@@ -59,7 +58,7 @@ class _Batches:
 def row_config(variant: str):
   """The default Table 1 row's config, with the periods and call length its driver sets."""
   config = f1.get_config(f"{variant},table1")
-  dataset = data_lib.load_data(config)
+  dataset = spec_lib.load_data(config)
   rows.schedule_records(config, dataset.num_train)
   return config, dataset
 
@@ -67,13 +66,14 @@ def row_config(variant: str):
 def _case(variant: str, members: int, rounds: int, rng) -> dict:
   config, dataset = row_config(variant)
   mesh = parallel.make_mesh(1)
-  plan = make_plan(config, dataset.num_train, mesh.size)
+  spec = spec_lib.resolve(config, num_train=dataset.num_train, num_devices=mesh.size)
+  plan = spec.plan
   size, length = plan.batch_size, min(config.steps_per_call, plan.num_steps)
   shape = dataset.input_shape
   seeds = tuple(range(members))
-  runs = [set_up_run(config, plan, mesh, dataset.num_classes, shape, seed=s) for s in seeds]
+  runs = [set_up_run(spec, mesh, dataset.num_classes, shape, seed=s) for s in seeds]
   single_call = CompiledSteps(runs[0], mesh, shape, plan).get(size, length)
-  population = set_up_run(config, plan, mesh, dataset.num_classes, shape, seeds=seeds)
+  population = set_up_run(spec, mesh, dataset.num_classes, shape, seeds=seeds)
   population_call = CompiledSteps(population, mesh, shape, plan, members).get(size, length)
   states = {"single": [r.state for r in runs], "population": population.state}
   single_batches = _Batches(rng, length, size, shape, None)

@@ -1,6 +1,6 @@
 """The train steps the benchmarks time, built through the library as a run builds them.
 
-``build_step`` goes config -> ``make_plan`` -> ``set_up_run`` (the run
+``build_step`` goes config -> ``spec.resolve`` -> ``set_up_run`` (the run
 set-up ``train_and_evaluate`` uses: model, keys, optimizer, state, step
 arguments) -> ``shard_train_step(train_step)``: what the loop runs.
 ``chunked_reference_step`` is the bigBatch ``main_gbn.py`` algorithm in JAX,
@@ -25,8 +25,8 @@ from jax import lax
 from bigbatch_jax import training
 from bigbatch_jax.configs import common, f1
 from bigbatch_jax.training import parallel
-from bigbatch_jax.training import plan as plan_lib
 from bigbatch_jax.training import setup as setup_lib
+from bigbatch_jax.training import spec as spec_lib
 from bigbatch_jax.training import step as step_lib
 from bigbatch_jax.training.loss import cross_entropy
 
@@ -138,9 +138,10 @@ def build_step(
   if outputs not in OUTPUTS:
     raise ValueError(f"outputs={outputs!r}; valid: {OUTPUTS}")
   mesh = parallel.make_mesh(num_devices)
-  plan = plan_lib.make_plan(config, NUM_TRAIN, mesh.size)
   config = _with_f1_model(config, hidden, depth)
-  run = training.set_up_run(config, plan, mesh, NUM_CLASSES, input_shape, norm=norm, seed=seed)
+  spec = spec_lib.resolve(config, num_train=NUM_TRAIN, num_devices=mesh.size)
+  plan = spec.plan
+  run = training.set_up_run(spec, mesh, NUM_CLASSES, input_shape, norm=norm, seed=seed)
   state, static = run.state, run.step_args
   step_fn = _outputs_only(outputs)
   if steps_per_call > 1:
@@ -177,8 +178,8 @@ def two_pass_ghost_batch_norm(config) -> Callable:
   """The plan's GhostBatchNorm with flax's two-pass normalization (the code before; two_pass.py)."""
   from experiments.benchmarks.two_pass import TwoPassGhostBatchNorm
 
-  plan = plan_lib.make_plan(config, NUM_TRAIN, 1)
-  return setup_lib.norm_layer(plan, config, step_lib.AXIS, layer=TwoPassGhostBatchNorm)
+  spec = spec_lib.resolve(config, num_train=NUM_TRAIN, num_devices=1)
+  return setup_lib.norm_layer(spec, step_lib.AXIS, layer=TwoPassGhostBatchNorm)
 
 
 def chunked_reference_step(config, *, seed: int = 0) -> Built:
@@ -194,13 +195,14 @@ def chunked_reference_step(config, *, seed: int = 0) -> Built:
   weight decay, momentum SGD, batch-size scaling) is applied, and the loss and
   accuracy averaged over chunks are returned as the reference logs them.
   """
-  plan = plan_lib.make_plan(config, NUM_TRAIN, 1)
+  spec = spec_lib.resolve(_with_f1_model(config, 512, 5), num_train=NUM_TRAIN, num_devices=1)
+  plan = spec.plan
   ghost = plan.ghost_batch_size or plan.base_batch_size
   num_chunks = plan.batch_size // ghost
   norm = flax_batch_norm(config, axis_name=None)
-  model = setup_lib.build_model(_with_f1_model(config, 512, 5), NUM_CLASSES, norm)
+  model = setup_lib.build_model(spec, NUM_CLASSES, norm)
   state_key, noise_key = setup_lib.run_keys(seed)
-  tx = setup_lib.run_optimizer(plan, config, noise_key)
+  tx = setup_lib.run_optimizer(plan, noise_key)
   example = jnp.zeros((1, INPUT_DIM), jnp.float32)
 
   @jax.jit

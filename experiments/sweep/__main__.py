@@ -26,8 +26,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bigbatch_jax import training
-from bigbatch_jax.data import load_data
 from bigbatch_jax.training import make_plan, retain_freed_host_memory
+from bigbatch_jax.training.spec import load_data
 from experiments import launch
 from experiments.rerun import exit_for_rerun
 from experiments.sweep import noise, run_sweep

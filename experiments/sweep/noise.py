@@ -21,9 +21,9 @@ import ml_collections
 
 from bigbatch_jax import diagnostics
 from bigbatch_jax.configs import default
-from bigbatch_jax.data import load_data
 from bigbatch_jax.diagnostics import runs as runs_lib
 from bigbatch_jax.training import Checkpointer, json_files, make_plan
+from bigbatch_jax.training.spec import load_data
 from experiments.table1.runner import finished, read_json, run_all
 
 NOISE_FILE = "noise_scale.json"

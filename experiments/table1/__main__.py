@@ -50,9 +50,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bigbatch_jax.data import load_data
 from bigbatch_jax.protocol import PROTOCOLS
 from bigbatch_jax.training import Preempted, parse_variant, retain_freed_host_memory
+from bigbatch_jax.training.spec import load_data
 from experiments import launch
 from experiments.rerun import exit_for_rerun
 from experiments.table1 import ablation, run_table

@@ -44,6 +44,7 @@ from bigbatch_jax.data.reference_mnist import reference_mnist_augmentation
 from bigbatch_jax.protocol import RunKind
 from bigbatch_jax.training import make_plan, train_and_evaluate
 from bigbatch_jax.training.setup import build_model, norm_layer
+from bigbatch_jax.training.spec import resolve
 from experiments.table1.aggregate import row_numbers
 from experiments.table1.paper_claims import welch_p
 from experiments.table1.report import format_ablation, write_ablation
@@ -99,9 +100,10 @@ def with_artefacts(config: ml_collections.ConfigDict, on: Sequence[str]):
   return config
 
 
-def _has_batch_norm(config: ml_collections.ConfigDict, plan, data) -> bool:
+def _has_batch_norm(config: ml_collections.ConfigDict, data) -> bool:
   """Whether the model keeps batch statistics (shapes only: nothing is computed)."""
-  model = build_model(config, data.num_classes, norm_layer(plan, config, axis_name=None))
+  spec = resolve(config, num_train=data.num_train, num_devices=1)
+  model = build_model(spec, data.num_classes, norm_layer(spec, axis_name=None))
   example = jnp.zeros((1, *data.input_shape), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), example, train=False))
   return "batch_stats" in variables
@@ -129,9 +131,8 @@ def not_applicable(artefact: str, config: ml_collections.ConfigDict, data) -> st
   if artefact == "momentum_restart" and not any(plan.momentum_restart_steps):
     # A restart at update 0 only is the plain run: the trace starts at zero.
     return "the run has no SGD momentum to restart, or only one epoch"
-  if artefact in ("bn_scale_uniform", "unbiased_running_variance") and not _has_batch_norm(
-    on, plan, data
-  ):
+  batch_norm_items = ("bn_scale_uniform", "unbiased_running_variance")
+  if artefact in batch_norm_items and not _has_batch_norm(on, data):
     return f"model {on.model!r} has no batch norm"
   if artefact == "partial_last_batch" and not plan.partial_batch_size:
     return f"batch {plan.batch_size} divides the {data.num_train} training examples"

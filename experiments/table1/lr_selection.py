@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from bigbatch_jax.configs.common import grid_config
-from bigbatch_jax.training import json_files, parse_variant, population_grid
+from bigbatch_jax.training import json_files, parse_variant, population_spec
 from experiments.table1.runner import check_same_config, finished, read_json
 
 LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -151,7 +151,7 @@ def _member_accuracies(summary: dict, lrs: Sequence[float]) -> dict[float, list[
 
 
 def _run_population(config, directory: str, train_fn, echo, head: str) -> dict:
-  lrs = population_grid.grid_values(config)["regime.lr"]
+  lrs = population_spec.grid_values(config)["regime.lr"]
   if finished(directory):
     check_same_config(config, directory)
     echo(f"{head}: done before, skipped")
@@ -170,7 +170,7 @@ def _run_population(config, directory: str, train_fn, echo, head: str) -> dict:
 def _run_singly(config, directory: str, train_fn, echo, head: str) -> dict:
   """Each (rate, seed) of the population as its own run in ``directory/lr_RATE/seed_S``."""
   accuracies: dict[float, list[float | None]] = {}
-  for lr in population_grid.grid_values(config)["regime.lr"]:
+  for lr in population_spec.grid_values(config)["regime.lr"]:
     accuracies[lr] = []
     for seed in SELECTION_SEEDS:
       single = config.copy_and_resolve_references()

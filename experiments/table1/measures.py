@@ -16,8 +16,9 @@ import ml_collections
 from bigbatch_jax import diagnostics
 from bigbatch_jax.configs import default
 from bigbatch_jax.diagnostics import runs as runs_lib
-from bigbatch_jax.training import json_files, make_plan, parse_variant, population_grid
+from bigbatch_jax.training import json_files, parse_variant, population_grid
 from bigbatch_jax.training.setup import build_model, norm_layer
+from bigbatch_jax.training.spec import resolve
 from experiments.analyze.compute import regime_update_fn
 from experiments.table1.runner import finished, read_json
 
@@ -91,12 +92,13 @@ def update_covariance_traces(
     stats = runs_lib.batch_stats_fn(run)(run.initial_params, probe["x"][0])
     for i, row in enumerate(todo):
       config = configs[row]
-      plan = make_plan(config, run.dataset.num_train, num_devices=1)
+      spec = resolve(config, num_train=run.dataset.num_train, num_devices=1)
+      plan = spec.plan
       batches = runs_lib.sample_batches(
         run.dataset, COVARIANCE_BATCHES, plan.batch_size, seed=1 + i, replace=True
       )
-      white_noise = population_grid.white_noise(config, {})
-      row_model = build_model(config, run.dataset.num_classes, norm_layer(plan, config, None))
+      white_noise = population_grid.white_noise(plan, {})
+      row_model = build_model(spec, run.dataset.num_classes, norm_layer(spec, None))
       for mode, train_model in (("evaluation", None), ("training", row_model)):
         update_fn = regime_update_fn(plan, run.model, stats, white_noise, train_model)
         measure = jax.jit(functools.partial(diagnostics.update_covariance, update_fn))

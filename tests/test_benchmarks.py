@@ -50,6 +50,7 @@ def _run_benchmark(parts: str, output) -> subprocess.CompletedProcess:
   return proc
 
 
+@pytest.mark.slow  # the quick benchmark in a subprocess: about 80 s on two shared cores
 def test_quick_step_benchmark_writes_its_tables_and_targets(tmp_path):
   output = tmp_path / "RESULTS.md"
   proc = _run_benchmark("step", output)

@@ -49,6 +49,7 @@ def sweep_of(workdir, lines, train_fn=training.train_and_evaluate, tuned_lr=Fals
   )  # fmt: skip
 
 
+@pytest.mark.slow  # a sweep in subprocesses, then resumed: about 45 s on two shared cores
 def test_tiny_sweep_end_to_end_then_resume_skips_finished_runs(tmp_path):
   workdir = str(tmp_path)
   calls, lines = [], []
@@ -273,6 +274,7 @@ def command(workdir, *flags):
   return [sys.executable, "-m", "experiments.sweep", f"--workdir={workdir}", *flags]
 
 
+@pytest.mark.slow  # one subprocess per bad flag: about 30 s of start-ups on two shared cores
 def test_command_line_rejects_bad_flags_clearly(tmp_path):
   bad = subprocess.run(
     command(tmp_path, "--preset=tiny", "--batch_sizes=16,4096"),

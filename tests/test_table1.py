@@ -251,6 +251,7 @@ def test_paper_numbers_on_mnist_given_any_way():
   assert not rows_lib.is_mnist("mnist1d", data(8000, 2000, (40,)))
 
 
+@pytest.mark.slow  # the driver in a subprocess: about 45 s on two shared cores
 def test_command_line_applies_overrides_to_every_variant(tmp_path):
   workdir = tmp_path / "cli"
   command = tiny_run.table1_command(

@@ -251,6 +251,7 @@ def _run_main(workdir, *flags):
   assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow  # two training subprocesses: about 60 s on two shared cores
 def test_resume_in_a_new_process_is_exact(tmp_path):
   # 512 examples, 3 epochs at batch 64: 24 updates. Stop at 12, resume in a new process.
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"

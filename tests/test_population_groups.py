@@ -179,7 +179,7 @@ def test_a_population_split_in_groups_resumes_without_training_a_finished_group_
   prepared = []
   real_prepare = loop._prepare
   monkeypatch.setattr(
-    loop, "_prepare", lambda *a, **k: prepared.append(a[4]) or real_prepare(*a, **k)
+    loop, "_prepare", lambda *a, **k: prepared.append(a[3]) or real_prepare(*a, **k)
   )
   training.train_and_evaluate(config, grouped)
   assert [p.seeds for p in prepared] == [(SEEDS[1],)]

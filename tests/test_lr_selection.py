@@ -200,6 +200,7 @@ def small_sb():
   return config
 
 
+@pytest.mark.slow  # a selection population and a run: about 45 s on two shared cores
 def test_one_row_one_seed_selects_then_trains_at_the_selected_lr(tmp_path):
   rows = table1.run_table(
     {"sb": small_sb()}, (0,), str(tmp_path), echo=lambda line: None, hessian=False,

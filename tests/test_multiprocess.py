@@ -71,6 +71,7 @@ def single_process_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow  # two processes and a four-device run: about 60 s on two shared cores
 def test_two_processes_equal_one_process_with_four_devices(single_process_run, tmp_path):
   _run_two_processes(tmp_path)
   jax.tree.map(

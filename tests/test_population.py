@@ -226,6 +226,7 @@ def test_a_split_population_gives_each_seed_a_single_runs_workdir(tmp_path):
     )
 
 
+@pytest.mark.slow  # two population runs: about 50 s on two shared cores
 def test_steps_per_call_changes_no_record_and_no_checkpoint_of_a_population(tmp_path):
   """Calls end at the steps with a log, an evaluation or a checkpoint (``events.call_length``).
 

@@ -118,6 +118,7 @@ def _split_in_two(monkeypatch, config, tmp_path):
   return whole, free
 
 
+@pytest.mark.slow  # a population trained whole and in groups: about 40 s on two shared cores
 def test_a_population_that_does_not_fit_trains_in_groups_equal_to_one_population(
   tmp_path, monkeypatch, caplog
 ):

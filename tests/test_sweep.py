@@ -80,6 +80,7 @@ def test_tiny_sweep_end_to_end_then_resume_skips_finished_runs(tmp_path):
     sweep_of(workdir, lines, **{"regime.lr": 0.05})
 
 
+@pytest.mark.slow  # a staged B_S run: about 35 s on two shared cores
 def test_b_simple_is_measured_along_the_b_s_run_itself_at_each_epoch(tmp_path):
   workdir, calls, configs = str(tmp_path), [], []
   config = tiny_configs()["sb_b16"]

@@ -8,9 +8,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from experiments.benchmarks import population
+from bigbatch_jax.training import spec as spec_lib
+from experiments.benchmarks import population, steps
 from experiments.configs import f1
 from experiments.table1 import rows
 
@@ -118,3 +120,33 @@ def test_the_population_part_times_the_call_length_the_table_driver_runs():
     table = rows.variant_config(f1, variant, "quick")
     rows.schedule_records(table, dataset.num_train)
     assert config.steps_per_call == table.steps_per_call == 50, variant
+
+
+def test_the_population_ceiling_counts_the_rows_f1_dot_flops():
+  config, dataset = population.row_config("sb")
+  spec = spec_lib.resolve(config, num_train=dataset.num_train, num_devices=1)
+  # F1 40-128-128-128-10 at B=64: forward 2*64*39168, weight gradients the
+  # same, input gradients of all but the first layer 2*64*34048.
+  assert population.f1_sizes(spec, dataset.input_shape) == (128, 3, 40)
+  assert population.dot_flops_per_update(spec, dataset.input_shape) == 14_385_152
+
+
+def test_the_population_dots_are_each_members_products_summed_over_the_call():
+  members, length, batch = 2, 3, 4
+  totals = steps.population_dots(members, length, batch, 8, 2, 5)()
+  rng = np.random.default_rng(0)
+  dims = steps.f1_dims(8, 2, 5)
+  x = rng.normal(size=(length, members, batch, 5)).astype(np.float32)
+  ws = [rng.normal(size=(members, *d)).astype(np.float32) * 0.01 for d in dims]
+  for m in range(members):
+    expected = [
+      sum(np.asarray(g) for g in grads)
+      for grads in zip(*(steps._dots(x[t, m], [w[m] for w in ws]) for t in range(length)))
+    ]
+    for got, want in zip(totals, expected, strict=True):
+      np.testing.assert_allclose(np.asarray(got)[m], want, rtol=1e-5, atol=1e-7)
+
+
+def test_a_population_target_above_the_dots_ceiling_is_called_out_of_reach():
+  assert "out of reach" in population._ceiling_note(3.09, 4.0)
+  assert "out of reach" not in population._ceiling_note(3.64, 2.5)

@@ -248,19 +248,21 @@ def chunked_reference_step(config, *, seed: int = 0) -> Built:
   return Built(step, init(state_key), batch, None)
 
 
-def f1_dims(hidden: int = 512, depth: int = 5) -> list[tuple[int, int]]:
+def f1_dims(hidden: int = 512, depth: int = 5, input_dim: int = INPUT_DIM) -> list[tuple[int, int]]:
   """(in, out) of F1's dense layers."""
-  sizes = [INPUT_DIM] + [hidden] * depth + [NUM_CLASSES]
+  sizes = [input_dim] + [hidden] * depth + [NUM_CLASSES]
   return list(itertools.pairwise(sizes))
 
 
-def step_flops(batch_size: int, hidden: int = 512, depth: int = 5) -> int:
+def step_flops(
+  batch_size: int, hidden: int = 512, depth: int = 5, input_dim: int = INPUT_DIM
+) -> int:
   """FLOPs of the dots of one F1 train step.
 
   Forward 2*B*in*out per layer, the weight gradients the same, and the input
   gradients of every layer but the first (the data needs no gradient).
   """
-  dims = f1_dims(hidden, depth)
+  dims = f1_dims(hidden, depth, input_dim)
   forward = sum(2 * batch_size * i * o for i, o in dims)
   input_grads = sum(2 * batch_size * i * o for i, o in dims[1:])
   return 2 * forward + input_grads
@@ -290,6 +292,33 @@ def _dots(x, ws):
     if i:
       g = g @ ws[i].T
   return grads
+
+
+def population_dots(
+  members: int, length: int, batch_size: int, hidden: int, depth: int, input_dim: int
+) -> Callable[[], Any]:
+  """Only the dots of ``length`` updates of a population of F1s, as one jitted call.
+
+  The members' products are batched by ``jax.vmap`` as a population step
+  batches them (one batched product per layer and direction), and the updates
+  are a ``lax.scan`` over fresh inputs (so nothing is hoisted out of the loop),
+  as a population call of ``length`` updates scans them.
+  """
+  rng = np.random.default_rng(0)
+  dims = f1_dims(hidden, depth, input_dim)
+  x = rng.normal(size=(length, members, batch_size, input_dim)).astype(np.float32)
+  ws = [rng.normal(size=(members, *d)).astype(np.float32) * 0.01 for d in dims]
+
+  @jax.jit
+  def dots(x, ws):
+    def body(total, xs):
+      return jax.tree.map(jnp.add, total, jax.vmap(_dots)(xs, ws)), None
+
+    zeros = [jnp.zeros(w.shape, jnp.float32) for w in ws][::-1]
+    return lax.scan(body, zeros, x)[0]
+
+  x, ws = jnp.asarray(x), [jnp.asarray(w) for w in ws]
+  return lambda: dots(x, ws)
 
 
 def step_dots(

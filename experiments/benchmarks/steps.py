@@ -294,31 +294,39 @@ def _dots(x, ws):
   return grads
 
 
+def _summed_dots(xs, ws, dots=_dots):
+  """``dots(x, ws)`` of each ``x`` along the leading axis of ``xs``, summed in one ``lax.scan``."""
+
+  def body(total, x):
+    return jax.tree.map(jnp.add, total, dots(x, ws)), None
+
+  zeros = [jnp.zeros(w.shape, jnp.float32) for w in ws][::-1]
+  return lax.scan(body, zeros, xs)[0]
+
+
+@jax.jit
+def population_dot_totals(xs, ws):
+  """A population's F1 dots over the updates of one call, each member's summed.
+
+  ``xs`` is (updates, members, batch, in) and each ``ws[i]`` (members, in, out):
+  the members' products are batched by ``jax.vmap`` as a population step
+  batches them (one batched product per layer and direction), and the updates
+  are a ``lax.scan`` over fresh inputs (so nothing is hoisted out of the loop),
+  as a population call scans them. Returns the weight-gradient products of
+  the layers, last layer first, each (members, in, out).
+  """
+  return _summed_dots(xs, ws, jax.vmap(_dots))
+
+
 def population_dots(
   members: int, length: int, batch_size: int, hidden: int, depth: int, input_dim: int
 ) -> Callable[[], Any]:
-  """Only the dots of ``length`` updates of a population of F1s, as one jitted call.
-
-  The members' products are batched by ``jax.vmap`` as a population step
-  batches them (one batched product per layer and direction), and the updates
-  are a ``lax.scan`` over fresh inputs (so nothing is hoisted out of the loop),
-  as a population call of ``length`` updates scans them.
-  """
+  """Only the dots of ``length`` updates of a population of F1s, as one jitted call."""
   rng = np.random.default_rng(0)
   dims = f1_dims(hidden, depth, input_dim)
-  x = rng.normal(size=(length, members, batch_size, input_dim)).astype(np.float32)
-  ws = [rng.normal(size=(members, *d)).astype(np.float32) * 0.01 for d in dims]
-
-  @jax.jit
-  def dots(x, ws):
-    def body(total, xs):
-      return jax.tree.map(jnp.add, total, jax.vmap(_dots)(xs, ws)), None
-
-    zeros = [jnp.zeros(w.shape, jnp.float32) for w in ws][::-1]
-    return lax.scan(body, zeros, x)[0]
-
-  x, ws = jnp.asarray(x), [jnp.asarray(w) for w in ws]
-  return lambda: dots(x, ws)
+  x = jnp.asarray(rng.normal(size=(length, members, batch_size, input_dim)).astype(np.float32))
+  ws = [jnp.asarray(rng.normal(size=(members, *d)).astype(np.float32) * 0.01) for d in dims]
+  return lambda: population_dot_totals(x, ws)
 
 
 def step_dots(
@@ -339,11 +347,6 @@ def step_dots(
 
     @jax.jit
     def dots(x, ws):
-      def body(total, xc):
-        return jax.tree.map(jnp.add, total, _dots(xc, ws)), None
-
-      zeros = [jnp.zeros(w.shape, jnp.float32) for w in ws][::-1]
-      chunks = x.reshape(batch_size // chunk, chunk, INPUT_DIM)
-      return lax.scan(body, zeros, chunks)[0]
+      return _summed_dots(x.reshape(batch_size // chunk, chunk, INPUT_DIM), ws)
 
   return lambda: dots(x, ws)

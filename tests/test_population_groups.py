@@ -226,10 +226,35 @@ def test_a_grid_population_splits_into_the_largest_groups_in_member_order(
   ]
 
 
+def _record_allocations(monkeypatch) -> list[int]:
+  """The sizes of the populations whose state is allocated (not abstract) from now on."""
+  allocated = []
+  for module in (loop, population_groups):
+    set_up = module.set_up_run
+
+    def recording(*args, set_up=set_up, **kwargs):
+      run = set_up(*args, **kwargs)
+      if isinstance(jax.tree.leaves(run.state)[0], jax.Array):
+        allocated.append(len(kwargs["seeds"]))
+      return run
+
+    monkeypatch.setattr(module, "set_up_run", recording)
+  return allocated
+
+
+def test_a_population_that_fits_is_allocated_once(tmp_path, monkeypatch):
+  allocated = _record_allocations(monkeypatch)
+  training.train_and_evaluate(_config(), str(tmp_path / "run"))
+  assert allocated == [len(SEEDS)]
+
+
 def test_a_group_of_one_member_that_does_not_fit_is_the_memory_error(tmp_path, monkeypatch):
   monkeypatch.setattr(parallel, "available_memory_bytes", lambda mesh: 1)
+  allocated = _record_allocations(monkeypatch)
   with pytest.raises(MemoryError) as raised:
     training.train_and_evaluate(_config(), str(tmp_path / "run"))
+  # The memory was checked on the abstract state: no member's state was allocated.
+  assert allocated == []
   message = str(raised.value)
   assert "population of 2 members at batch_size=64" in message
   assert "GiB per device but" in message and "use a smaller --config.batch_size" in message

@@ -130,12 +130,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   compiled = {}
   if grouping is None:
     try:
-      prepared = _prepare(spec, dataset, mesh, population)
+      # Compiled on the abstract state: a population whose state alone does not
+      # fit is split into groups before any of it is allocated.
+      whole = population_groups.member_steps(
+        spec, mesh, dataset, population, population.size, check_memory=True
+      )
     except MemoryError as error:
-      # Only the message is kept: the error's frames hold the whole population's state.
       failed = str(error)
     else:
-      return train(workdir, population, prepared=prepared)
+      return train(workdir, population, steps=whole)
     grouping = _choose_grouping(failed, spec, dataset, mesh, population, workdir, compiled)
   return _train_groups(spec, workdir, population, grouping, train, compiled)
 
@@ -203,20 +206,18 @@ def _train_members(
   workdir: str,
   population,
   *,
-  prepared=None,
   steps=None,
   first_member: int | None = None,
 ) -> dict[str, Any]:
   """Trains ``population``'s members (None: the single run) in ``workdir``; their summary.
 
-  ``prepared``: ``_prepare``'s set-up and compiled calls when already made;
   ``steps``: the calls alone, compiled for the population's size;
   ``first_member``: the first member's index in the whole population when
   ``population`` is one of its groups (``population_groups.py``).
   """
   seeds = None if population is None else population.seeds
   plan, settings = spec.plan, spec.settings
-  run, steps = prepared or _prepare(spec, dataset, mesh, population, steps)
+  run, steps = _prepare(spec, dataset, mesh, population, steps)
   wait_for_all_processes("bigbatch_jax_before_checkpoints", settings.distributed_timeout_s)
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), settings.max_checkpoints_to_keep)
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), writer=jax.process_index() == 0)

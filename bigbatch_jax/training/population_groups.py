@@ -39,7 +39,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from bigbatch_jax.training import json_files, parallel
+from bigbatch_jax.training import json_files
 from bigbatch_jax.training.checkpoint import Checkpointer
 from bigbatch_jax.training.compiled_steps import CompiledSteps, compile_ahead
 from bigbatch_jax.training.members import Members
@@ -95,40 +95,30 @@ def member_steps(
   dataset,
   population: Population,
   size: int,
+  check_memory: bool = False,
 ) -> CompiledSteps:
   """The run's calls compiled for the first ``size`` members of ``population``.
 
   Compiles every call ``train_and_evaluate`` compiles ahead
-  (``compiled_steps.compile_ahead``), without the memory check, on abstract
-  states (``jax.eval_shape`` of the members' initialisation: no memory is
-  taken). Their ``memory_bytes`` is the largest need per device; a group of
-  ``size`` members trains with them (they take any members' values).
+  (``compiled_steps.compile_ahead``) on abstract states (``jax.eval_shape``
+  of the members' initialisation: no memory is taken). Their
+  ``memory_bytes`` is the largest need per device; a group of ``size``
+  members trains with them (they take any members' values). With
+  ``check_memory`` a call that needs more than is free raises ``MemoryError``
+  (``parallel.compile_train_step``).
   """
   members = part(population, 0, size)
-  plan = spec.plan
-  built = []
-
-  def build():
-    run = set_up_run(
-      spec,
-      mesh,
-      dataset.num_classes,
-      dataset.input_shape,
-      seeds=members.seeds,
-      grid=members.arrays(),
-    )
-    built.append(run)
-    return run.state, run.hyperparameters
-
-  replicated = parallel.replicated(mesh)
-  state, values = jax.tree.map(
-    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(build)
+  run = set_up_run(
+    spec,
+    mesh,
+    dataset.num_classes,
+    dataset.input_shape,
+    seeds=members.seeds,
+    grid=members.arrays(),
+    abstract=True,
   )
-  # The model, optimizer and step arguments are built from the spec alone (no
-  # array of the trace): the abstract state and values replace the traced ones.
-  run = dataclasses.replace(built[0], state=state, hyperparameters=values)
-  steps = CompiledSteps(run, mesh, dataset.input_shape, plan, size, check_memory=False)
-  compile_ahead(steps, plan, spec.events.steps_per_call)
+  steps = CompiledSteps(run, mesh, dataset.input_shape, spec.plan, size, check_memory=check_memory)
+  compile_ahead(steps, spec.plan, spec.events.steps_per_call)
   return steps
 
 

@@ -120,6 +120,17 @@ def member_arguments(spec: RunSpec, values: Mapping[str, jax.Array]) -> dict[str
   return _plan_arguments(member, tx)
 
 
+def _initial(init: Callable, abstract: bool, mesh: Mesh, *args):
+  """``init(*args)`` replicated on ``mesh``; ``abstract``: its shapes only, nothing allocated."""
+  replicated = parallel.replicated(mesh)
+  if abstract:
+    shapes = jax.eval_shape(init, *args)
+    return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
+    )
+  return jax.device_put(init(*args), replicated)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSetup:
   """What a run trains: its model, optimizer, initial state and step arguments."""
@@ -154,6 +165,7 @@ def set_up_run(
   seed: int | None = None,
   seeds: tuple[int, ...] | None = None,
   grid: Mapping[str, jax.Array] | None = None,
+  abstract: bool = False,
 ) -> RunSetup:
   """Builds the model (norm layer: the plan's, unless given), optimizer and initial state.
 
@@ -169,6 +181,9 @@ def set_up_run(
     grid: with ``seeds``, each member's grid values, config key -> ``[P]``
       (``population_grid.Population.arrays``): member i is the single run of
       ``seeds[i]`` with these values.
+    abstract: the state and grid values as ``jax.ShapeDtypeStruct`` leaves
+      (replicated on the mesh), nothing allocated: enough to compile the
+      run's calls and measure their memory (``population_groups.py``).
 
   Returns:
     A :class:`RunSetup`.
@@ -190,8 +205,8 @@ def set_up_run(
     )
     init = jax.jit(jax.vmap(member_init), out_shardings=parallel.replicated(mesh))
     values = {k: jnp.asarray(v, jnp.float32) for k, v in (grid or {}).items()}
-    state = init(state_keys, noise_keys, values)
-    hyperparameters = jax.device_put(values, parallel.replicated(mesh))
+    state = _initial(init, abstract, mesh, state_keys, noise_keys, values)
+    hyperparameters = _initial(lambda v: v, abstract, mesh, values)
     if values:
       member_args = functools.partial(member_arguments, spec)
   else:
@@ -199,7 +214,7 @@ def set_up_run(
       lambda key: create_train_state(model, tx, example, key),
       out_shardings=parallel.replicated(mesh),
     )
-    state = init(state_key)
+    state = _initial(init, abstract, mesh, state_key)
   step_args = step_arguments(spec, model, tx)
   partial = plan.partial_batch_size
   partial_args = None

@@ -173,6 +173,11 @@ def _declare_run(config: ml_collections.ConfigDict) -> None:
   # cannot be copied by ConfigDict.copy_and_resolve_references.
   config.population_grid = FieldReference(None, field_type=object)
   config.num_devices = placeholder(int)  # devices of the data-parallel mesh (None: all)
+  # A population's members split over this many groups of the devices (it must
+  # divide num_devices and the number of members); each group splits its
+  # members' batches. On a CPU, simulate devices (XLA_FLAGS=
+  # --xla_force_host_platform_device_count=N) so that each core runs members.
+  config.member_devices = 1
   # Multi-host: jax.distributed.initialize(). Unset address/count/id are taken
   # from the cluster environment (SLURM, Kubernetes, Cloud TPU).
   config.distributed = False

@@ -110,11 +110,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   # the number of training examples), then the whole spec.
   protocol = protocol_lib.resolve_protocol(config)
   dataset = data_lib.load_data(spec_lib.data_spec(config), protocol)
-  mesh = parallel.make_mesh(spec_lib.run_settings(config).num_devices)
+  settings = spec_lib.run_settings(config)
+  mesh = parallel.make_mesh(settings.num_devices, settings.member_devices)
   spec = spec_lib.resolve(
     config,
     num_train=dataset.num_train,
-    num_devices=mesh.size,
+    num_devices=parallel.data_devices(mesh),
     process_count=jax.process_count(),
     protocol=protocol,
   )
@@ -137,6 +138,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       )
     except MemoryError as error:
       failed = str(error)
+      if spec.settings.member_devices > 1:
+        raise MemoryError(
+          f"{failed}. A population split over member_devices={spec.settings.member_devices} "
+          "is not split further into groups; use member_devices=1 or fewer seeds"
+        ) from None
     else:
       return train(workdir, population, steps=whole)
     grouping = _choose_grouping(failed, spec, dataset, mesh, population, workdir, compiled)
@@ -239,6 +245,7 @@ def _train_members(
     parallel.shard_eval_step(
       step_lib.eval_step if seeds is None else population_lib.population_eval_step,
       mesh,
+      members=seeds is not None,
       model=run.model,
     ),
     checkpoints,

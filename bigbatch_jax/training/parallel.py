@@ -22,9 +22,19 @@ from jax.sharding import PartitionSpec as P
 
 from bigbatch_jax.training.step import AXIS
 
+MEMBERS = "members"  # the mesh axis a population's members split over (``make_mesh``)
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first ``num_devices`` devices (all, across processes, if None)."""
+
+def make_mesh(num_devices: int | None = None, member_devices: int = 1) -> Mesh:
+  """The mesh over the first ``num_devices`` devices (all, across processes, if None).
+
+  ``member_devices`` = 1: a 1-D mesh, the batch split over every device.
+  ``member_devices`` = k > 1: a population's members split over k groups of
+  devices, each group splitting its members' batches (a 2-D mesh, axes
+  ``MEMBERS`` x ``AXIS``, k x num_devices / k). Members never interact, so
+  the groups exchange nothing: on a CPU of a few cores, each simulated device
+  runs its members' small operations on a core of its own.
+  """
   devices = jax.devices()
   if num_devices is None:
     num_devices = len(devices)
@@ -35,17 +45,48 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     )
   if jax.process_count() > 1 and num_devices != len(devices):
     raise ValueError(f"multi-process runs use every device; got num_devices={num_devices}")
-  return Mesh(np.array(devices[:num_devices]), (AXIS,))
+  if member_devices == 1:
+    return Mesh(np.array(devices[:num_devices]), (AXIS,))
+  if member_devices < 1 or num_devices % member_devices:
+    raise ValueError(
+      f"member_devices={member_devices} does not divide num_devices={num_devices}; "
+      f"valid: a divisor of {num_devices}"
+    )
+  if jax.process_count() > 1:
+    raise ValueError(
+      f"member_devices={member_devices}: members split over devices in one process only; "
+      f"this run has {jax.process_count()} processes (use member_devices=1)"
+    )
+  grid = np.array(devices[:num_devices]).reshape(member_devices, num_devices // member_devices)
+  return Mesh(grid, (MEMBERS, AXIS))
 
 
-def batch_spec(stacked: bool = False, members: bool = False) -> P:
+def member_axis(mesh: Mesh) -> str | None:
+  """The mesh's axis of population members (``make_mesh``'s ``member_devices`` > 1), or None."""
+  return MEMBERS if MEMBERS in mesh.axis_names else None
+
+
+def data_devices(mesh: Mesh) -> int:
+  """The devices one batch is split over: every device, or one group of ``member_devices``."""
+  return mesh.shape[AXIS]
+
+
+def batch_spec(stacked: bool = False, members: bool = False, member_split: str | None = None) -> P:
   """The batch's partition: split along its examples, after the steps and members axes.
 
   ``stacked``: a leading axis of steps (``train_steps``); ``members``: an
   axis of population members (``population.population_train_step``), after
-  the steps'. Both are replicated; only the examples are split.
+  the steps'. The steps are replicated; the members split over
+  ``member_split`` (``member_axis``; None: replicated).
   """
-  return P(*[None] * (int(stacked) + int(members)), AXIS)
+  lead = [None] * int(stacked) + ([member_split] if members else [])
+  return P(*lead, AXIS)
+
+
+def state_sharding(mesh: Mesh, members: bool = False) -> NamedSharding:
+  """A state's sharding: replicated, a population's members split over ``member_axis``."""
+  split = member_axis(mesh) if members else None
+  return NamedSharding(mesh, P(split) if split else P())
 
 
 def shard_train_step(
@@ -56,27 +97,34 @@ def shard_train_step(
   With ``stacked`` the batch has a leading axis of steps (``train_steps``);
   with ``members`` an axis of population members after it; the examples
   axis, after both, is split. A population's step takes a third argument,
-  the members' grid values (``population.population_train_step``), replicated.
+  the members' grid values (``population.population_train_step``). On a mesh
+  with a ``member_axis`` the population's state, batches, values and
+  metrics are split along their members axis; otherwise all replicated.
   """
-  fn = functools.partial(step_fn, num_replicas=mesh.size, **static)
-  specs = (P(), batch_spec(stacked, members))
+  fn = functools.partial(step_fn, num_replicas=data_devices(mesh), **static)
+  split = member_axis(mesh) if members else None
+  # Replicated (P()) fits leaves of any rank; a split names the leading members axis.
+  state = P(split) if split else P()
+  in_specs = (state, batch_spec(stacked, members, split))
+  metrics = P(*[None] * int(stacked), split) if split else P()
   mapped = jax.shard_map(
     fn,
     mesh=mesh,
-    in_specs=(*specs, P()) if members else specs,
-    out_specs=(P(), P()),
+    in_specs=(*in_specs, state) if members else in_specs,
+    out_specs=(state, metrics),
     check_vma=False,
   )
   return jax.jit(mapped, donate_argnums=0)
 
 
-def shard_eval_step(eval_fn: Callable, mesh: Mesh, **static) -> Callable:
-  """jit(shard_map(eval_step)): the batch split, the sums replicated."""
+def shard_eval_step(eval_fn: Callable, mesh: Mesh, members: bool = False, **static) -> Callable:
+  """jit(shard_map(eval_step)): the batch split, the sums replicated (a population's per member)."""
+  split = P(member_axis(mesh)) if members and member_axis(mesh) else P()
   mapped = jax.shard_map(
     functools.partial(eval_fn, **static),
     mesh=mesh,
-    in_specs=(P(), P(AXIS)),
-    out_specs=P(),
+    in_specs=(split, P(AXIS)),
+    out_specs=split,
     check_vma=False,
   )
   return jax.jit(mapped)
@@ -104,7 +152,7 @@ def put_batch(
   With ``stacked`` the arrays have a leading axis of steps, with ``members``
   an axis of population members (after the steps').
   """
-  sharding = NamedSharding(mesh, batch_spec(stacked, members))
+  sharding = NamedSharding(mesh, batch_spec(stacked, members, member_axis(mesh)))
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
     for k, v in local_batch.items()
@@ -155,7 +203,8 @@ def compile_train_step(
   memory per device than is free (``check_memory``: False skips the check;
   ``state`` may then be abstract, ``jax.ShapeDtypeStruct`` leaves).
   """
-  sharding = NamedSharding(mesh, batch_spec(steps is not None, members is not None))
+  split = member_axis(mesh)
+  sharding = NamedSharding(mesh, batch_spec(steps is not None, members is not None, split))
   lead = tuple(n for n in (steps, members) if n is not None)
   batch = {
     "x": jax.ShapeDtypeStruct((*lead, batch_size, *input_shape), jnp.float32, sharding=sharding),
@@ -170,8 +219,8 @@ def compile_train_step(
     gib = 2.0**30
     population = "" if members is None else f" of a population of {members} members"
     raise MemoryError(
-      f"the train step{population} at batch_size={batch_size} ({batch_size // mesh.size} per "
-      f"device on "
+      f"the train step{population} at batch_size={batch_size} "
+      f"({batch_size // data_devices(mesh)} per device on "
       f"{mesh.size} {mesh.devices.flat[0].platform} device(s)) needs {needed / gib:.2f} GiB per "
       f"device but {free / gib:.2f} GiB is free; use a smaller --config.batch_size or more devices"
     )

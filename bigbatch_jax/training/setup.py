@@ -120,15 +120,12 @@ def member_arguments(spec: RunSpec, values: Mapping[str, jax.Array]) -> dict[str
   return _plan_arguments(member, tx)
 
 
-def _initial(init: Callable, abstract: bool, mesh: Mesh, *args):
-  """``init(*args)`` replicated on ``mesh``; ``abstract``: its shapes only, nothing allocated."""
-  replicated = parallel.replicated(mesh)
+def _initial(init: Callable, abstract: bool, sharding, *args):
+  """``init(*args)`` placed by ``sharding``; ``abstract``: its shapes only, nothing allocated."""
   if abstract:
     shapes = jax.eval_shape(init, *args)
-    return jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
-    )
-  return jax.device_put(init(*args), replicated)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  return jax.device_put(init(*args), sharding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +168,8 @@ def set_up_run(
 
   Args:
     spec: the resolved run (``spec.resolve``).
-    mesh: the data-parallel mesh; the state is replicated on it.
+    mesh: the run's mesh; the state is replicated on it (a population's
+      split over its members axis, ``parallel.state_sharding``).
     num_classes: classes of the dataset.
     input_shape: one example's shape.
     norm: a norm-layer constructor replacing the plan's GhostBatchNorm.
@@ -203,10 +201,11 @@ def set_up_run(
     member_init = lambda key, noise, values: create_train_state(  # noqa: E731
       model, run_optimizer(plan, noise, values), example, key
     )
-    init = jax.jit(jax.vmap(member_init), out_shardings=parallel.replicated(mesh))
+    split = parallel.state_sharding(mesh, members=True)
+    init = jax.jit(jax.vmap(member_init), out_shardings=split)
     values = {k: jnp.asarray(v, jnp.float32) for k, v in (grid or {}).items()}
-    state = _initial(init, abstract, mesh, state_keys, noise_keys, values)
-    hyperparameters = _initial(lambda v: v, abstract, mesh, values)
+    state = _initial(init, abstract, split, state_keys, noise_keys, values)
+    hyperparameters = _initial(lambda v: v, abstract, split, values)
     if values:
       member_args = functools.partial(member_arguments, spec)
   else:
@@ -214,7 +213,7 @@ def set_up_run(
       lambda key: create_train_state(model, tx, example, key),
       out_shardings=parallel.replicated(mesh),
     )
-    state = _initial(init, abstract, mesh, state_key)
+    state = _initial(init, abstract, parallel.replicated(mesh), state_key)
   step_args = step_arguments(spec, model, tx)
   partial = plan.partial_batch_size
   partial_args = None

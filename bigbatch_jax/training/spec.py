@@ -73,6 +73,7 @@ class RunSettings:
 
   seed: int
   num_devices: int | None
+  member_devices: int  # groups of devices a population's members split over
   nonfinite_policy: str
   nonfinite_max_skip_fraction: float
   nonfinite_max_consecutive_skips: int
@@ -214,6 +215,7 @@ def run_settings(config: ml_collections.ConfigDict) -> RunSettings:
   return RunSettings(
     seed=_int(config, "seed", 0),
     num_devices=_int(config, "num_devices", 1, allow_none=True),
+    member_devices=_int(config, "member_devices", 1),
     nonfinite_policy=_choice(config, "nonfinite_policy", NONFINITE_POLICIES),
     nonfinite_max_skip_fraction=float(config.nonfinite_max_skip_fraction),
     nonfinite_max_consecutive_skips=config.nonfinite_max_consecutive_skips,
@@ -244,7 +246,8 @@ def resolve(
   Args:
     config: a complete run config (``bigbatch_jax.configs``).
     num_train: the number of training examples (of the loaded data).
-    num_devices: devices over which the batch is split (all processes).
+    num_devices: devices over which one batch is split (all processes; with
+      ``member_devices`` > 1, one group's: ``parallel.data_devices``).
     process_count: JAX processes; each loads its share of every batch.
     protocol: the run's protocol when already resolved (the data's loading
       needs it first); None resolves it here.
@@ -259,14 +262,32 @@ def resolve(
     raise ValueError(
       f"config.eval_batch_size={settings.eval_batch_size} is not divisible by {num_devices} devices"
     )
+  population = population_of(config, plan, member_seeds(config))
+  _check_member_devices(settings.member_devices, population)
   return RunSpec(
     data=data_spec(config),
     model=model_spec(config),
     plan=plan,
     events=event_spec(config),
     settings=settings,
-    population=population_of(config, plan, member_seeds(config)),
+    population=population,
   )
+
+
+def _check_member_devices(member_devices: int, population: Population | None) -> None:
+  """Members split evenly over ``member_devices`` groups of devices, or not at all."""
+  if member_devices == 1:
+    return
+  if population is None or population.size == 1:
+    raise ValueError(
+      f"config.member_devices={member_devices} splits a population's members over devices, "
+      "but this run trains one seed; use member_devices=1 or a tuple of config.seeds"
+    )
+  if population.size % member_devices:
+    raise ValueError(
+      f"config.member_devices={member_devices} does not divide the population's "
+      f"{population.size} members; valid: a divisor of {population.size}"
+    )
 
 
 def load_data(config: ml_collections.ConfigDict):

@@ -115,7 +115,7 @@ def test_the_checkpoint_part_times_both_ways_and_replaces_only_its_section(tmp_p
 
 
 def test_the_population_part_times_the_call_length_the_table_driver_runs():
-  for _, variant, _, _ in population.CASES:
+  for _, variant, _, _, _ in population.CASES:
     config, dataset = population.row_config(variant)
     table = rows.variant_config(f1, variant, "quick")
     rows.schedule_records(table, dataset.num_train)
@@ -156,3 +156,18 @@ def test_the_population_dots_are_each_members_products_summed_over_the_call():
 def test_a_population_target_above_the_dots_ceiling_is_called_out_of_reach():
   assert "out of reach" in population._ceiling_note(3.09, 4.0)
   assert "out of reach" not in population._ceiling_note(3.64, 2.5)
+
+
+@pytest.mark.slow  # two populations and four single runs of the SB row: about 60 s
+def test_the_population_part_times_members_split_over_devices_in_a_worker():
+  from experiments.benchmarks.subprocesses import run_worker
+
+  args = ["population", "--batch=64", "--variant=sb", "--members=2", "--devices=2", "--steps=1"]
+  split = run_worker([*args, "--peak_size=64"], devices=2)
+  assert split["batch"] == 64 and split["steps_per_call"] == 50
+  assert split["speedup"] > 0 and split["dots_ceiling"] is None
+  assert split["population_devices"] == 2
+  one = population.case("sb", 2, rounds=1, peak_size=64)
+  assert one["dots_ceiling"] > 0 and one["population_devices"] == 1
+  with pytest.raises(RuntimeError, match="row 'sb' trains at batch 64"):
+    run_worker(["population", "--batch=32", "--variant=sb", "--devices=2"], devices=2)

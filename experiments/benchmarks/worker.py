@@ -1,4 +1,4 @@
-"""One measurement in a fresh process, printed as JSON (used by compile_memory and scaling).
+"""One measurement in a fresh process, printed as JSON (compile_memory, scaling, population).
 
 RSS is per process and the simulated device count is fixed when JAX starts,
 so these measurements each get their own interpreter:
@@ -130,15 +130,32 @@ def host_memory(args) -> dict:
   }
 
 
+def population(args) -> dict:
+  """A Table 1 row's population, its members split over ``--devices``, against single runs."""
+  from experiments.benchmarks import population
+
+  batch = population.row_batch(args.variant)
+  if args.batch != batch:
+    raise app.UsageError(f"--batch={args.batch}, but row {args.variant!r} trains at batch {batch}")
+  return population.case(args.variant, args.members, args.steps, args.peak_size, args.devices)
+
+
 flags.DEFINE_integer("batch", None, "global batch", required=True)
+flags.DEFINE_string("variant", "sb", "the Table 1 row (population)")
+flags.DEFINE_integer("members", 10, "the population's members (population)")
 flags.DEFINE_integer("hidden", 512, "F1's width")
 flags.DEFINE_integer("donate", 1, "donate the state to the step (memory)")
-flags.DEFINE_integer("devices", 1, "devices of the mesh (scaling)")
+flags.DEFINE_integer("devices", 1, "devices of the mesh (scaling); member devices (population)")
 flags.DEFINE_integer("steps", 3, "updates or timing rounds")
 flags.DEFINE_integer("ghost", 128, "ghost batch size (scaling)")
 flags.DEFINE_integer("peak_size", 4096, "N of the jnp.dot peak probe (host_memory)")
 flags.DEFINE_integer("retain", 1, "retain_freed_host_memory, as the launch scripts do")
-MEASUREMENTS = {"memory": memory, "scaling": scaling, "host_memory": host_memory}
+MEASUREMENTS = {
+  "memory": memory,
+  "scaling": scaling,
+  "host_memory": host_memory,
+  "population": population,
+}
 
 
 def main(argv: list[str]) -> None:

@@ -31,7 +31,8 @@ def _final(tmp_path, name, **overrides):
   return state, records, summary
 
 
-@pytest.mark.parametrize("devices", [2, 4])  # 2 x 1 and 2 x 2 (members x batch)
+# 2 x 1 and 2 x 2 (members x batch); two populations of four, about 40 s each on two cores.
+@pytest.mark.parametrize("devices", [pytest.param(2, marks=pytest.mark.slow), 4])
 def test_members_split_over_devices_equal_the_population_on_one_device(tmp_path, devices):
   whole, whole_records, whole_summary = _final(tmp_path, "one", num_devices=1)
   split, records, summary = _final(tmp_path, "split", num_devices=devices, member_devices=2)
@@ -74,6 +75,7 @@ def test_member_devices_that_cannot_split_the_members_are_refused(tmp_path, over
     training.train_and_evaluate(config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow  # three runs of a population of four: about 60 s on two cores
 def test_a_split_population_stopped_and_resumed_equals_it_trained_straight(tmp_path):
   overrides = {"num_devices": 2, "member_devices": 2}
   straight, straight_records, _ = _final(tmp_path, "straight", **overrides)

@@ -180,7 +180,7 @@ def set_up_run(
       (``population_grid.Population.arrays``): member i is the single run of
       ``seeds[i]`` with these values.
     abstract: the state and grid values as ``jax.ShapeDtypeStruct`` leaves
-      (replicated on the mesh), nothing allocated: enough to compile the
+      (with the shardings the real ones get), nothing allocated: enough to compile the
       run's calls and measure their memory (``population_groups.py``).
 
   Returns:

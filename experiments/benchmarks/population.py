@@ -114,9 +114,10 @@ def case(variant: str, members: int, rounds: int, peak_size: int, member_devices
   seeds = tuple(range(members))
   runs = [set_up_run(spec, mesh, dataset.num_classes, shape, seed=s) for s in seeds]
   single_call = CompiledSteps(runs[0], mesh, shape, plan).get(size, length)
-  split = parallel.make_mesh(member_devices, member_devices)
-  population = set_up_run(spec, split, dataset.num_classes, shape, seeds=seeds)
-  population_call = CompiledSteps(population, split, shape, plan, members).get(size, length)
+  population_mesh = parallel.make_mesh(member_devices, member_devices)
+  population = set_up_run(spec, population_mesh, dataset.num_classes, shape, seeds=seeds)
+  population_steps = CompiledSteps(population, population_mesh, shape, plan, members)
+  population_call = population_steps.get(size, length)
   states = {"single": [r.state for r in runs], "population": population.state}
   single_batches = _Batches(rng, length, size, shape, None)
   population_batches = _Batches(rng, length, size, shape, members)
@@ -128,7 +129,7 @@ def case(variant: str, members: int, rounds: int, peak_size: int, member_devices
     return states["single"]
 
   def together():
-    batch = next_batches(population_batches, length, split, members=True)
+    batch = next_batches(population_batches, length, population_mesh, members=True)
     states["population"], _ = population_call(states["population"], batch)
     return states["population"]
 

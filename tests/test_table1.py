@@ -162,6 +162,41 @@ def test_an_unfinished_run_is_run_again_and_a_changed_config_refused(table_dir, 
     table1.run_table(changed, SEEDS, workdir, train_fn=train, echo=lambda line: None)
 
 
+def _summaries(workdir, row):
+  out = {}
+  for seed in SEEDS:
+    with open(os.path.join(workdir, row, f"seed_{seed}", "summary.json")) as f:
+      out[seed] = json.load(f)
+  return out
+
+
+def test_a_table_split_over_devices_equals_it_on_one_resumes_and_measures(table_dir, tmp_path):
+  """The rows of ``table_dir`` (one device) again with each population over two devices."""
+  workdir = str(tmp_path)
+  train = CountingTrain()
+  configs = {v: tiny_config(v) for v in VARIANTS}
+  lines = []
+  rows = table1.run_table(
+    configs, SEEDS, workdir, train_fn=train, echo=lines.append, member_devices=2,
+    covariance=False,
+  )  # fmt: skip
+  assert sum("over 2 devices (" in line for line in lines) == len(VARIANTS)  # each start
+  for row in VARIANTS:
+    split, whole = _summaries(workdir, row), _summaries(table_dir[0], row)
+    for seed in SEEDS:
+      one, two = whole[seed], split[seed]
+      assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=0.02)
+      assert two["weight_distance"] == pytest.approx(one["weight_distance"], rel=1e-3)
+  # Every seed's directory holds its single run (one device), which the measurements rebuild.
+  assert all(r["top_hessian_eigenvalue"] is not None for r in rows)
+  again = CountingTrain()
+  table1.run_table(
+    configs, SEEDS, workdir, train_fn=again, echo=lines.append, member_devices=2,
+    covariance=False,
+  )  # fmt: skip
+  assert again.calls == []
+
+
 def test_a_diverged_run_is_reported_not_rerun(tmp_path):
   def diverge(config, workdir):
     os.makedirs(workdir, exist_ok=True)

@@ -96,8 +96,18 @@ def white_noise(plan: RunPlan, values: Mapping[str, Any]) -> tuple[Any, Any]:
 
 
 def member_config_json(config_json: dict, seed: int, values: Mapping[str, float]) -> dict:
-  """The saved config (``config.json``'s dict) of the single run a member equals."""
+  """The saved config (``config.json``'s dict) of the single run a member equals.
+
+  A member of a population split over ``member_devices`` groups trained on
+  one group's devices: its single run has ``num_devices`` of one group
+  (None, all devices, stays None: how many there were is not saved).
+  """
   single = {**config_json, "seed": seed, "seeds": None, "population_grid": None}
+  groups = config_json.get("member_devices", 1)
+  if groups > 1:
+    single["member_devices"] = 1
+    if config_json.get("num_devices") is not None:
+      single["num_devices"] = config_json["num_devices"] // groups
   for key, value in values.items():
     *path, leaf = key.split(".")
     node = single

@@ -35,16 +35,18 @@ def _line(points: Sequence[Mapping]) -> str:
   )
 
 
-def _tuned(configs, batch_sizes, seeds, workdir, train_fn, echo, population) -> dict:
+def _tuned(configs, batch_sizes, seeds, workdir, train_fn, echo, population, devices) -> dict:
   """Selects each tuned row's rate on the validation split, then trains its seeds at it."""
   tuned = {b: tuned_row(b) for b in batch_sizes if tuned_row(b) in configs}
   selections = {
-    b: lr_selection.select_lr(name, configs[name], workdir, train_fn, echo, population)
+    b: lr_selection.select_lr(
+      name, configs[name], workdir, train_fn, echo, population, member_devices=devices
+    )
     for b, name in tuned.items()
   }
   rows = {name: configs[name] for name in tuned.values()}
   chosen = lr_selection.selected_configs(rows, {tuned[b]: s for b, s in selections.items()})
-  run_all(chosen, seeds, workdir, train_fn, echo, population)
+  run_all(chosen, seeds, workdir, train_fn, echo, population, devices)
   return selections
 
 
@@ -72,6 +74,7 @@ def run_sweep(
   train_fn: Callable[[ml_collections.ConfigDict, str], dict] = train_and_evaluate,
   population: bool = True,
   noise_epochs: Sequence[float] = (1.0,),
+  member_devices: int = 1,
 ) -> dict:
   """Runs what is not done yet, measures B_simple, writes the JSON and the PNG; returns the JSON.
 
@@ -87,14 +90,18 @@ def run_sweep(
     train_fn: runs one config in a directory (``train_and_evaluate``).
     population: train each run's seeds as one population (``runner.run_all``).
     noise_epochs: the epochs of the B_S run at which B_simple is measured.
+    member_devices: the CPU devices a population's members may split over
+      (``experiments.table1.devices.placed``; single runs then train on one).
   """
   small = row("sb", batch_sizes[0])
   along = noise.measure_along(
-    small, configs[small], workdir, seeds[0], noise_epochs, train_fn, echo
+    small, configs[small], workdir, seeds[0], noise_epochs, train_fn, echo, member_devices
   )
   fixed = {name: config for name, config in configs.items() if not name.startswith("tuned_")}
-  run_all(fixed, seeds, workdir, train_fn, echo, population)
-  selections = _tuned(configs, batch_sizes, seeds, workdir, train_fn, echo, population)
+  run_all(fixed, seeds, workdir, train_fn, echo, population, member_devices)
+  selections = _tuned(
+    configs, batch_sizes, seeds, workdir, train_fn, echo, population, member_devices
+  )
   some = configs[small]
   setup = {"model": some.model, "dataset": some.dataset, "epochs": some.regime.epochs}
   summary = aggregate.summarize(

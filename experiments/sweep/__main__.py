@@ -39,6 +39,7 @@ from experiments.sweep.grid import (
   row,
   sweep_configs,
 )
+from experiments.table1.devices import CPU_DEVICES_HELP, simulate_cpu_devices
 from experiments.table1.rows import parse_seeds
 
 DEFAULT_CONFIG = os.path.join(
@@ -75,6 +76,7 @@ flags.DEFINE_bool(
   True,
   "Train each run's seeds as one population in one compiled step; false: one run per seed.",
 )
+flags.DEFINE_integer("cpu_devices", None, CPU_DEVICES_HELP)
 # Exit status of a stop by signal between runs: 128 + the signal number, as a shell reports it.
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -121,6 +123,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   retain_freed_host_memory()  # before JAX starts: see bigbatch_jax/training/host_memory.py
   try:
+    member_devices = simulate_cpu_devices(FLAGS.cpu_devices)
     configs, sizes, remedy, seeds, epochs = setup_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
@@ -144,6 +147,7 @@ def main(argv):
       lambda s: print(s, flush=True),
       population=FLAGS.population,
       noise_epochs=epochs,
+      member_devices=member_devices,
     )
   except training.Preempted as stopped:  # a signal inside a run, once the loop checkpointed it
     print(f"{resume}", flush=True)

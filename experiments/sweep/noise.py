@@ -24,6 +24,7 @@ from bigbatch_jax.configs import default
 from bigbatch_jax.diagnostics import runs as runs_lib
 from bigbatch_jax.training import Checkpointer, json_files, make_plan
 from bigbatch_jax.training.spec import load_data
+from experiments.table1.devices import placed
 from experiments.table1.runner import finished, read_json, run_all
 
 NOISE_FILE = "noise_scale.json"
@@ -92,18 +93,20 @@ def measure_along(
   epochs: Sequence[float],
   train_fn: Callable[[ml_collections.ConfigDict, str], dict],
   echo: Callable[[str], None],
+  member_devices: int = 1,
 ) -> dict:
   """Trains ``row``'s run of ``seed`` in stages and measures B_simple at each of ``epochs``.
 
   Returns the record written to ``workdir/noise_scale.json``: the run, B_S,
   and ``along``, one ``{epoch, step, b_simple, grad_sq, trace_sigma, ...}``
-  per epoch. The run's last stage is the runner's own (``run_all``), so the
-  finished run is the sweep's ``sb`` run of that seed.
+  per epoch. The run's last stage is the runner's own (``run_all``, with
+  ``member_devices``), so the finished run is the sweep's ``sb`` run of that
+  seed, placed as the runner places a single run.
   """
   directory = os.path.join(workdir, row, f"seed_{seed}")
   path = os.path.join(workdir, NOISE_FILE)
   b_small = config.batch_size
-  single = config.copy_and_resolve_references()
+  single = placed(config, 1, member_devices).copy_and_resolve_references()
   single.seed = seed
   num_train = load_data(single).num_train
   steps = noise_steps(single, num_train, epochs)
@@ -122,7 +125,7 @@ def measure_along(
         f"gone, so B_simple cannot be measured there; delete {directory} and rerun"
       )
     elif step == num_steps:
-      run_all({row: config}, [seed], workdir, train_fn, echo)
+      run_all({row: config}, [seed], workdir, train_fn, echo, member_devices=member_devices)
     else:
       echo(f"{row} seed {seed}: training to epoch {epoch:g} (update {step}) to measure B_simple")
       staged = single.copy_and_resolve_references()

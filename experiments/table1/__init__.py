@@ -92,6 +92,7 @@ def run_table(
   population: bool = True,
   select_lr: bool = False,
   num_train: int | None = None,
+  member_devices: int = 1,
 ) -> list[dict]:
   """Runs every (row, seed) not yet finished, then writes the table, JSON and figures.
 
@@ -114,6 +115,9 @@ def run_table(
       (``lr_selection``), then run the seeds at it.
     num_train: the training set's size (a growing batch capped there is
       capped at the kept part during the selection).
+    member_devices: the CPU devices a population's members may split over
+      (``devices.placed``; single runs then train on one); 1: the configs'
+      own devices.
 
   Returns:
     The table rows (also in ``workdir/table1.json``).
@@ -123,10 +127,10 @@ def run_table(
   if select_lr:
     for row, config in configs.items():
       selections[row] = lr_selection.select_lr(
-        row, config, workdir, train_fn, echo, population, num_train
+        row, config, workdir, train_fn, echo, population, num_train, member_devices
       )
     configs = lr_selection.selected_configs(configs, selections)
-  ran = run_all(configs, seeds, workdir, train_fn, echo, population)
+  ran = run_all(configs, seeds, workdir, train_fn, echo, population, member_devices)
   traces = _measure(configs, seeds, workdir, hessian, covariance)
   some = next(iter(configs.values()))
   if paper_data is None:
@@ -147,6 +151,7 @@ def run_table(
     "driver_wall_time_s": time.perf_counter() - start,
     "runs_run": ran,
     "runs_skipped": len(configs) * len(seeds) - ran,
+    "member_devices": member_devices,
   }
   if select_lr:
     meta["lr_selection"] = {

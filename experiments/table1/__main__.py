@@ -56,6 +56,7 @@ from bigbatch_jax.training.spec import load_data
 from experiments import launch
 from experiments.rerun import exit_for_rerun
 from experiments.table1 import ablation, run_table
+from experiments.table1.devices import CPU_DEVICES_HELP, simulate_cpu_devices
 from experiments.table1.rows import (
   DEFAULT_VARIANTS,
   is_mnist,
@@ -122,6 +123,7 @@ flags.DEFINE_bool(
   "seeds; experiments/table1/lr_selection.py), then run --seeds at it. Default: on for "
   "--variants=recipes, else off.",
 )
+flags.DEFINE_integer("cpu_devices", None, CPU_DEVICES_HELP)
 flags.DEFINE_bool(
   "hessian", True, "Measure the top Hessian eigenvalue of each row's first three seeds (λ_max)."
 )
@@ -217,7 +219,7 @@ def ablation_from_flags():
   return configs, skipped, pair, preset
 
 
-def run_ablation_from_flags(seeds: list[int]) -> None:
+def run_ablation_from_flags(seeds: list[int], member_devices: int) -> None:
   """Runs --ablation's set (bad flags: a usage error) and prints its table."""
   try:
     configs, skipped, pair, preset = ablation_from_flags()
@@ -231,6 +233,7 @@ def run_ablation_from_flags(seeds: list[int]) -> None:
   ablation.run_ablation(
     configs, skipped, pair, seeds, FLAGS.workdir, preset=preset,
     echo=lambda line: print(line, file=sys.stdout, flush=True), population=FLAGS.population,
+    member_devices=member_devices,
   )  # fmt: skip
 
 
@@ -246,13 +249,14 @@ def main(argv):
   jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   try:
+    member_devices = simulate_cpu_devices(FLAGS.cpu_devices)
     seeds = parse_seeds(FLAGS.seeds)
     setup = None if FLAGS.ablation else setup_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   try:
     if setup is None:
-      run_ablation_from_flags(seeds)
+      run_ablation_from_flags(seeds, member_devices)
       return
     some = next(iter(setup.configs.values()))
     print(
@@ -275,6 +279,7 @@ def main(argv):
       population=FLAGS.population,
       select_lr=FLAGS.variants.strip() == "recipes" if FLAGS.select_lr is None else FLAGS.select_lr,
       num_train=setup.num_train,
+      member_devices=member_devices,
     )
   except Preempted as stopped:  # the same command resumes the run and then the table
     exit_for_rerun(stopped, "experiments.table1")

@@ -319,6 +319,7 @@ def run_ablation(
   train_fn: Callable[[ml_collections.ConfigDict, str], dict] = train_and_evaluate,
   echo: Callable[[str], None] = print,
   population: bool = True,
+  member_devices: int = 1,
 ) -> list[dict]:
   """Runs every (setting, row, seed) not yet finished, then writes the ablation table.
 
@@ -326,12 +327,13 @@ def run_ablation(
   ``table1.json`` holds ``ablation`` (:func:`ablation_rows`), ``runs`` (each
   run's numbers, ``aggregate.row_numbers`` without the curves) and ``meta``;
   ``table1.md`` is drawn from it. With ``population`` each run's seeds train
-  as one population (``runner.run_all``).
+  as one population (``runner.run_all``), its members split over up to
+  ``member_devices`` CPU devices.
 
   Returns:
     The ablation rows.
   """
-  ran = run_all(configs, seeds, workdir, train_fn, echo, population)
+  ran = run_all(configs, seeds, workdir, train_fn, echo, population, member_devices)
   numbers = {name: row_numbers(workdir, name, seeds) for name in configs}
   rows = ablation_rows(numbers, pair, skipped)
   some = configs[run_name("clean", pair[0])]

@@ -35,6 +35,7 @@ import numpy as np
 
 from bigbatch_jax.configs.common import grid_config
 from bigbatch_jax.training import json_files, parse_variant, population_spec
+from experiments.table1.devices import placed
 from experiments.table1.runner import check_same_config, finished, read_json
 
 LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -204,6 +205,7 @@ def select_lr(
   echo: Callable[[str], None],
   population: bool = True,
   num_train: int | None = None,
+  member_devices: int = 1,
 ) -> dict:
   """Runs (or reads) ``row``'s grid on the validation split and chooses its rate.
 
@@ -211,7 +213,8 @@ def select_lr(
   module's docstring). Returns :func:`choose`'s record over every rate
   trained, with ``extensions`` (the rates each extension added),
   ``selection_seeds`` and ``validation_fraction`` added, also written to
-  ``workdir/lr_selection/ROW/selection.json``.
+  ``workdir/lr_selection/ROW/selection.json``. ``member_devices``: the CPU
+  devices the grid's members may split over (``devices.placed``).
   """
   directory = os.path.join(workdir, SELECTION_DIR, row)
   head = f"lr selection {row}"
@@ -219,8 +222,9 @@ def select_lr(
   def run(lrs: Sequence[float], name: str) -> dict:
     selection = selection_config(config, num_train, lrs)
     if population:
+      selection = placed(selection, len(lrs) * len(SELECTION_SEEDS), member_devices)
       return _run_population(selection, os.path.join(directory, name), train_fn, echo, head)
-    return _run_singly(selection, directory, train_fn, echo, head)
+    return _run_singly(placed(selection, 1, member_devices), directory, train_fn, echo, head)
 
   accuracies = run(grid_lrs(config.regime.lr), "grid")
   extensions = []

@@ -20,6 +20,7 @@ import ml_collections
 from bigbatch_jax.training import json_files
 from bigbatch_jax.training.workdir import config_changes
 from experiments.table1 import population_runs
+from experiments.table1.devices import placed
 
 # Per run: the driver's measure of the whole run's wall time.
 RUN_TIME_FILE = "run_time.json"
@@ -94,12 +95,15 @@ def run_all(
   train_fn: Callable[[ml_collections.ConfigDict, str], dict],
   echo: Callable[[str], None],
   population: bool = True,
+  member_devices: int = 1,
 ) -> int:
   """Runs each (row, seed) not yet done in ``workdir/ROW/seed_N``; returns how many ran.
 
   With ``population`` a row's pending seeds (two or more) train as one
   population (``population_runs.run_population``), split into the same
-  ``seed_N`` directories; without it, one run per seed.
+  ``seed_N`` directories; without it, one run per seed. With
+  ``member_devices`` > 1 every run is placed on CPU devices (``devices.placed``):
+  a population's members split over up to that many, a single run on one.
   """
   os.makedirs(workdir, exist_ok=True)
   jobs = [(row, s) for row in configs for s in seeds]
@@ -107,7 +111,7 @@ def run_all(
   ran = 0
   pending: dict[str, list[int]] = {}
   for i, (row, seed) in enumerate(jobs, 1):
-    config = configs[row].copy_and_resolve_references()
+    config = placed(configs[row], 1, member_devices).copy_and_resolve_references()
     config.seed = seed
     directory = run_dir(workdir, row, seed)
     head = f"[{i}/{len(jobs)}] {row} seed {seed}"
@@ -124,15 +128,19 @@ def run_all(
   for row, row_seeds in pending.items():
     seed_word = "seed" if len(row_seeds) == 1 else "seeds"
     head = f"[{rows.index(row) + 1}/{len(rows)}] {row} {seed_word} {','.join(map(str, row_seeds))}"
-    echo(f"{head} ({time.perf_counter() - start:.0f} s elapsed)")
     if len(row_seeds) == 1:
-      config = configs[row].copy_and_resolve_references()
+      echo(f"{head} ({time.perf_counter() - start:.0f} s elapsed)")
+      config = placed(configs[row], 1, member_devices).copy_and_resolve_references()
       config.seed = row_seeds[0]
       ran += _run_one(config, run_dir(workdir, row, row_seeds[0]), head, train_fn, echo)
     else:
       directory = population_runs.population_dir(workdir, row, row_seeds)
       directories = {s: run_dir(workdir, row, s) for s in row_seeds}
+      row_config = placed(configs[row], len(row_seeds), member_devices)
+      if row_config.member_devices > 1:
+        head += f" over {row_config.member_devices} devices"
+      echo(f"{head} ({time.perf_counter() - start:.0f} s elapsed)")
       ran += population_runs.run_population(
-        configs[row], directory, directories, train_fn, echo, head, RUN_TIME_FILE
+        row_config, directory, directories, train_fn, echo, head, RUN_TIME_FILE
       )
   return ran

@@ -274,8 +274,17 @@ def classification_metrics(model, params, batch_stats, batches) -> dict[str, jax
   return {"loss": jnp.mean(losses), "accuracy": jnp.mean(accuracies)}
 
 
+def _loaded(workdir: str | Run, step: int | None, defaults) -> Run:
+  """``workdir``'s run at ``step``, or ``workdir`` itself when it is a loaded :class:`Run`."""
+  if not isinstance(workdir, Run):
+    return load_run(workdir, step, defaults=defaults)
+  if step is not None and step != workdir.step:
+    raise ValueError(f"step={step}: the run given is loaded at step {workdir.step}")
+  return workdir
+
+
 def top_hessian_eigenvalue_of_run(
-  workdir: str,
+  workdir: str | Run,
   *,
   step: int | None = None,
   num_batches: int = 4,
@@ -293,8 +302,9 @@ def top_hessian_eigenvalue_of_run(
   al. (2017): large-batch minima are sharper.
 
   Args:
-    workdir: a training workdir.
-    step: the checkpoint step (None: the latest).
+    workdir: a training workdir, or its :class:`Run` already loaded
+      (``load_run``; measurements of one run then share one restore).
+    step: the checkpoint step (None: the latest, or the loaded run's).
     num_batches: fixed training batches, >= 1.
     batch_size: examples per batch, >= 1.
     num_iterations: Lanczos steps, >= 1.
@@ -306,17 +316,20 @@ def top_hessian_eigenvalue_of_run(
   """
   from bigbatch_jax.diagnostics.hessian import hessian_top_eigenvalues
 
-  run = load_run(workdir, step, defaults=defaults)
+  run = _loaded(workdir, step, defaults)
   batches = sample_batches(run.dataset, num_batches, batch_size, seed)
-  loss_fn = eval_loss_fn(run.model, run.batch_stats, batches)
-  top = jax.jit(
-    functools.partial(hessian_top_eigenvalues, loss_fn, k=1, num_iterations=num_iterations)
-  )(run.params, jax.random.key(seed))
-  return float(top[0])
+
+  # The statistics and batches are arguments, not constants of the program:
+  # runs of one model compile the same program (the persistent cache's hit).
+  def top(params, batch_stats, batches, key):
+    loss_fn = eval_loss_fn(run.model, batch_stats, batches)
+    return hessian_top_eigenvalues(loss_fn, params, key, k=1, num_iterations=num_iterations)
+
+  return float(jax.jit(top)(run.params, run.batch_stats, batches, jax.random.key(seed))[0])
 
 
 def scale_invariant_sq_norm_of_run(
-  workdir: str,
+  workdir: str | Run,
   *,
   step: int | None = None,
   batch_size: int = 256,
@@ -330,11 +343,12 @@ def scale_invariant_sq_norm_of_run(
   whole-batch statistics of training mode
   (:func:`bigbatch_jax.diagnostics.scale_invariance.scale_invariant_modules`).
   Multiplied by :func:`top_hessian_eigenvalue_of_run`, the sharpness that a
-  joint rescaling of those layers leaves unchanged.
+  joint rescaling of those layers leaves unchanged. ``workdir``: as for
+  :func:`top_hessian_eigenvalue_of_run`.
   """
   from bigbatch_jax.diagnostics import scale_invariance
 
-  run = load_run(workdir, step, defaults=defaults)
+  run = _loaded(workdir, step, defaults)
   x = sample_batches(run.dataset, 1, min(batch_size, run.dataset.num_train), seed)["x"][0]
   model = _whole_batch_model(run)
 

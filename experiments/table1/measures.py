@@ -39,21 +39,23 @@ def top_hessian_eigenvalue(directory: str) -> dict[str, float]:
   scales as 1 / ||w||**2 along the scale-invariant layers, and the rows end
   at very different ||w||; ``scale_normalized_sharpness`` multiplies it by
   the squared norm of those layers (``bigbatch_jax.diagnostics.scale_invariance``).
+  Both are measured on one restore of the run.
   """
   path = os.path.join(directory, HESSIAN_FILE)
   cached = read_json(path) if os.path.exists(path) else {}
+  if "top_hessian_eigenvalue" in cached and "scale_invariant_sq_norm" in cached:
+    return cached
+  run = runs_lib.load_run(directory, defaults=default.get_config())
   if "top_hessian_eigenvalue" not in cached:
     # 4 fixed batches of up to 256 training examples (fewer on a small dataset).
-    num_train = read_json(os.path.join(directory, "summary.json"))["num_train"]
     cached["top_hessian_eigenvalue"] = diagnostics.top_hessian_eigenvalue_of_run(
-      directory, batch_size=min(256, num_train // 4), defaults=default.get_config()
+      run, batch_size=min(256, run.dataset.num_train // 4)
     )
-  if "scale_invariant_sq_norm" not in cached:
-    cached.update(runs_lib.scale_invariant_sq_norm_of_run(directory, defaults=default.get_config()))
-    cached["scale_normalized_sharpness"] = (
-      cached["top_hessian_eigenvalue"] * cached["scale_invariant_sq_norm"]
-    )
-    json_files.write_json_atomic(path, cached)
+  cached.update(runs_lib.scale_invariant_sq_norm_of_run(run))
+  cached["scale_normalized_sharpness"] = (
+    cached["top_hessian_eigenvalue"] * cached["scale_invariant_sq_norm"]
+  )
+  json_files.write_json_atomic(path, cached)
   return cached
 
 

@@ -33,6 +33,11 @@ protocol alone and under all of them together, with the gap and its Welch
 p-value; ``table1.md`` / ``table1.json`` then hold the ablation table, and
 artefacts that do not apply to the data or the row are reported as such.
 
+Each row's seeds train as one population (``--population=false``: one run
+per seed). On the CPU the driver simulates one device per usable core and
+splits each population's members over them, a single run on one device
+(``--cpu_devices``, ``devices``).
+
 Each run is evaluated ``EVALS_PER_RUN`` times and logs ``LOGS_PER_RUN``
 times, whatever its length (unless --config.eval_every_epochs or
 --config.log_every_steps are given), so that curves of runs of 300 and 5000

@@ -417,6 +417,13 @@ def test_analyze_sharpness_against_eigsh_and_the_box_vertex(
     tiny_runs["lb"], num_batches=2, batch_size=16, num_iterations=6
   )
   assert top == pytest.approx(analysis["sharpness"]["runs"][1]["top_eigenvalues"][0], rel=1e-4)
+  # A loaded run measures the same; it is measured at the step it was loaded at.
+  run = diagnostics.load_run(tiny_runs["lb"])
+  assert diagnostics.top_hessian_eigenvalue_of_run(
+    run, num_batches=2, batch_size=16, num_iterations=6
+  ) == pytest.approx(top, rel=1e-6)
+  with pytest.raises(ValueError, match=f"step=1: the run given is loaded at step {run.step}"):
+    diagnostics.scale_invariant_sq_norm_of_run(run, step=1)
 
 
 def test_analyze_landscape_is_the_binned_log_log_fit(tiny_runs, analysis):

@@ -128,18 +128,17 @@ def run_all(
   for row, row_seeds in pending.items():
     seed_word = "seed" if len(row_seeds) == 1 else "seeds"
     head = f"[{rows.index(row) + 1}/{len(rows)}] {row} {seed_word} {','.join(map(str, row_seeds))}"
+    row_config = placed(configs[row], len(row_seeds), member_devices)
+    if row_config.member_devices > 1:
+      head += f" over {row_config.member_devices} devices"
+    echo(f"{head} ({time.perf_counter() - start:.0f} s elapsed)")
     if len(row_seeds) == 1:
-      echo(f"{head} ({time.perf_counter() - start:.0f} s elapsed)")
-      config = placed(configs[row], 1, member_devices).copy_and_resolve_references()
+      config = row_config.copy_and_resolve_references()
       config.seed = row_seeds[0]
       ran += _run_one(config, run_dir(workdir, row, row_seeds[0]), head, train_fn, echo)
     else:
       directory = population_runs.population_dir(workdir, row, row_seeds)
       directories = {s: run_dir(workdir, row, s) for s in row_seeds}
-      row_config = placed(configs[row], len(row_seeds), member_devices)
-      if row_config.member_devices > 1:
-        head += f" over {row_config.member_devices} devices"
-      echo(f"{head} ({time.perf_counter() - start:.0f} s elapsed)")
       ran += population_runs.run_population(
         row_config, directory, directories, train_fn, echo, head, RUN_TIME_FILE
       )

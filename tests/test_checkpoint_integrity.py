@@ -39,6 +39,15 @@ def _restore(directory):
   return step, (None if step is None else int(state["step"]))
 
 
+def test_restoring_reads_the_checkpoint_without_orbax_warnings(tmp_path, caplog):
+  directory = _saved(tmp_path)
+  with caplog.at_level("WARNING"):
+    raw = training.Checkpointer(str(directory)).restore_raw(2)
+    assert _restore(directory) == (2, 2)
+  np.testing.assert_array_equal(raw["w"], _state(2)["w"])
+  assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+
+
 def test_a_flipped_bit_is_found_and_the_previous_checkpoint_restored(tmp_path, capsys):
   directory = _saved(tmp_path)
   _flip_a_bit(tmp_path, 2)

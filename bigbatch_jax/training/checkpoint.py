@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import shutil
 from typing import Any
 
@@ -235,9 +236,11 @@ class Checkpointer:
     # any device topology (a multi-host run's checkpoint on one CPU, say).
     path = os.path.join(self._path(step), "default")
     checkpointer = ocp.PyTreeCheckpointer()
-    metadata = checkpointer.metadata(path)
-    tree = getattr(metadata, "item_metadata", metadata)
-    tree = getattr(tree, "tree", tree)
+    # The item's own metadata, from its handler: the checkpointer's metadata()
+    # also looks for step metadata inside the item directory, which the
+    # manager writes one level up, and warns for every restore that it is not there.
+    metadata = ocp.PyTreeCheckpointHandler().metadata(pathlib.Path(path))
+    tree = getattr(metadata, "tree", metadata)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
     if self.checksums and os.path.exists(checkpoint_digest.digest_path(self.directory, step)):

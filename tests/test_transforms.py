@@ -137,8 +137,8 @@ def test_clip_during_clips_only_the_first_steps():
   max_norm, steps = 0.1, 3
   tx = bb.clip_by_global_norm_during(max_norm, steps)
   outputs, _ = _apply(tx, steps=6)
-  norms = [float(optax.global_norm(u)) for u in outputs]
-  raw = float(optax.global_norm(GRADS))
+  norms = [float(optax.tree.norm(u)) for u in outputs]
+  raw = float(optax.tree.norm(GRADS))
   np.testing.assert_allclose(norms, [max_norm] * steps + [raw] * 3, rtol=1e-5)
 
 

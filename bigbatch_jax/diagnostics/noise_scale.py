@@ -64,7 +64,7 @@ def gradient_noise_scale(
 
 def mean_squared_gradient_norm(grad_fn: Callable, params, batches) -> jax.Array:
   """Mean over stacked batches of |grad_fn(params, batch)|**2 (jittable)."""
-  return jnp.mean(lax.map(lambda b: optax.global_norm(grad_fn(params, b)) ** 2, batches))
+  return jnp.mean(lax.map(lambda b: optax.tree.norm(grad_fn(params, b)) ** 2, batches))
 
 
 def measure_noise_scale(

@@ -172,7 +172,7 @@ def train_step(
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   loss, accuracy = lax.pmean((loss, jnp.mean(correct(logits, y))), AXIS)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   new_state = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
   new_state = apply_nonfinite_policy(state, new_state, loss, grad_norm, skip_nonfinite)
   lr = learning_rate(state.step)

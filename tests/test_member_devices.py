@@ -31,11 +31,19 @@ def _final(tmp_path, name, **overrides):
   return state, records, summary
 
 
-# 2 x 1 and 2 x 2 (members x batch); two populations of four, about 40 s each on two cores.
-@pytest.mark.parametrize("devices", [pytest.param(2, marks=pytest.mark.slow), 4])
-def test_members_split_over_devices_equal_the_population_on_one_device(tmp_path, devices):
+# (devices, member devices): 2 x 1, 2 x 2 and 4 x 1 (member groups x batch); the last
+# holds one member per device, which steps without the member vmap. Two populations
+# of four, about 40 s each on two cores.
+@pytest.mark.parametrize(
+  ("devices", "member_devices"), [pytest.param(2, 2, marks=pytest.mark.slow), (4, 2), (4, 4)]
+)
+def test_members_split_over_devices_equal_the_population_on_one_device(
+  tmp_path, devices, member_devices
+):
   whole, whole_records, whole_summary = _final(tmp_path, "one", num_devices=1)
-  split, records, summary = _final(tmp_path, "split", num_devices=devices, member_devices=2)
+  split, records, summary = _final(
+    tmp_path, "split", num_devices=devices, member_devices=member_devices
+  )
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), whole, split)
   assert [(r["step"], r.get("member")) for r in records] == [
     (r["step"], r.get("member")) for r in whole_records

@@ -171,3 +171,20 @@ def test_the_population_part_times_members_split_over_devices_in_a_worker():
   assert one["dots_ceiling"] > 0 and one["population_devices"] == 1
   with pytest.raises(RuntimeError, match="row 'sb' trains at batch 64"):
     run_worker(["population", "--batch=32", "--variant=sb", "--devices=2"], devices=2)
+
+
+@pytest.mark.slow  # a single run and a population of two of the SB row, compiled and traced
+def test_the_population_profile_attributes_both_calls_ops_per_update(monkeypatch):
+  from experiments.benchmarks import profile
+
+  measured = population.update_profile("sb", 2, steps=1)
+  names = [*profile.CATEGORIES, "whole update (traced wall time)"]
+  for side in ("single", "population"):
+    assert list(measured[side]) == names
+    # The trace is read and its ops attributed: each call's dots are found.
+    assert measured[side]["dots (dot_general)"] > 0
+    assert all(v >= 0 for v in measured[side].values())
+  monkeypatch.setattr(population, "PROFILED", (("SB, P=2", "sb", 2),))
+  monkeypatch.setattr(population, "update_profile", lambda variant, members: measured)
+  section = population._profile_section()
+  assert [row[1] for row in section.rows] == names

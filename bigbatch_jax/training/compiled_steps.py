@@ -72,6 +72,11 @@ class CompiledSteps:
       )
     return self._sharded[key]
 
+  def executable(self, batch_size: int, length: int):
+    """The compiled step behind ``get(batch_size, length)`` (its HLO text, cost, memory)."""
+    self.get(batch_size, length)
+    return self._executables[batch_size, length]
+
   def get(self, batch_size: int, length: int):
     """The call ``(state, batches) -> (state, metrics)`` of ``length`` steps at ``batch_size``.
 

@@ -25,6 +25,10 @@ population on this machine, however little the rest of its step costs.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import numpy as np
 
@@ -33,6 +37,7 @@ from bigbatch_jax.training import parallel
 from bigbatch_jax.training import spec as spec_lib
 from bigbatch_jax.training.loop import CompiledSteps, next_batches
 from bigbatch_jax.training.setup import set_up_run
+from experiments.benchmarks import profile as profile_lib
 from experiments.benchmarks import steps as steps_lib
 from experiments.benchmarks import timing
 from experiments.benchmarks.report import Section, Target
@@ -98,14 +103,29 @@ def dot_flops_per_update(spec: spec_lib.RunSpec, input_shape) -> int:
   return steps_lib.step_flops(spec.plan.batch_size, *f1_sizes(spec, input_shape))
 
 
-def case(variant: str, members: int, rounds: int, peak_size: int, member_devices: int = 1) -> dict:
-  """One row's timings: P single runs on one device against the population of P.
+@dataclasses.dataclass
+class RowCalls:
+  """A row's P single runs and its population of P, compiled, with fixed host batches.
 
-  ``member_devices`` > 1: the population's members split over that many
-  devices (``parallel.make_mesh``; the process needs them, see
-  ``run_worker``); its ceiling (b) is then None (the dots it times run on
-  one device).
+  ``one_single`` advances the first single run by one call, ``singles`` all
+  P of them one after another, ``together`` the population by one call
+  (each call ``length`` updates); ``single_text`` and ``population_text``
+  are the compiled calls' HLO (``profile.profile_step`` names ops by it).
   """
+
+  spec: spec_lib.RunSpec
+  size: int
+  length: int
+  shape: tuple[int, ...]
+  one_single: Callable[[], Any]
+  singles: Callable[[], Any]
+  together: Callable[[], Any]
+  single_text: str
+  population_text: str
+
+
+def row_calls(variant: str, members: int, member_devices: int = 1) -> RowCalls:
+  """The calls ``train_and_evaluate`` compiles for the row, single and as a population."""
   rng = np.random.default_rng(0)
   config, dataset = row_config(variant)
   mesh = parallel.make_mesh(1)
@@ -115,7 +135,8 @@ def case(variant: str, members: int, rounds: int, peak_size: int, member_devices
   shape = dataset.input_shape
   seeds = tuple(range(members))
   runs = [set_up_run(spec, mesh, dataset.num_classes, shape, seed=s) for s in seeds]
-  single_call = CompiledSteps(runs[0], mesh, shape, plan).get(size, length)
+  single_steps = CompiledSteps(runs[0], mesh, shape, plan)
+  single_call = single_steps.get(size, length)
   population_mesh = parallel.make_mesh(member_devices, member_devices)
   population = set_up_run(spec, population_mesh, dataset.num_classes, shape, seeds=seeds)
   population_steps = CompiledSteps(population, population_mesh, shape, plan, members)
@@ -124,20 +145,45 @@ def case(variant: str, members: int, rounds: int, peak_size: int, member_devices
   single_batches = _Batches(rng, length, size, shape, None)
   population_batches = _Batches(rng, length, size, shape, members)
 
+  def single(i):
+    batch = next_batches(single_batches, length, mesh)
+    states["single"][i], _ = single_call(states["single"][i], batch)
+    return states["single"][i]
+
   def singles():
-    for i in range(members):
-      batch = next_batches(single_batches, length, mesh)
-      states["single"][i], _ = single_call(states["single"][i], batch)
-    return states["single"]
+    return [single(i) for i in range(members)]
 
   def together():
     batch = next_batches(population_batches, length, population_mesh, members=True)
     states["population"], _ = population_call(states["population"], batch)
     return states["population"]
 
+  return RowCalls(
+    spec,
+    size,
+    length,
+    shape,
+    lambda: single(0),
+    singles,
+    together,
+    single_steps.executable(size, length).as_text(),
+    population_steps.executable(size, length).as_text(),
+  )
+
+
+def case(variant: str, members: int, rounds: int, peak_size: int, member_devices: int = 1) -> dict:
+  """One row's timings: P single runs on one device against the population of P.
+
+  ``member_devices`` > 1: the population's members split over that many
+  devices (``parallel.make_mesh``; the process needs them, see
+  ``run_worker``); its ceiling (b) is then None (the dots it times run on
+  one device).
+  """
+  calls = row_calls(variant, members, member_devices)
+  spec, size, length, shape = calls.spec, calls.size, calls.length, calls.shape
   candidates = {
-    "single": singles,
-    "population": together,
+    "single": calls.singles,
+    "population": calls.together,
     "peak": steps_lib.square_matmul(peak_size),
   }
   if member_devices == 1:
@@ -156,8 +202,50 @@ def case(variant: str, members: int, rounds: int, peak_size: int, member_devices
     "peak_ceiling": timings.ratio("single", "peak") / length / dot_seconds,
     "dots_ceiling": timings.ratio("single", "population dots") if member_devices == 1 else None,
     # The devices that hold the population's members, as timed.
-    "population_devices": len(jax.tree.leaves(states["population"])[0].sharding.device_set),
+    "population_devices": len(jax.tree.leaves(calls.together())[0].sharding.device_set),
   }
+
+
+# (name, Table 1 row's variant, members): profiled on one device.
+PROFILED = (("SB (B=64), P=3", "sb", 3), ("+RA (B=1024), P=3", "lb+lr+gbn+ra", 3))
+
+PROFILE_TEXT = (
+  "Where the time of one update goes: a jax.profiler trace of one single run's call and of "
+  "the population's call (one device, the calls timed above), each op's busy time attributed "
+  "by its JAX op name (``profile.profile_step``), per update. For P members to cost less than "
+  "P single runs, the population's time in a category must grow less than P-fold; the "
+  "runtime's share (the scan's loop and the ops' dispatch inside XLA: the traced wall time no "
+  "op accounts for) is the part P members share."
+)
+
+
+def update_profile(variant: str, members: int, steps: int = 5) -> dict[str, dict[str, float]]:
+  """Busy ms per update by category and the traced wall time: a single run, then the population."""
+  calls = row_calls(variant, members)
+
+  def per_update(run, text):
+    traced = profile_lib.profile_step(run, text, steps)
+    shares = {k: v / calls.length for k, v in traced["categories"].items()}
+    return {**shares, "whole update (traced wall time)": traced["wall_ms"] / calls.length}
+
+  return {
+    "single": per_update(calls.one_single, calls.single_text),
+    "population": per_update(calls.together, calls.population_text),
+  }
+
+
+def _profile_section() -> Section:
+  rows = []
+  for name, variant, members in PROFILED:
+    print(f"  profile {name} ...", flush=True)
+    measured = update_profile(variant, members)
+    for category, single in measured["single"].items():
+      together = measured["population"][category]
+      ratio = f"{together / single:.2f}" if single > 0 else ""
+      rows.append([name, category, f"{single:.3f}", f"{together:.3f}", ratio])
+  header = ["row, members", "part of the update", "one single run, ms", "population, ms", "ratio"]
+  title = "Populations against single runs: where an update's time goes"
+  return Section(title, header, rows, PROFILE_TEXT)
 
 
 def _measured(variant: str, members: int, member_devices: int, args) -> dict:
@@ -231,4 +319,5 @@ def run(args) -> list[Section]:
     "ceiling (b): the population's dots alone",
   ]
   text = __doc__.split("\n\n", 1)[1].strip().replace("\n", " ")
-  return [Section("Populations against single runs (Table 1 rows)", header, rows, text, targets)]
+  section = Section("Populations against single runs (Table 1 rows)", header, rows, text, targets)
+  return [section, _profile_section()]

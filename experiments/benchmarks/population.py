@@ -110,7 +110,8 @@ class RowCalls:
   ``one_single`` advances the first single run by one call, ``singles`` all
   P of them one after another, ``together`` the population by one call
   (each call ``length`` updates); ``single_text`` and ``population_text``
-  are the compiled calls' HLO (``profile.profile_step`` names ops by it).
+  are the compiled calls' HLO (``profile.profile_step`` names ops by it);
+  ``population_devices`` the devices that hold the population's members.
   """
 
   spec: spec_lib.RunSpec
@@ -122,6 +123,7 @@ class RowCalls:
   together: Callable[[], Any]
   single_text: str
   population_text: str
+  population_devices: int
 
 
 def row_calls(variant: str, members: int, member_devices: int = 1) -> RowCalls:
@@ -168,6 +170,7 @@ def row_calls(variant: str, members: int, member_devices: int = 1) -> RowCalls:
     together,
     single_steps.executable(size, length).as_text(),
     population_steps.executable(size, length).as_text(),
+    len(jax.tree.leaves(population.state)[0].sharding.device_set),
   )
 
 
@@ -202,7 +205,7 @@ def case(variant: str, members: int, rounds: int, peak_size: int, member_devices
     "peak_ceiling": timings.ratio("single", "peak") / length / dot_seconds,
     "dots_ceiling": timings.ratio("single", "population dots") if member_devices == 1 else None,
     # The devices that hold the population's members, as timed.
-    "population_devices": len(jax.tree.leaves(calls.together())[0].sharding.device_set),
+    "population_devices": calls.population_devices,
   }
 
 
